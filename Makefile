@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine:
+#   make train   -> creates .venv, installs polytask, trains on Meta-World MT10 (defaults)
+#   make test    -> creates .venv, installs polytask with test extras, runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: train test bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is installed first, pinned, so pip never resolves a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/python launch/train.py --suite metaworld $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q tests $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/sac_vs_sb3.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

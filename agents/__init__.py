@@ -1,0 +1,1 @@
+"""Agents: networks, learners (SAC), replay."""

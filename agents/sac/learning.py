@@ -1,0 +1,102 @@
+"""The SAC learner: state (networks, optimizers, temperatures) and one update step.
+
+The update reads like the paper (Haarnoja et al. 2018, with per-task temperatures as in
+multi-task SAC, Yu et al. 2019); names follow CleanRL's sac_continuous_action.py.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from agents.networks import SquashedGaussianActor, TwinCritic
+from agents.replay import Batch
+from agents.sac.config import SACConfig
+
+
+class SACLearner:
+    def __init__(self, cfg: SACConfig, obs_dim: int, action_dim: int, num_tasks: int,
+                 device: torch.device):
+        self.cfg, self.device = cfg, device
+        mlp = dict(hidden_sizes=tuple(cfg.hidden_sizes), head=cfg.head, task_input=cfg.task_input,
+                   layer_norm=cfg.layer_norm)
+        self.actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, **mlp).to(device)
+        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, **mlp).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.full((num_tasks,), float(cfg.init_alpha), device=device).log()
+        self.log_alpha.requires_grad_(True)
+        self.target_entropy = (-float(action_dim) if cfg.target_entropy is None
+                               else float(cfg.target_entropy))
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self._actor_params = list(self.actor.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self.num_updates = 0
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on critics, actor and temperatures. Returns detached loss tensors."""
+        obs, action, reward, next_obs, terminated, task = (
+            x.to(self.device, non_blocking=True) for x in batch)
+        gamma = self.cfg.gamma
+        alpha = self.log_alpha.detach().exp()[task]
+
+        # Critics: regress both Q's onto the soft Bellman target
+        #   y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')
+        with torch.no_grad():
+            next_action, next_log_pi = self.actor.sample(next_obs, task)
+            qf_next_target = self.critic_target(next_obs, next_action, task)
+            min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
+            next_q_value = reward + (1.0 - terminated) * gamma * min_qf_next_target
+        qf1_a_values, qf2_a_values = self.critic(obs, action, task)
+        qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
+        qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
+        qf_loss = qf1_loss + qf2_loss
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        qf_loss.backward()
+        self.critic_optimizer.step()
+
+        # Actor: minimise E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised
+        pi, log_pi = self.actor.sample(obs, task)
+        min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
+        actor_loss = (alpha * log_pi - min_qf_pi).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=self._actor_params)  # no wasted gradients for the critics
+        self.actor_optimizer.step()
+
+        # Temperature of each task: keep the policy's entropy near the target entropy
+        alpha_loss = (-self.log_alpha[task] * (log_pi.detach() + self.target_entropy)).mean()
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+
+        # Target critics track the critics: theta' <- (1 - tau) theta' + tau theta
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
+        self.num_updates += 1
+        return {"loss/qf1": qf1_loss.detach(), "loss/qf2": qf2_loss.detach(),
+                "loss/actor": actor_loss.detach(), "loss/alpha": alpha_loss.detach(),
+                "q/mean": qf1_a_values.detach().mean(), "policy/entropy": -log_pi.detach().mean()}
+
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(), "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.num_updates = state["num_updates"]

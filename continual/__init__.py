@@ -1,0 +1,1 @@
+"""Continual learning: task schedules and forgetting-aware regularizers (see the continual issue)."""

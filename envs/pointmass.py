@@ -1,0 +1,82 @@
+"""pointmass: a tiny built-in continuous-control suite in pure numpy, for fast learning tests.
+
+A point in the square [-1, 1]^2 moves by 0.1 * action each step (action Box(-1, 1, (2,))).
+Each task is "reach the target in one direction" (east, north-east, ...). The target is NOT
+in the observation (only the position is), so the task id is the only thing that tells tasks
+apart, and tasks pull the same state towards opposite actions: training on `reach-n` hurts
+`reach-s`, which is what the continual-learning tests need. Each task has fixed goals like
+Meta-World: goal i fixes the start position and a small jitter of the target.
+Reward is the negative distance to the target; success is being within 0.1 of it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+
+from envs.base import Suite, TaskSpec, select_tasks
+
+DIRECTIONS = ["e", "ne", "n", "nw", "w", "sw", "s", "se"]
+ALL_TASKS = [f"reach-{d}" for d in DIRECTIONS]
+PRESETS = {"PM4": ["reach-e", "reach-n", "reach-w", "reach-s"], "PM8": ALL_TASKS}
+TARGET_RADIUS = 0.7
+SUCCESS_RADIUS = 0.1
+EPISODE_LENGTH = 30
+NUM_GOALS = 50
+
+
+def goal_table(task_name: str, num_goals: int = NUM_GOALS) -> np.ndarray:
+    """Fixed goals of a task: rows (start_x, start_y, target_x, target_y). Same for every seed."""
+    angle = math.pi / 4 * DIRECTIONS.index(task_name.removeprefix("reach-"))
+    rng = np.random.default_rng(1000 + ALL_TASKS.index(task_name))
+    starts = rng.uniform(-0.2, 0.2, size=(num_goals, 2))
+    centre = TARGET_RADIUS * np.array([math.cos(angle), math.sin(angle)])
+    targets = centre + rng.uniform(-0.05, 0.05, size=(num_goals, 2))
+    return np.concatenate([starts, targets], axis=1).astype(np.float32)
+
+
+class PointMassEnv(gym.Env):
+    metadata = {"render_modes": []}
+
+    def __init__(self, task_name: str, seed: int | None = None):
+        self.goals = goal_table(task_name)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.np_random = np.random.default_rng(seed)
+        self.action_space.seed(seed)
+        self._pos = np.zeros(2, np.float32)
+        self._target = np.zeros(2, np.float32)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.np_random = np.random.default_rng(seed)
+        goal = (options or {}).get("goal")
+        if goal is None:
+            goal = int(self.np_random.integers(len(self.goals)))
+        self._pos = self.goals[goal, :2].copy()
+        self._target = self.goals[goal, 2:]
+        self._t = 0
+        return self._pos.copy(), {"goal": goal}
+
+    def step(self, action):
+        self._pos = np.clip(self._pos + 0.1 * np.clip(action, -1.0, 1.0), -1.0, 1.0).astype(np.float32)
+        self._t += 1
+        distance = float(np.linalg.norm(self._pos - self._target))
+        info = {"success": float(distance < SUCCESS_RADIUS)}
+        return self._pos.copy(), -distance, False, self._t >= EPISODE_LENGTH, info
+
+
+def build(tasks: str, seed: int) -> Suite:
+    names = select_tasks(tasks, PRESETS, ALL_TASKS, default="PM4")
+    return Suite(
+        name="pointmass",
+        tasks=tuple(TaskSpec(i, n) for i, n in enumerate(names)),
+        obs_dim=2,
+        action_dim=2,
+        episode_length=EPISODE_LENGTH,
+        num_goals=NUM_GOALS,
+        make_env=lambda task, env_seed: PointMassEnv(task.name, env_seed),
+    )

@@ -1,0 +1,56 @@
+"""A pool of envs over several tasks, stepped in lockstep so that policy inference is batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass
+class Episode:
+    task: int
+    ret: float
+    success: bool  # info["success"] was true at some step
+
+
+@dataclass
+class StepResult:
+    obs: np.ndarray         # observation the actions were taken in
+    next_obs: np.ndarray    # observation after the action (before any auto-reset): what replay stores
+    reward: np.ndarray
+    terminated: np.ndarray  # true termination only; a time-limit cut is not (we bootstrap through it)
+    finished: list[Episode]
+
+
+class EnvPool:
+    def __init__(self, envs: list[gym.Env], task_ids: list[int]):
+        self.envs, self.task_ids = envs, np.asarray(task_ids, np.int64)
+        n = len(envs)
+        self.obs = np.stack([env.reset()[0] for env in envs])  # current observation of each env
+        self._return = np.zeros(n)
+        self._success = np.zeros(n, bool)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        n = len(self.envs)
+        obs_before, obs_after = self.obs, np.empty_like(self.obs)
+        next_obs = np.empty_like(self.obs)
+        reward, terminated = np.empty(n, np.float32), np.zeros(n, np.float32)
+        finished = []
+        for i, env in enumerate(self.envs):
+            obs, r, term, trunc, info = env.step(actions[i])
+            next_obs[i], reward[i], terminated[i] = obs, r, term
+            self._return[i] += r
+            self._success[i] |= bool(info["success"])
+            if term or trunc:
+                finished.append(Episode(int(self.task_ids[i]), float(self._return[i]), bool(self._success[i])))
+                self._return[i], self._success[i] = 0.0, False
+                obs, _ = env.reset()
+            obs_after[i] = obs
+        self.obs = obs_after
+        return StepResult(obs_before, next_obs, reward, terminated, finished)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

@@ -1,0 +1,18 @@
+"""The suite registry: a new suite is one module with a `build` function plus one line here."""
+
+from __future__ import annotations
+
+from envs import metaworld_suite, pointmass
+from envs.base import Suite
+
+SUITES = {
+    "metaworld": metaworld_suite.build,
+    "pointmass": pointmass.build,
+}
+
+
+def make_suite(name: str, tasks: str = "", seed: int = 0) -> Suite:
+    """Build a suite by name; raises ValueError with the valid choices for unknown names."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
+    return SUITES[name](tasks, seed)

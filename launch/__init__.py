@@ -1,0 +1,1 @@
+"""Command-line entry points and the actor/learner runtime."""

@@ -1,0 +1,65 @@
+"""Checkpoints: written atomically (temp file + rename), loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from launch.errors import UserError
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+
+
+def path_for(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"step-{step:012d}.pt"
+
+
+def save(ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write `state` for `step`; keep the newest `keep` checkpoints. A crash never leaves a
+    partial file under a checkpoint name."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = path_for(ckpt_dir, step)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(ckpt_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint files, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_latest(ckpt_dir: Path) -> dict:
+    """The newest checkpoint's state; UserError if there is none, or it is corrupt or incompatible."""
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        raise UserError(f"no checkpoint in {ckpt_dir}")
+    path = found[-1]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise UserError(f"corrupt checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UserError(f"corrupt checkpoint {path}: not a polytask checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise UserError(f"incompatible checkpoint {path}: format version {state['format_version']}, "
+                        f"this polytask reads version {FORMAT_VERSION}")
+    return state

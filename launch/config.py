@@ -1,0 +1,195 @@
+"""One config tree: dataclass defaults < suite preset (presets/<suite>.yaml) < --config FILE
+< named flags (--steps, --seed, ...) < --set key=value. The resolved tree is saved with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from agents.sac.config import SACConfig
+from launch.errors import UserError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class EnvConfig:
+    suite: str = "metaworld"
+    tasks: str = ""              # a preset (MT10, MT50, PM4, ...) or a comma list; "": suite default
+    envs_per_task: int = 1       # training envs per task, stepped in lockstep
+
+
+@dataclass
+class ReplayConfig:
+    capacity_per_task: int = 200_000
+    save_in_checkpoint: bool = False  # also checkpoint the replay buffer (large)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 250_000          # env steps between evaluations (also at the start and the end)
+    goals: int = 50               # episodes per task, one per fixed goal (Meta-World protocol: 50)
+    deterministic: bool = True    # act with the policy mean
+
+
+@dataclass
+class RunConfig:
+    steps: int = 20_000_000       # total env steps over all tasks (MT10: 2M per task)
+    seed: int = 0
+    device: str = "cpu"           # cpu | cuda | cuda:N | auto
+    threads: int = 0              # torch intra-op threads; 0: torch's default
+    checkpoint_every: int = 100_000
+    keep_checkpoints: int = 2
+    log_every: int = 10_000       # env steps between progress lines / training scalars
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (tuples as lists) for YAML."""
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+    return {f.name: (to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name))
+                     else plain(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
+
+
+def _coerce(value, hint, key: str):
+    """Check `value` (parsed from YAML) against a field's type; convert where lossless."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key} expects a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"config key {key} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def set_key(cfg, key: str, value) -> None:
+    """Set a dotted key (e.g. sac.actor_lr) with type checking."""
+    *path, name = key.split(".")
+    node = cfg
+    for part in path:
+        child = getattr(node, part, None)
+        if not dataclasses.is_dataclass(child):
+            raise UserError(f"unknown config key {key}")
+        node = child
+    hints = typing.get_type_hints(type(node))
+    if name not in hints or dataclasses.is_dataclass(getattr(node, name)):
+        valid = ", ".join(f"{'.'.join(path + [n])}" for n in hints)
+        raise UserError(f"unknown config key {key}; valid here: {valid}")
+    setattr(node, name, _coerce(value, hints[name], key))
+
+
+def merge(cfg, tree: dict, prefix: str = "") -> None:
+    """Apply a nested dict (from YAML) onto the config, key by key."""
+    if not isinstance(tree, dict):
+        raise UserError(f"config {prefix or 'file'} must be a mapping, got {tree!r}")
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            merge(cfg, v, key + ".")
+        else:
+            set_key(cfg, key, v)
+
+
+def read_yaml(path: str | Path) -> dict:
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects key=value, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: cannot parse value {raw!r}") from None
+
+
+def build_config(suite: str | None = None, config_file: str | None = None,
+                 flags: dict | None = None, overrides: list[str] = ()) -> Config:
+    """Resolve the config in precedence order (see module docstring)."""
+    file_tree = read_yaml(config_file) if config_file else {}
+    suite = suite or (file_tree.get("env") or {}).get("suite") or Config().env.suite
+    preset = PRESETS_DIR / f"{suite}.yaml"
+    cfg = Config()
+    if preset.exists():
+        merge(cfg, read_yaml(preset))
+    merge(cfg, file_tree)
+    cfg.env.suite = suite
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_key(cfg, key, value)
+    for text in overrides:
+        set_key(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    positive = {"run.steps": cfg.run.steps, "eval.goals": cfg.eval.goals,
+                "run.checkpoint_every": cfg.run.checkpoint_every, "run.log_every": cfg.run.log_every,
+                "env.envs_per_task": cfg.env.envs_per_task, "run.keep_checkpoints": cfg.run.keep_checkpoints,
+                "replay.capacity_per_task": cfg.replay.capacity_per_task,
+                "sac.batch_size_per_task": cfg.sac.batch_size_per_task}
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{key} must be positive, got {value}")
+    for key, value in {"eval.every": cfg.eval.every, "run.threads": cfg.run.threads,
+                       "sac.warmup_steps_per_task": cfg.sac.warmup_steps_per_task,
+                       "sac.updates_per_round": cfg.sac.updates_per_round}.items():
+        if value < 0:
+            raise UserError(f"{key} must be >= 0, got {value}")
+    if not cfg.sac.hidden_sizes or min(cfg.sac.hidden_sizes) <= 0:
+        raise UserError(f"sac.hidden_sizes must be a non-empty list of positive sizes")
+    from agents.networks import HEADS
+    if cfg.sac.head not in HEADS:
+        raise UserError(f"unknown sac.head {cfg.sac.head!r}; valid: {', '.join(HEADS)}")
+    if not 0 < cfg.sac.tau <= 1 or not 0 <= cfg.sac.gamma <= 1:
+        raise UserError("sac.tau must be in (0, 1] and sac.gamma in [0, 1]")
+
+
+def load_run_config(path: Path) -> Config:
+    """The resolved config saved in a run directory (the `versions` section is informational)."""
+    tree = read_yaml(path)
+    tree.pop("versions", None)
+    cfg = Config()
+    merge(cfg, tree)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,43 @@
+"""The evaluation protocol: per task, one episode on each of the first `goals` fixed goals;
+an episode is a success if info["success"] was ever true. All tasks' envs run in lockstep
+so policy inference is batched."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs[N, d], task[N]) -> action[N, a]
+
+
+def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: int,
+             seed: int) -> list[dict]:
+    """Envs are reseeded from `seed`, so an evaluation does not depend on earlier ones. Returns, per env (one per task): {"task_index", "success", "return", "episodes"}."""
+    n = len(envs)
+    task_ids = np.asarray(task_ids, np.int64)
+    next_goal = np.zeros(n, np.int64)
+    returns = [[] for _ in range(n)]
+    successes = [[] for _ in range(n)]
+    active = np.ones(n, bool)
+    obs = np.stack([env.reset(seed=seed + i, options={"goal": 0})[0] for i, env in enumerate(envs)])
+    ep_return, ep_success = np.zeros(n), np.zeros(n, bool)
+    while active.any():
+        idx = np.flatnonzero(active)
+        actions = policy(obs[idx], task_ids[idx])
+        for j, i in enumerate(idx):
+            obs[i], r, term, trunc, info = envs[i].step(actions[j])
+            ep_return[i] += r
+            ep_success[i] |= bool(info["success"])
+            if term or trunc:
+                returns[i].append(ep_return[i])
+                successes[i].append(ep_success[i])
+                ep_return[i], ep_success[i] = 0.0, False
+                next_goal[i] += 1
+                if next_goal[i] < goals:
+                    obs[i] = envs[i].reset(options={"goal": int(next_goal[i])})[0]
+                else:
+                    active[i] = False
+    return [{"task_index": int(task_ids[i]), "success": float(np.mean(successes[i])),
+             "return": float(np.mean(returns[i])), "episodes": goals} for i in range(n)]

@@ -1,0 +1,139 @@
+"""Train one shared multi-task agent.
+
+    python launch/train.py --suite metaworld                  # MT10, the defaults
+    python launch/train.py --suite metaworld --tasks MT50 --steps 100000000
+    python launch/train.py --suite pointmass --steps 20000 --set sac.actor_lr=1e-3
+    python launch/train.py --resume runs/metaworld-MT10-seed0-...
+
+Reads like a table of contents: parse config -> build suite -> build trainer -> run.
+User errors (bad flags, names, files, checkpoints) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python launch/train.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+from launch.config import Config, build_config, load_run_config, set_key, to_dict
+from launch.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage too)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def parse_args(argv):
+    p = _Parser(prog="train.py", description="Train a multi-task agent (see README).")
+    p.add_argument("--suite", help="metaworld (default) or pointmass")
+    p.add_argument("--tasks", help="MT1 task name, MT10/MT25/MT50, PM4/PM8, or a comma list")
+    p.add_argument("--steps", help="total env steps over all tasks")
+    p.add_argument("--seed")
+    p.add_argument("--eval-every", help="env steps between evaluations")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--run-dir", help="where to write the run (default runs/<suite>-<tasks>-seed<seed>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config overrides")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set sac.actor_lr=1e-3 (repeatable)")
+    return p.parse_args(argv)
+
+
+def _flag_values(args) -> dict:
+    """Named flags as config keys; values go through the same type checks as --set."""
+    raw = {"env.tasks": args.tasks, "run.steps": args.steps, "run.seed": args.seed,
+           "eval.every": args.eval_every, "run.device": args.device}
+    return {k: (yaml.safe_load(v) if k != "env.tasks" and v is not None else v) for k, v in raw.items()}
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in ("polytask", "torch", "numpy", "gymnasium", "metaworld", "mujoco", "tensorboard"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    tree = {**to_dict(cfg), "versions": versions()}
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
+    os.replace(tmp, run_dir / "config.yaml")
+
+
+def resolve(args) -> tuple[Config, Path, bool]:
+    """The config, run directory and whether this is a resume; nothing is written yet."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.suite or args.tasks or args.seed or args.config or args.set or args.run_dir or args.eval_every:
+            raise UserError("--resume continues a run with its saved config; only --steps and --device may change")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"cannot resume {run_dir}: no config.yaml (not a polytask run directory)")
+        cfg = load_run_config(run_dir / "config.yaml")
+        for key, value in _flag_values(args).items():
+            if value is not None:
+                set_key(cfg, key, value)
+        return cfg, run_dir, True
+    cfg = build_config(args.suite, args.config, _flag_values(args), args.set)
+    run_dir = Path(args.run_dir or f"runs/{cfg.env.suite}-{(cfg.env.tasks or 'default').replace(',', '+')}"
+                   f"-seed{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} already exists; use --resume {run_dir} to continue it")
+    return cfg, run_dir, False
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    created = False
+    run_dir = None
+    try:
+        cfg, run_dir, resume = resolve(args)
+        from envs import make_suite  # heavy imports after the cheap checks
+        from launch.trainer import Trainer
+        try:
+            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if cfg.eval.goals > suite.num_goals:
+            raise UserError(f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}")
+        if not resume:
+            created = not run_dir.exists()
+            run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(cfg, suite, run_dir, resume)
+        write_config(run_dir, cfg)
+        created = False  # from here on the directory is a real (resumable) run
+        print(f"polytask: training {suite.name} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
+              f"env steps on {trainer.device}; run dir {run_dir}", flush=True)
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
+        return 0
+    except UserError as e:
+        if created and run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        sys.stderr.write(f"train.py: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        if created and run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        sys.stderr.write(f"\ntrain.py: interrupted; continue with --resume {run_dir}\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

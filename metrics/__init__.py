@@ -1,0 +1,1 @@
+"""Evaluation logs and (lifelong-learning) metrics over them."""
