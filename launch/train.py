@@ -116,6 +116,8 @@ def main(argv=None) -> int:
         trainer = Trainer(cfg, suite, run_dir, resume)
         write_config(run_dir, cfg)
         created = False  # from here on the directory is a real (resumable) run
+        if resume:
+            print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
         print(f"polytask: training {suite.name} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
               f"env steps on {trainer.device}; run dir {run_dir}", flush=True)
         try:

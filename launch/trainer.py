@@ -9,7 +9,9 @@ step <= S and TensorBoard purges events after S, so neither has duplicate nor mi
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -97,15 +99,13 @@ class Trainer:
             state["replay"] = self.replay.state_dict()
         checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.run.keep_checkpoints)
 
-    def policy(self, deterministic: bool):
-        def act(obs: np.ndarray, task: np.ndarray) -> np.ndarray:
-            action = self.learner.actor.act(torch.as_tensor(obs, device=self.device),
-                                            torch.as_tensor(task, device=self.device), deterministic)
-            return action.cpu().numpy()
-        return act
+    def act(self, obs: np.ndarray, task: np.ndarray, deterministic: bool) -> np.ndarray:
+        action = self.learner.actor.act(torch.as_tensor(obs, device=self.device),
+                                        torch.as_tensor(task, device=self.device), deterministic)
+        return action.cpu().numpy()
 
     def _evaluate(self) -> float:
-        results = evaluate(self.policy(self.cfg.eval.deterministic), self.eval_envs,
+        results = evaluate(partial(self.act, deterministic=self.cfg.eval.deterministic), self.eval_envs,
                            [t.index for t in self.suite.tasks], self.cfg.eval.goals,
                            seed=seed_for(self.cfg.run.seed, 4))
         rows = [{"step": self.step, "task": self.suite.tasks[r["task_index"]].name, **r} for r in results]
@@ -118,8 +118,10 @@ class Trainer:
         return mean_success
 
     def run(self) -> float | None:
-        """Train to cfg.run.steps; returns the final mean eval success."""
+        """Train to cfg.run.steps; returns the final mean eval success. Sets
+        `train_steps_per_s`: env steps per second of training, evaluation and checkpoints excluded."""
         cfg, suite, learner = self.cfg, self.suite, self.learner
+        start_step, start_time, paused = self.step, time.perf_counter(), 0.0
         n_envs, total = len(self.pool.envs), cfg.run.steps
         warmup = cfg.sac.warmup_steps_per_task * len(suite.tasks)
         progress = Progress(total, self.step, learner.num_updates)
@@ -129,11 +131,12 @@ class Trainer:
         if self.step == 0:
             eval_success = self._evaluate()
             self._save_checkpoint()  # every run directory is resumable from its start
+            paused = time.perf_counter() - start_time
         while self.step < total:
             if self.step < warmup:
                 actions = self.rng.uniform(-1, 1, (n_envs, suite.action_dim)).astype(np.float32)
             else:
-                actions = self.policy(deterministic=False)(self.pool.obs, self.pool.task_ids)
+                actions = self.act(self.pool.obs, self.pool.task_ids, deterministic=False)
             result = self.pool.step(actions)
             self.replay.add(self.pool.task_ids, result.obs, actions, result.reward, result.next_obs,
                             result.terminated)
@@ -151,12 +154,16 @@ class Trainer:
                 episodes.clear()
                 progress.show(progress.line(self.step, steps_per_s, updates_per_s, train_success,
                                             eval_success))
+            pause_start = time.perf_counter()
             if crossed(before, self.step, cfg.eval.every) or last:
                 eval_success = self._evaluate()
             if crossed(before, self.step, cfg.run.checkpoint_every) or last:
                 self._save_checkpoint()
+            paused += time.perf_counter() - pause_start
+        self.train_steps_per_s = (self.step - start_step) / max(time.perf_counter() - start_time - paused, 1e-9)
         final = "n/a" if eval_success is None else f"{eval_success:.3f}"
-        progress.done(f"done: step {self.step:,} | eval success {final} | run dir {self.run_dir}")
+        progress.done(f"done: step {self.step:,} | eval success {final} | training "
+                      f"{self.train_steps_per_s:,.0f} env-steps/s (evaluation excluded) | run dir {self.run_dir}")
         return eval_success
 
     def _log_training(self, episodes, losses, steps_per_s, updates_per_s) -> float | None:

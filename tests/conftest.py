@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "launch" / "train.py"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def goal_cache_dir(tmp_path_factory):
+    """Keep the Meta-World goal cache inside the test's temp dir, shared by the whole session."""
+    path = tmp_path_factory.mktemp("goal-cache")
+    old = os.environ.get("POLYTASK_CACHE_DIR")
+    os.environ["POLYTASK_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("POLYTASK_CACHE_DIR", None)
+    else:
+        os.environ["POLYTASK_CACHE_DIR"] = old
+
+
+def run_train(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run launch/train.py as a user would, in a subprocess."""
+    return subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy(), **kwargs)
+
+
+def start_train(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard tag, after TensorBoard's own purge of orphaned events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]

@@ -1,0 +1,128 @@
+"""Every bad input: one readable line on stderr, exit code 2, no traceback, nothing written."""
+
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import run_train
+
+
+def _assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--suite", "atari"], ["unknown suite 'atari'", "metaworld", "pointmass"]),
+    (["--suite", "metaworld", "--tasks", "reach-v3,fly-v3"], ["unknown task fly-v3", "MT10", "reach-v3"]),
+    (["--suite", "pointmass", "--tasks", "MT10"], ["unknown task MT10", "PM4", "reach-n"]),
+    (["--suite", "pointmass", "--set", "sac.learning_rate=1"], ["unknown config key sac.learning_rate"]),
+    (["--suite", "pointmass", "--set", "nosuch.key=1"], ["unknown config key nosuch.key"]),
+    (["--suite", "pointmass", "--set", "sac.gamma=high"], ["sac.gamma expects float", "'high'"]),
+    (["--suite", "pointmass", "--set", "sac.hidden_sizes=64"], ["sac.hidden_sizes expects a list"]),
+    (["--suite", "pointmass", "--set", "novalue"], ["--set expects key=value"]),
+    (["--suite", "pointmass", "--steps", "-5"], ["run.steps must be positive"]),
+    (["--suite", "pointmass", "--steps", "0"], ["run.steps must be positive"]),
+    (["--suite", "pointmass", "--steps", "ten"], ["run.steps expects int"]),
+    (["--suite", "pointmass", "--device", "tpu"], ["device"]),
+    (["--suite", "pointmass", "--set", "eval.goals=51"], ["eval.goals must be at most 50"]),
+    (["--suite", "pointmass", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+])
+def test_bad_flags(tmp_path, args, fragments):
+    run = tmp_path / "run"
+    proc = run_train(*args, "--run-dir", run)
+    _assert_user_error(proc, *fragments)
+    assert not run.exists()
+
+
+def test_malformed_and_wrong_config_files(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("sac:\n  actor_lr: [1e-3\n")
+    _assert_user_error(run_train("--config", bad_yaml, "--run-dir", tmp_path / "a"), "malformed YAML", "bad.yaml")
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n- 2\n")
+    _assert_user_error(run_train("--config", not_mapping, "--run-dir", tmp_path / "b"), "must hold a mapping")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("sac:\n  actr_lr: 0.1\n")
+    _assert_user_error(run_train("--config", unknown, "--run-dir", tmp_path / "c"), "unknown config key sac.actr_lr")
+    _assert_user_error(run_train("--config", tmp_path / "missing.yaml", "--run-dir", tmp_path / "d"),
+                       "config file not found")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "list.yaml", "unknown.yaml"]
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+    _assert_user_error(run_train("--suite", "pointmass", "--run-dir", run), "already exists", "--resume")
+    assert [p.name for p in run.iterdir()] == ["keep.txt"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    proc = run_train("--suite", "pointmass", "--steps", 400, "--run-dir", run, "--set", "eval.goals=1")
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def _copy(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def _snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_resume_missing_dir(tmp_path):
+    _assert_user_error(run_train("--resume", tmp_path / "nope"), "cannot resume", "no config.yaml")
+
+
+def test_resume_without_checkpoint(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    _assert_user_error(run_train("--resume", run), "no checkpoint")
+
+
+def test_resume_corrupt_checkpoint_changes_nothing(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    latest = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    latest.write_bytes(latest.read_bytes()[:100])
+    before = _snapshot(run)
+    _assert_user_error(run_train("--resume", run, "--steps", 800), "corrupt checkpoint", latest.name)
+    assert _snapshot(run) == before
+
+
+def test_resume_incompatible_checkpoint_version(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    latest = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    state = torch.load(latest, weights_only=True)
+    state["format_version"] = 99
+    torch.save(state, latest)
+    _assert_user_error(run_train("--resume", run, "--steps", 800), "incompatible checkpoint", "version 99")
+
+
+def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("  - 64\n  - 64\n", "  - 32\n"))
+    before = _snapshot(run)
+    _assert_user_error(run_train("--resume", run, "--steps", 800), "checkpoint does not match")
+    assert _snapshot(run) == before
+
+
+def test_resume_rejects_config_changes(finished_run):
+    _assert_user_error(run_train("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps and --device")
+
+
+def test_resume_malformed_saved_config(finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    (run / "config.yaml").write_text("env: [unclosed\n")
+    _assert_user_error(run_train("--resume", run), "malformed YAML", "config.yaml")
