@@ -48,6 +48,20 @@ class RunConfig:
     log_every: int = 10_000       # env steps between progress lines / training scalars
 
 
+BACKENDS = ("single", "local", "ray")
+
+
+@dataclass
+class RuntimeConfig:
+    backend: str = "local"        # single (one loop, no workers) | local (actor processes) | ray
+    actors: int = 2               # actor workers (per learner rank)
+    envs_per_actor: int = 0       # 0: enough for every task to get env.envs_per_task envs
+    chunk_steps: int = 64         # env steps an actor sends at once
+    max_policy_lag: int = 1       # an actor refreshes its weights once it is this many versions behind
+    publish_every: int = 1        # learner updates between weight publications
+    ray_address: str = ""         # join this Ray cluster; "": start a private local one
+
+
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -55,6 +69,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def to_dict(cfg) -> dict:
@@ -167,17 +182,22 @@ def validate(cfg: Config) -> None:
                 "run.checkpoint_every": cfg.run.checkpoint_every, "run.log_every": cfg.run.log_every,
                 "env.envs_per_task": cfg.env.envs_per_task, "run.keep_checkpoints": cfg.run.keep_checkpoints,
                 "replay.capacity_per_task": cfg.replay.capacity_per_task,
-                "sac.batch_size_per_task": cfg.sac.batch_size_per_task}
+                "sac.batch_size_per_task": cfg.sac.batch_size_per_task, "runtime.actors": cfg.runtime.actors,
+                "runtime.chunk_steps": cfg.runtime.chunk_steps, "runtime.max_policy_lag": cfg.runtime.max_policy_lag,
+                "runtime.publish_every": cfg.runtime.publish_every}
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key} must be positive, got {value}")
     for key, value in {"eval.every": cfg.eval.every, "run.threads": cfg.run.threads,
                        "sac.warmup_steps_per_task": cfg.sac.warmup_steps_per_task,
-                       "sac.updates_per_round": cfg.sac.updates_per_round}.items():
+                       "sac.updates_per_round": cfg.sac.updates_per_round,
+                       "runtime.envs_per_actor": cfg.runtime.envs_per_actor}.items():
         if value < 0:
             raise UserError(f"{key} must be >= 0, got {value}")
     if not cfg.sac.hidden_sizes or min(cfg.sac.hidden_sizes) <= 0:
         raise UserError(f"sac.hidden_sizes must be a non-empty list of positive sizes")
+    if cfg.runtime.backend not in BACKENDS:
+        raise UserError(f"unknown backend {cfg.runtime.backend!r}; valid: {', '.join(BACKENDS)}")
     from agents.networks import HEADS
     if cfg.sac.head not in HEADS:
         raise UserError(f"unknown sac.head {cfg.sac.head!r}; valid: {', '.join(HEADS)}")

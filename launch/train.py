@@ -43,6 +43,10 @@ def parse_args(argv):
     p.add_argument("--seed")
     p.add_argument("--eval-every", help="env steps between evaluations")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--backend", help="local (actor processes, default), ray (Ray actors) or single (one loop)")
+    p.add_argument("--actors", help="actor workers (per learner rank)")
+    p.add_argument("--envs-per-actor", help="envs each actor steps (default: enough for every task)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a private local one)")
     p.add_argument("--run-dir", help="where to write the run (default runs/<suite>-<tasks>-seed<seed>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config overrides")
@@ -54,8 +58,11 @@ def parse_args(argv):
 def _flag_values(args) -> dict:
     """Named flags as config keys; values go through the same type checks as --set."""
     raw = {"env.tasks": args.tasks, "run.steps": args.steps, "run.seed": args.seed,
-           "eval.every": args.eval_every, "run.device": args.device}
-    return {k: (yaml.safe_load(v) if k != "env.tasks" and v is not None else v) for k, v in raw.items()}
+           "eval.every": args.eval_every, "run.device": args.device, "runtime.backend": args.backend,
+           "runtime.actors": args.actors, "runtime.envs_per_actor": args.envs_per_actor,
+           "runtime.ray_address": args.ray_address}
+    as_text = {"env.tasks", "runtime.backend", "runtime.ray_address", "run.device"}
+    return {k: (yaml.safe_load(v) if k not in as_text and v is not None else v) for k, v in raw.items()}
 
 
 def versions() -> dict:
@@ -79,8 +86,10 @@ def resolve(args) -> tuple[Config, Path, bool]:
     """The config, run directory and whether this is a resume; nothing is written yet."""
     if args.resume:
         run_dir = Path(args.resume)
-        if args.suite or args.tasks or args.seed or args.config or args.set or args.run_dir or args.eval_every:
-            raise UserError("--resume continues a run with its saved config; only --steps and --device may change")
+        changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every]
+        if any(changed):
+            raise UserError("--resume continues a run with its saved config; only --steps, --device and "
+                            "the runtime flags (--backend, --actors, --envs-per-actor, --ray-address) may change")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"cannot resume {run_dir}: no config.yaml (not a polytask run directory)")
         cfg = load_run_config(run_dir / "config.yaml")
@@ -98,10 +107,22 @@ def resolve(args) -> tuple[Config, Path, bool]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    created = False
-    run_dir = None
+    created, run_dir, trainer, dist = False, None, None, None
     try:
-        cfg, run_dir, resume = resolve(args)
+        from launch.distributed import init_from_env
+
+        dist = init_from_env()  # one process unless started by torchrun
+        # Rank 0 resolves the config (it may read the run dir) and tells every rank: all fail alike.
+        resolved, error = None, None
+        if dist.is_main:
+            try:
+                resolved = resolve(args)
+            except UserError as e:
+                error = str(e)
+        resolved, error = dist.broadcast_object((resolved, error))
+        if error:
+            raise UserError(error)
+        cfg, run_dir, resume = resolved
         from envs import make_suite  # heavy imports after the cheap checks
         from launch.trainer import Trainer
         try:
@@ -110,20 +131,20 @@ def main(argv=None) -> int:
             raise UserError(str(e)) from None
         if cfg.eval.goals > suite.num_goals:
             raise UserError(f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}")
-        if not resume:
+        if not resume and dist.is_main:
             created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(cfg, suite, run_dir, resume)
-        write_config(run_dir, cfg)
-        created = False  # from here on the directory is a real (resumable) run
-        if resume:
-            print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
-        print(f"polytask: training {suite.name} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
-              f"env steps on {trainer.device}; run dir {run_dir}", flush=True)
-        try:
-            trainer.run()
-        finally:
-            trainer.close()
+        log = print if dist.is_main else (lambda *a, **k: print(f"[rank {dist.rank}]", *a, **k))
+        trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log)
+        if dist.is_main:
+            write_config(run_dir, cfg)
+            created = False  # from here on the directory is a real run
+            if resume:
+                print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
+            print(f"polytask: training {suite.name} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
+                  f"env steps on {trainer.device}, backend {cfg.runtime.backend}"
+                  f"{f', {dist.world} learner ranks' if dist.world > 1 else ''}; run dir {run_dir}", flush=True)
+        trainer.run()
         return 0
     except UserError as e:
         if created and run_dir is not None:
@@ -135,6 +156,11 @@ def main(argv=None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         sys.stderr.write(f"\ntrain.py: interrupted; continue with --resume {run_dir}\n")
         return 130
+    finally:
+        if trainer is not None:
+            trainer.close()
+        if dist is not None:
+            dist.close()
 
 
 if __name__ == "__main__":

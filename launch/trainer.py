@@ -1,17 +1,30 @@
-"""The single-process runtime: one loop steps every task's envs, stores experience in replay,
-updates the learner, and evaluates, logs and checkpoints on step boundaries. It is the simplest
-backend and the reference for the distributed ones.
+"""The learner runtime: experience from actors -> replay -> SAC updates -> weights -> actors,
+with evaluation, logging and checkpoints on step boundaries. One loop serves every backend:
 
-Resume contract: a checkpoint at step S holds everything logged at steps <= S (evaluations and
-TensorBoard scalars at S are written before it). On resume from S, evals.jsonl keeps rows with
-step <= S and TensorBoard purges events after S, so neither has duplicate nor missing steps.
+  single  the loop itself steps the envs, one round per iteration (the reference for correctness)
+  local   actor processes (launch/local_actors.py)
+  ray     Ray actors (launch/ray_actors.py)
+
+and, under torchrun, every rank runs this loop on its shard of the tasks (launch/distributed.py).
+
+Updates follow the data: every env step earns `updates_per_round / (num_tasks * envs_per_task)`
+updates, in every backend, so the update-to-data ratio does not depend on the backend, the
+number of actors or ranks. A slow learner therefore slows the actors (backpressure), never the
+other way round.
+
+Resume contract: a checkpoint at step S holds everything logged at steps <= S (pending
+evaluations are awaited and TensorBoard flushed before it is written). On resume from S,
+evals.jsonl keeps rows with step <= S and TensorBoard purges events after S, so neither has
+duplicate nor missing steps.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import tempfile
 import time
-from collections import defaultdict
-from functools import partial
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +34,14 @@ from torch.utils.tensorboard import SummaryWriter
 from agents.replay import MultiTaskReplay
 from agents.sac import SACLearner
 from envs.base import Suite
-from envs.pool import EnvPool
 from launch import checkpoint
+from launch.actor import Actor, ActorSpec, Chunk, seed_for
 from launch.config import Config
+from launch.distributed import Dist
 from launch.errors import UserError
-from launch.evaluate import evaluate
+from launch.evaluator import EvaluatorWorker, InlineEvaluator
 from launch.progress import Progress
 from metrics import evallog
-
-
-def seed_for(seed: int, *purpose: int) -> int:
-    """Independent seeds for each consumer (torch, numpy, each env) from the run seed."""
-    return int(np.random.SeedSequence([seed, *purpose]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -40,152 +49,299 @@ def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N, auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported device {name!r}; valid: cpu, cuda, cuda:N, auto")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
     return device
 
 
+class InlineActors:
+    """--backend single: the learner's loop steps the envs itself, one round per poll, acting
+    with the learner's own policy module (nothing to copy)."""
+
+    def __init__(self, spec: ActorSpec, policy: torch.nn.Module):
+        self.actor = Actor(spec, policy=policy)
+        self.restarts = 0
+
+    def publish(self, weights, version: int) -> None:
+        self.actor.version = version
+
+    def poll(self, timeout: float | None) -> list[Chunk]:
+        return [self.actor.collect(1)]
+
+    def close(self) -> None:
+        self.actor.close()
+
+
 class Trainer:
-    def __init__(self, cfg: Config, suite: Suite, run_dir: Path, resume: bool):
-        self.cfg, self.suite, self.run_dir = cfg, suite, run_dir
-        seed = cfg.run.seed
+    def __init__(self, cfg: Config, suite: Suite, run_dir: Path, resume: bool, dist: Dist = Dist(),
+                 log=print):
+        self.cfg, self.suite, self.run_dir, self.dist, self.log = cfg, suite, run_dir, dist, log
+        seed, rank = cfg.run.seed, dist.rank
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.device = resolve_device(cfg.run.device)
-        torch.manual_seed(seed_for(seed, 0))
-        self.rng = np.random.default_rng(seed_for(seed, 1))  # warm-up actions, replay sampling
         num_tasks = len(suite.tasks)
-        self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device)
-        self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim,
-                                      suite.action_dim)
-        self.step = 0
+        self.own_tasks = dist.shard(num_tasks)
+        if not self.own_tasks:
+            raise UserError(f"{dist.world} learner ranks but only {num_tasks} tasks: every rank needs a task")
+        if cfg.replay.save_in_checkpoint and dist.world > 1:
+            raise UserError("replay.save_in_checkpoint is not supported with several learner ranks")
+        self.device = resolve_device(cfg.run.device, dist.rank)
+        torch.manual_seed(seed_for(seed, 0))  # the same initial networks on every rank
+        self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
+                                  sync_gradients=dist.average_gradients)
+        for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
+            dist.broadcast_module_state(module)
+        torch.manual_seed(seed_for(seed, 0, rank))
+        self.rng = np.random.default_rng(seed_for(seed, 1, rank))  # replay sampling
+        self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim)
+        self.step = self.local_step = 0  # env steps: all ranks / this rank
+        self.steps_by_actor: Counter = Counter()
+        self.lags: list[int] = []  # policy-version lag of the chunks received since the last log
+        self.eval_success = None
         if resume:
-            self._restore(checkpoint.load_latest(run_dir / "checkpoints"))
-            evallog.truncate_after(run_dir / "evals.jsonl", self.step)
-        # purge_step hides events a killed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step + 1 if resume else None)
-        train_tasks = [t for t in suite.tasks for _ in range(cfg.env.envs_per_task)]
-        # Env seeds depend on the start step, so a resumed run does not replay the same episodes.
-        self.pool = EnvPool([suite.make_env(t, seed_for(seed, 2, self.step, k))
-                             for k, t in enumerate(train_tasks)], [t.index for t in train_tasks])
-        self.eval_envs = [suite.make_env(t, seed_for(seed, 3, t.index)) for t in suite.tasks]
+            self._restore()
+        self.writer = None
+        if dist.is_main:  # purge_step hides what a killed run logged after its last checkpoint
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step + 1 if resume else None)
+        self.source = self._make_source()
+        self.evaluator = self._make_evaluator() if dist.is_main else None
+        self.version = 0  # weight version the actors see; 0 = no weights yet: act at random
 
-    def _restore(self, state: dict) -> None:
+    # -- construction -------------------------------------------------------------------------
+    def _actor_specs(self) -> list[ActorSpec]:
+        cfg, rt = self.cfg, self.cfg.runtime
+        actors = 1 if rt.backend == "single" else rt.actors
+        envs_needed = len(self.own_tasks) * cfg.env.envs_per_task
+        envs_per_actor = rt.envs_per_actor or math.ceil(envs_needed / actors)
+        if rt.backend == "single":
+            envs_per_actor = envs_needed
+        specs = []
+        for a in range(actors):  # actor a steps tasks a, a+A, ... of this rank's shard
+            tasks = tuple(self.own_tasks[a::actors]) or (self.own_tasks[a % len(self.own_tasks)],)
+            specs.append(ActorSpec(actor_id=self.dist.rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks,
+                                   seed=cfg.run.seed, task_indices=tasks, num_envs=max(envs_per_actor, len(tasks)),
+                                   sac=cfg.sac, num_tasks=len(self.suite.tasks), start_step=self.step))
+        return specs
+
+    def _make_source(self):
+        rt, specs = self.cfg.runtime, self._actor_specs()
+        if rt.backend == "single":
+            return InlineActors(specs[0], self.learner.actor)
+        num_params = sum(p.numel() for p in self.learner.actor.parameters())
+        if rt.backend == "local":
+            from launch.local_actors import LocalActorPool
+            return LocalActorPool(specs, num_params, rt.chunk_steps, rt.max_policy_lag, log=self.log)
+        from launch.ray_actors import RayActorPool
+        self._ray_tmp = tempfile.mkdtemp(prefix="polytask-ray-")
+        return RayActorPool(specs, rt.chunk_steps, rt.max_policy_lag, rt.ray_address, self._ray_tmp, log=self.log)
+
+    def _make_evaluator(self):
+        cfg = self.cfg
+        args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.deterministic)
+        return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Load the latest checkpoint (read on rank 0, sent to every rank)."""
+        loaded, error = None, None
+        if self.dist.is_main:
+            try:
+                loaded = checkpoint.load_latest(self.run_dir / "checkpoints")
+            except UserError as e:
+                error = str(e)
+        loaded, error = self.dist.broadcast_object((loaded, error))
+        if error:
+            raise UserError(error)
         try:
-            self.learner.load_state_dict(state["learner"])
-            if "replay" in state:
-                self.replay.load_state_dict(state["replay"])
-            torch.set_rng_state(state["rng"]["torch"])
-            self.rng.bit_generator.state = state["rng"]["numpy"]
-            self.step = int(state["step"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            if len(loaded["rank_steps"]) != self.dist.world:
+                raise UserError(f"checkpoint was written by {len(loaded['rank_steps'])} learner rank(s), "
+                                f"this run has {self.dist.world}")
+            self.learner.load_state_dict(loaded["learner"])
+            if "replay" in loaded:
+                self.replay.load_state_dict(loaded["replay"])
+            rng = loaded["rng"][self.dist.rank]
+            torch.set_rng_state(rng["torch"])
+            self.rng.bit_generator.state = rng["numpy"]
+            self.step, self.local_step = int(loaded["step"]), int(loaded["rank_steps"][self.dist.rank])
+            self.steps_by_actor = Counter({int(k): v for k, v in loaded["steps_by_actor"].items()})
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint does not match this run's config: {first}") from None
+        if self.dist.is_main:  # drop what a killed run logged after its checkpoint
+            evallog.keep_only(self.run_dir / "evals.jsonl", lambda r: r["step"] <= self.step)
 
     def _save_checkpoint(self) -> None:
-        self.writer.flush()  # everything logged up to this step is on disk before the checkpoint
-        state = {"learner": self.learner.state_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}}
+        rank_state = (self.local_step, {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
+                      dict(self.steps_by_actor))
+        gathered = self.dist.gather_objects(rank_state)  # a collective: every rank takes part
+        if not self.dist.is_main:
+            return
+        # Evaluations asked for at steps <= S are logged before S's checkpoint: one that falls
+        # on an evaluation step waits for it (evaluation and checkpoint intervals rarely meet).
+        self._write_evals(self.evaluator.wait())
+        self.writer.flush()
+        state = {"learner": self.learner.state_dict(), "rank_steps": [g[0] for g in gathered],
+                 "rng": [g[1] for g in gathered],
+                 "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()}}
         if self.cfg.replay.save_in_checkpoint:
             state["replay"] = self.replay.state_dict()
         checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.run.keep_checkpoints)
 
-    def act(self, obs: np.ndarray, task: np.ndarray, deterministic: bool) -> np.ndarray:
-        action = self.learner.actor.act(torch.as_tensor(obs, device=self.device),
-                                        torch.as_tensor(task, device=self.device), deterministic)
-        return action.cpu().numpy()
+    # -- evaluation ---------------------------------------------------------------------------
+    def _policy_weights(self) -> torch.Tensor:
+        return torch.nn.utils.parameters_to_vector(self.learner.actor.parameters()).detach().cpu()
 
-    def _evaluate(self) -> float:
-        results = evaluate(partial(self.act, deterministic=self.cfg.eval.deterministic), self.eval_envs,
-                           [t.index for t in self.suite.tasks], self.cfg.eval.goals,
-                           seed=seed_for(self.cfg.run.seed, 4))
-        rows = [{"step": self.step, "task": self.suite.tasks[r["task_index"]].name, **r} for r in results]
-        evallog.append(self.run_dir / "evals.jsonl", rows)
-        for row in rows:
-            self.writer.add_scalar(f"eval/success/{row['task']}", row["success"], self.step)
-            self.writer.add_scalar(f"eval/return/{row['task']}", row["return"], self.step)
-        mean_success = float(np.mean([r["success"] for r in rows]))
-        self.writer.add_scalar("eval/success_mean", mean_success, self.step)
-        return mean_success
+    def _write_evals(self, evaluations: list[list[dict]]) -> None:
+        for rows in evaluations:
+            evallog.append(self.run_dir / "evals.jsonl", rows)
+            step = rows[0]["step"]
+            for row in rows:
+                self.writer.add_scalar(f"eval/success/{row['task']}", row["success"], step)
+                self.writer.add_scalar(f"eval/return/{row['task']}", row["return"], step)
+            self.eval_success = float(np.mean([r["success"] for r in rows]))
+            self.writer.add_scalar("eval/success_mean", self.eval_success, step)
+
+    def _evaluate(self) -> None:
+        if self.dist.is_main:
+            self.evaluator.submit(self.step, self.version, self._policy_weights())
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _ingest(self, chunk: Chunk, episodes: dict) -> int:
+        self.replay.add(chunk.task, chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated)
+        for episode in chunk.episodes:
+            episodes[episode.task].append(episode)
+        self.steps_by_actor[chunk.actor_id] += len(chunk)
+        self.lags.append(self.version - chunk.policy_version)
+        return len(chunk)
 
     def run(self) -> float | None:
-        """Train to cfg.run.steps; returns the final mean eval success. Sets
-        `train_steps_per_s`: env steps per second of training, evaluation and checkpoints excluded."""
-        cfg, suite, learner = self.cfg, self.suite, self.learner
-        start_step, start_time, paused = self.step, time.perf_counter(), 0.0
-        n_envs, total = len(self.pool.envs), cfg.run.steps
-        warmup = cfg.sac.warmup_steps_per_task * len(suite.tasks)
+        """Train to cfg.run.steps; returns the final mean eval success. Sets `train_steps_per_s`:
+        env steps per second of training, evaluation and checkpoints excluded."""
+        cfg, learner = self.cfg, self.learner
+        total = cfg.run.steps
+        warmup = cfg.sac.warmup_steps_per_task * len(self.suite.tasks)
+        updates_per_step = cfg.sac.updates_per_round / (len(self.suite.tasks) * cfg.env.envs_per_task)
         progress = Progress(total, self.step, learner.num_updates)
         episodes = defaultdict(list)  # task -> finished training episodes since the last log
         losses: dict = {}
-        eval_success = None
+        credit, since_publish = 0.0, 0
+        start_step, start_time, paused = self.step, time.perf_counter(), 0.0
         if self.step == 0:
-            eval_success = self._evaluate()
-            self._save_checkpoint()  # every run directory is resumable from its start
+            self._evaluate()
             paused = time.perf_counter() - start_time
+        if learner.num_updates:  # resumed: actors act with the restored policy at once
+            self.version = learner.num_updates
+            self.source.publish(self._policy_weights(), self.version)
         while self.step < total:
-            if self.step < warmup:
-                actions = self.rng.uniform(-1, 1, (n_envs, suite.action_dim)).astype(np.float32)
-            else:
-                actions = self.act(self.pool.obs, self.pool.task_ids, deterministic=False)
-            result = self.pool.step(actions)
-            self.replay.add(self.pool.task_ids, result.obs, actions, result.reward, result.next_obs,
-                            result.terminated)
-            for episode in result.finished:
-                episodes[episode.task].append(episode)
-            before, self.step = self.step, self.step + n_envs
-            if self.step >= warmup and self.replay.min_size() >= cfg.sac.batch_size_per_task:
-                for _ in range(cfg.sac.updates_per_round):
-                    losses = learner.update(self.replay.sample(cfg.sac.batch_size_per_task, self.rng))
+            chunks = self.source.poll(timeout=0 if credit >= 1 else 1.0)
+            new_steps = sum(self._ingest(c, episodes) for c in chunks)
+            self.local_step += new_steps
+            ready = self.step >= warmup and self.replay.min_size(self.own_tasks) >= cfg.sac.batch_size_per_task
+            credit = credit + new_steps * updates_per_step if ready else 0.0
+            before = self.step
+            self.step, due = self.dist.sync_counts(self.local_step, int(credit))
+            for _ in range(due):
+                losses = learner.update(self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.own_tasks))
+                since_publish += 1
+            credit -= due
+            if due and (since_publish >= cfg.runtime.publish_every or self.version == 0):
+                self.version, since_publish = learner.num_updates, 0
+                self.source.publish(self._policy_weights(), self.version)
+            if self.dist.is_main:
+                self._write_evals(self.evaluator.results())
 
             last = self.step >= total
             if crossed(before, self.step, cfg.run.log_every) or last:
-                steps_per_s, updates_per_s = progress.rates(self.step, learner.num_updates)
-                train_success = self._log_training(episodes, losses, steps_per_s, updates_per_s)
+                self._log_training(progress, episodes, losses)
                 episodes.clear()
-                progress.show(progress.line(self.step, steps_per_s, updates_per_s, train_success,
-                                            eval_success))
             pause_start = time.perf_counter()
             if crossed(before, self.step, cfg.eval.every) or last:
-                eval_success = self._evaluate()
+                self._evaluate()
             if crossed(before, self.step, cfg.run.checkpoint_every) or last:
                 self._save_checkpoint()
             paused += time.perf_counter() - pause_start
         self.train_steps_per_s = (self.step - start_step) / max(time.perf_counter() - start_time - paused, 1e-9)
-        final = "n/a" if eval_success is None else f"{eval_success:.3f}"
-        progress.done(f"done: step {self.step:,} | eval success {final} | training "
-                      f"{self.train_steps_per_s:,.0f} env-steps/s (evaluation excluded) | run dir {self.run_dir}")
-        return eval_success
+        self._finish(progress)
+        return self.eval_success
 
-    def _log_training(self, episodes, losses, steps_per_s, updates_per_s) -> float | None:
+    def _finish(self, progress: Progress) -> None:
+        """Gather every rank's summary; rank 0 checks the networks are identical across ranks,
+        writes learners.json and prints the final line."""
+        params = torch.cat([torch.nn.utils.parameters_to_vector(m.parameters()).detach().cpu()
+                            for m in (self.learner.actor, self.learner.critic)] + [self.learner.log_alpha.detach().cpu()])
+        ranks = self.dist.gather_objects({
+            "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
+            "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
+            "actor_restarts": self.source.restarts, "params": params})
+        if not self.dist.is_main:
+            return
+        self._write_evals(self.evaluator.wait())
+        max_difference = max(float((r["params"] - params).abs().max()) for r in ranks)
+        for r in ranks:
+            del r["params"]
+        restarts = sum(r["actor_restarts"] for r in ranks)
+        summary = {"world_size": self.dist.world, "step": self.step, "actor_restarts": restarts,
+                   "max_parameter_difference_across_ranks": max_difference,
+                   "train_env_steps_per_s": self.train_steps_per_s, "ranks": ranks}
+        (self.run_dir / "learners.json").write_text(json.dumps(summary, indent=2) + "\n")
+        final = "n/a" if self.eval_success is None else f"{self.eval_success:.3f}"
+        by_actor = ", ".join(f"{k}: {v:,}" for r in ranks for k, v in sorted(r["steps_by_actor"].items()))
+        progress.done(f"done: step {self.step:,} | eval success {final} | training "
+                      f"{self.train_steps_per_s:,.0f} env-steps/s (evaluation excluded) | "
+                      f"actor restarts {restarts} | env steps by actor {{{by_actor}}} | run dir {self.run_dir}")
+
+    def _log_training(self, progress: Progress, episodes: dict, losses: dict) -> None:
+        gathered = self.dist.gather_objects((dict(episodes), self.source.restarts, dict(self.steps_by_actor),
+                                             self.lags))
+        self.lags = []
+        if not self.dist.is_main:
+            return
         w, step = self.writer, self.step
+        steps_per_s, updates_per_s = progress.rates(step, self.learner.num_updates)
         w.add_scalar("perf/env_steps_per_s", steps_per_s, step)
         w.add_scalar("perf/updates_per_s", updates_per_s, step)
         for name, value in losses.items():
             w.add_scalar(name, float(value), step)
         alphas = self.learner.log_alpha.detach().exp().cpu().numpy()
+        all_episodes = defaultdict(list)
+        for rank_episodes, *_ in gathered:
+            for task, eps in rank_episodes.items():
+                all_episodes[task] += eps
+        restarts = sum(g[1] for g in gathered)
+        w.add_scalar("actors/restarts", restarts, step)
+        for g in gathered:
+            for actor_id, n in g[2].items():
+                w.add_scalar(f"actors/steps/actor{actor_id}", n, step)
+        lags = [lag for g in gathered for lag in g[3]]
+        if lags:
+            w.add_scalar("actors/policy_lag", float(np.mean(lags)), step)
         successes = []
         for task in self.suite.tasks:
             w.add_scalar(f"alpha/{task.name}", float(alphas[task.index]), step)
-            if episodes.get(task.index):
-                success = float(np.mean([e.success for e in episodes[task.index]]))
+            if all_episodes.get(task.index):
+                success = float(np.mean([e.success for e in all_episodes[task.index]]))
                 successes.append(success)
                 w.add_scalar(f"train/success/{task.name}", success, step)
-                w.add_scalar(f"train/return/{task.name}",
-                             float(np.mean([e.ret for e in episodes[task.index]])), step)
-        return float(np.mean(successes)) if successes else None
+                w.add_scalar(f"train/return/{task.name}", float(np.mean([e.ret for e in all_episodes[task.index]])), step)
+        line = progress.line(step, steps_per_s, updates_per_s, float(np.mean(successes)) if successes else None,
+                             self.eval_success)
+        progress.show(line + (f" | actor restarts {restarts}" if restarts else ""))
 
     def close(self) -> None:
-        self.writer.close()
-        self.pool.close()
-        for env in self.eval_envs:
-            env.close()
+        for part in (self.source, self.evaluator):
+            if part is not None:
+                part.close()
+        if self.writer is not None:
+            self.writer.close()

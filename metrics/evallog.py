@@ -32,11 +32,12 @@ def read(path: Path) -> list[dict]:
     return rows
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Keep only rows with step <= `step` (resume: the rest is evaluated again). Atomic."""
+def keep_only(path: Path, keep) -> None:
+    """Rewrite the log with the rows for which keep(row) is true (resume drops rows logged after
+    the checkpoint and rows of evaluations it will redo). Atomic."""
     if not Path(path).exists():
         return
-    rows = [r for r in read(path) if r["step"] <= step]
+    rows = [r for r in read(path) if keep(r)]
     tmp = Path(f"{path}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, path)

@@ -32,6 +32,8 @@ def _assert_user_error(proc, *fragments):
     (["--suite", "pointmass", "--device", "tpu"], ["device"]),
     (["--suite", "pointmass", "--set", "eval.goals=51"], ["eval.goals must be at most 50"]),
     (["--suite", "pointmass", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+    (["--suite", "pointmass", "--backend", "mpi"], ["unknown backend 'mpi'", "single, local, ray"]),
+    (["--suite", "pointmass", "--actors", "0"], ["runtime.actors must be positive"]),
 ])
 def test_bad_flags(tmp_path, args, fragments):
     run = tmp_path / "run"
@@ -66,7 +68,8 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("finished") / "run"
-    proc = run_train("--suite", "pointmass", "--steps", 400, "--run-dir", run, "--set", "eval.goals=1")
+    proc = run_train("--suite", "pointmass", "--backend", "single", "--steps", 400, "--run-dir", run,
+                     "--set", "eval.goals=1")
     assert proc.returncode == 0, proc.stderr
     return run
 
@@ -119,7 +122,7 @@ def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
 
 
 def test_resume_rejects_config_changes(finished_run):
-    _assert_user_error(run_train("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps and --device")
+    _assert_user_error(run_train("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps, --device")
 
 
 def test_resume_malformed_saved_config(finished_run, tmp_path):

@@ -6,8 +6,8 @@ from tests.conftest import run_train, scalars
 
 def test_pointmass_multitask_success_rises(tmp_path):
     run = tmp_path / "run"
-    proc = run_train("--suite", "pointmass", "--steps", 6000, "--eval-every", 2000, "--seed", 1,
-                     "--run-dir", run, "--set", "eval.goals=20")
+    proc = run_train("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--eval-every", 2000,
+                     "--seed", 1, "--run-dir", run, "--set", "eval.goals=20")
     assert proc.returncode == 0, proc.stderr
     rows = evallog.read(run / "evals.jsonl")
     by_step = {}

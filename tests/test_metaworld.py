@@ -64,7 +64,7 @@ def test_env_seeding_goals_and_success_flag():
 
 def test_mt10_short_training_run_logs_every_task(tmp_path):
     run = tmp_path / "run"
-    proc = run_train("--suite", "metaworld", "--tasks", "MT10", "--steps", 300, "--eval-every", 300,
+    proc = run_train("--suite", "metaworld", "--backend", "single", "--tasks", "MT10", "--steps", 300, "--eval-every", 300,
                      "--run-dir", run, "--set", "eval.goals=1", "--set", "sac.hidden_sizes=[32,32]",
                      "--set", "sac.warmup_steps_per_task=10", "--set", "sac.batch_size_per_task=8",
                      "--set", "run.log_every=100", timeout=600)

@@ -7,6 +7,7 @@ multi-task SAC, Yu et al. 2019); names follow CleanRL's sac_continuous_action.py
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,11 @@ from agents.sac.config import SACConfig
 
 class SACLearner:
     def __init__(self, cfg: SACConfig, obs_dim: int, action_dim: int, num_tasks: int,
-                 device: torch.device):
+                 device: torch.device, sync_gradients: Callable[[list], None] | None = None):
+        """`sync_gradients(params)`: runs between backward and optimizer step (data-parallel
+        learners all-reduce there); None for a single learner."""
         self.cfg, self.device = cfg, device
+        self.sync_gradients = sync_gradients or (lambda params: None)
         mlp = dict(hidden_sizes=tuple(cfg.hidden_sizes), head=cfg.head, task_input=cfg.task_input,
                    layer_norm=cfg.layer_norm)
         self.actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, **mlp).to(device)
@@ -58,6 +62,7 @@ class SACLearner:
         qf_loss = qf1_loss + qf2_loss
         self.critic_optimizer.zero_grad(set_to_none=True)
         qf_loss.backward()
+        self.sync_gradients(self._critic_params)
         self.critic_optimizer.step()
 
         # Actor: minimise E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised
@@ -66,12 +71,14 @@ class SACLearner:
         actor_loss = (alpha * log_pi - min_qf_pi).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=self._actor_params)  # no wasted gradients for the critics
+        self.sync_gradients(self._actor_params)
         self.actor_optimizer.step()
 
         # Temperature of each task: keep the policy's entropy near the target entropy
         alpha_loss = (-self.log_alpha[task] * (log_pi.detach() + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_loss.backward()
+        self.sync_gradients([self.log_alpha])
         self.alpha_optimizer.step()
 
         # Target critics track the critics: theta' <- (1 - tau) theta' + tau theta

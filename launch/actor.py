@@ -1,0 +1,113 @@
+"""The actor: steps a batch of envs over its share of the tasks with a CPU copy of the policy
+and returns experience in chunks. Backend-agnostic: a local process, a Ray actor and the
+single-process trainer all drive this same class.
+
+An actor is built from a picklable `ActorSpec` (suite name, task indices, seeds, network shape)
+so that it can be rebuilt anywhere, e.g. after a crash. Until it receives weights (version 0)
+it acts uniformly at random: that is the warm-up phase.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from agents.networks import SquashedGaussianActor
+from agents.sac.config import SACConfig
+from envs import make_suite
+from envs.pool import Episode, EnvPool
+
+
+def seed_for(seed: int, *purpose: int) -> int:
+    """Independent seeds for each consumer (torch, numpy, each env) from the run seed."""
+    return int(np.random.SeedSequence([seed, *purpose]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    actor_id: int
+    suite: str
+    tasks: str                      # as given to make_suite: the suite's full task list
+    seed: int
+    task_indices: tuple[int, ...]   # the tasks this actor steps
+    num_envs: int                   # envs, assigned round-robin over task_indices
+    sac: SACConfig                  # network shape of the policy copy
+    num_tasks: int
+    incarnation: int = 0            # bumped on restart: fresh env seeds
+    start_step: int = 0             # a resumed run's actors get fresh seeds too
+
+
+@dataclass
+class Chunk:
+    """A batch of transitions from one actor (rows in stepping order)."""
+    actor_id: int
+    policy_version: int
+    task: np.ndarray
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    episodes: list[Episode] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+
+def build_policy(sac: SACConfig, obs_dim: int, action_dim: int, num_tasks: int) -> SquashedGaussianActor:
+    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, hidden_sizes=tuple(sac.hidden_sizes),
+                                 head=sac.head, task_input=sac.task_input, layer_norm=sac.layer_norm)
+
+
+class Actor:
+    """`policy`: share this module instead of holding a copy (the single-process backend)."""
+
+    def __init__(self, spec: ActorSpec, policy: SquashedGaussianActor | None = None):
+        self.spec = spec
+        suite = make_suite(spec.suite, spec.tasks, spec.seed)
+        tasks = [suite.tasks[i] for i in spec.task_indices]
+        env_tasks = [tasks[k % len(tasks)] for k in range(spec.num_envs)]
+        purpose = (5, spec.actor_id, spec.incarnation, spec.start_step)
+        self.pool = EnvPool([suite.make_env(t, seed_for(spec.seed, *purpose, k)) for k, t in enumerate(env_tasks)],
+                            [t.index for t in env_tasks])
+        self.action_dim = suite.action_dim
+        self.rng = np.random.default_rng(seed_for(spec.seed, *purpose, 1_000_000))
+        self.generator = torch.Generator().manual_seed(seed_for(spec.seed, *purpose, 1_000_001))
+        if policy is None:
+            policy = build_policy(spec.sac, suite.obs_dim, suite.action_dim, spec.num_tasks).requires_grad_(False)
+        self.policy = policy
+        self.version = 0
+        self.pid = os.getpid()
+
+    def set_weights(self, flat: torch.Tensor, version: int) -> None:
+        torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
+        self.version = version
+
+    def _actions(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
+        if self.version == 0:
+            return self.rng.uniform(-1, 1, (len(obs), self.action_dim)).astype(np.float32)
+        with torch.no_grad():
+            device = next(self.policy.parameters()).device
+            mean, log_std = self.policy(torch.from_numpy(obs).to(device), torch.from_numpy(task).to(device))
+            noise = torch.randn(mean.shape, generator=self.generator).to(device)
+            return torch.tanh(mean + log_std.exp() * noise).cpu().numpy()
+
+    def collect(self, min_steps: int) -> Chunk:
+        """Step every env in lockstep (one batched inference per round) until >= min_steps."""
+        parts, episodes = [], []
+        steps = 0
+        while steps < min_steps:
+            task = self.pool.task_ids
+            action = self._actions(self.pool.obs, task)
+            r = self.pool.step(action)
+            parts.append((task, r.obs, action, r.reward, r.next_obs, r.terminated))
+            episodes += r.finished
+            steps += len(task)
+        columns = [np.concatenate(c) for c in zip(*parts)]
+        return Chunk(self.spec.actor_id, self.version, *columns, episodes=episodes)
+
+    def close(self) -> None:
+        self.pool.close()

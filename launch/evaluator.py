@@ -1,0 +1,124 @@
+"""Evaluators: run the evaluation protocol on a snapshot of the policy.
+
+`InlineEvaluator` evaluates on the spot (single-process backend). `EvaluatorWorker` runs in its
+own process beside the learner, so evaluation does not stall training; results come back
+tagged with the learner step and weight version they were asked for. Both have one interface:
+submit(step, version, flat_weights), results() (what is done, non-blocking), wait() (all).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from agents.sac.config import SACConfig
+from launch.actor import build_policy, seed_for
+from launch.evaluate import evaluate
+
+
+class _Evaluation:
+    """Eval envs for every task plus a policy copy; built once, reused for every evaluation."""
+
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int,
+                 deterministic: bool):
+        from envs import make_suite
+
+        suite = make_suite(suite_name, tasks, seed)
+        self.names = suite.task_names
+        self.envs = [suite.make_env(t, seed_for(seed, 3, t.index)) for t in suite.tasks]
+        self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, len(suite.tasks)).requires_grad_(False)
+        self.goals, self.deterministic, self.seed = goals, deterministic, seed
+
+    def act(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
+        return self.policy.act(torch.from_numpy(obs), torch.from_numpy(task), self.deterministic).numpy()
+
+    def __call__(self, step: int, version: int, flat: torch.Tensor) -> list[dict]:
+        torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
+        results = evaluate(self.act, self.envs, list(range(len(self.envs))), self.goals,
+                           seed=seed_for(self.seed, 4))
+        return [{"step": step, "task": self.names[r["task_index"]], **r, "policy_version": version}
+                for r in results]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class InlineEvaluator:
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, deterministic: bool):
+        self.evaluation = _Evaluation(suite_name, tasks, seed, sac, goals, deterministic)
+        self.done = []
+
+    def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
+        self.done.append(self.evaluation(step, version, flat))
+
+    def results(self) -> list[list[dict]]:
+        done, self.done = self.done, []
+        return done
+
+    wait = results
+
+    def close(self) -> None:
+        self.evaluation.close()
+
+
+def _evaluator_main(args: tuple, requests, replies) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    evaluation = _Evaluation(*args)
+    try:
+        while (request := requests.recv()) is not None:
+            replies.send(evaluation(*request))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        evaluation.close()
+
+
+class EvaluatorWorker:
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, deterministic: bool):
+        ctx = mp.get_context("spawn")
+        self.requests, child_requests = ctx.Pipe()
+        self.replies, child_replies = ctx.Pipe()
+        self.process = ctx.Process(target=_evaluator_main, daemon=True, name="polytask-evaluator",
+                                   args=((suite_name, tasks, seed, sac, goals, deterministic),
+                                         child_requests, child_replies))
+        self.process.start()
+        child_requests.close()
+        child_replies.close()
+        self.pending: deque = deque()
+
+    def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
+        self.requests.send((step, version, flat.clone()))
+        self.pending.append(step)
+
+    def _collect(self, block: bool) -> list[list[dict]]:
+        done = []
+        while self.pending and (block or self.replies.poll()):
+            try:
+                done.append(self.replies.recv())
+            except EOFError:
+                raise RuntimeError(f"the evaluator process died (exit code {self.process.exitcode})") from None
+            self.pending.popleft()
+        return done
+
+    def results(self) -> list[list[dict]]:
+        return self._collect(block=False)
+
+    def wait(self) -> list[list[dict]]:
+        return self._collect(block=True)
+
+    def close(self) -> None:
+        try:
+            self.requests.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+

@@ -1,0 +1,175 @@
+"""The actor-learner runtime on real processes: local actor processes, Ray actors, torchrun
+learners, an actor killed mid-run, and Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from metrics import evallog
+from tests.conftest import REPO, TRAIN, run_train, scalars
+
+PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
+
+
+def _final_success(run) -> float:
+    rows = evallog.read(run / "evals.jsonl")
+    last = max(r["step"] for r in rows)
+    return sum(r["success"] for r in rows if r["step"] == last) / 4
+
+
+def _assert_learned_with_two_actors(run, proc):
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "learners.json").read_text())
+    by_actor = summary["ranks"][0]["steps_by_actor"]
+    assert sorted(by_actor) == ["0", "1"] and min(by_actor.values()) > 0, by_actor
+    assert sum(by_actor.values()) == summary["step"]
+    assert summary["actor_restarts"] == 0
+    # Each actor's experience reaches the learner and TensorBoard.
+    for actor in (0, 1):
+        assert scalars(run / "tb", f"actors/steps/actor{actor}")[-1][1] == by_actor[str(actor)]
+    rows = evallog.read(run / "evals.jsonl")
+    assert rows[0]["step"] == 0 and all("policy_version" in r for r in rows)
+    assert sum(r["success"] for r in rows if r["step"] == 0) / 4 <= 0.2
+    assert _final_success(run) >= 0.8, rows[-4:]
+
+
+def test_local_actor_processes_learn(tmp_path):
+    run = tmp_path / "run"
+    proc = run_train("--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 8000,
+                     "--eval-every", 4000, "--seed", 1, "--run-dir", run, "--set", "eval.goals=20")
+    _assert_learned_with_two_actors(run, proc)
+
+
+def test_ray_actors_learn_and_write_nothing_outside_temp_dirs(tmp_path):
+    # Short paths: Ray's unix sockets live under TMPDIR and must stay under ~100 characters.
+    with tempfile.TemporaryDirectory(prefix="pt-", dir="/tmp") as scratch:
+        home, tmp = Path(scratch) / "home", Path(scratch) / "t"
+        home.mkdir(), tmp.mkdir()
+        env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}
+        run = tmp_path / "run"
+        proc = subprocess.run([sys.executable, str(TRAIN), "--suite", "pointmass", "--backend", "ray",
+                               "--actors", "2", "--steps", "8000", "--eval-every", "4000", "--seed", "1",
+                               "--run-dir", str(run), "--set", "eval.goals=20"],
+                              capture_output=True, text=True, timeout=400, env=env)
+        _assert_learned_with_two_actors(run, proc)
+        assert "(Ray, pid" in proc.stdout
+        assert list(home.iterdir()) == []  # no ~/.ray
+
+
+def _torchrun(*args, timeout=400):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(TRAIN), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=os.environ.copy(), cwd=REPO)
+
+
+def test_torchrun_two_learner_ranks(tmp_path):
+    run = tmp_path / "run"
+    proc = _torchrun("--suite", "pointmass", "--actors", 1, "--steps", 3000, "--eval-every", 1500,
+                     "--run-dir", run, "--set", "eval.goals=2", "--set", "run.checkpoint_every=1500")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "learners.json").read_text())
+    assert summary["world_size"] == 2
+    shards = [r["tasks"] for r in summary["ranks"]]
+    assert sorted(shards[0] + shards[1]) == PM4 and not set(shards[0]) & set(shards[1])
+    assert all(r["env_steps"] > 0 for r in summary["ranks"])
+    assert summary["max_parameter_difference_across_ranks"] == 0.0
+    # Rank 0 alone writes: one event file, one row per (step, task), rank 0's files only.
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    rows = evallog.read(run / "evals.jsonl")
+    keys = [(r["step"], r["task"]) for r in rows]
+    assert len(keys) == len(set(keys)) and {r["task"] for r in rows} == set(PM4)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "evals.jsonl", "learners.json", "tb"]
+
+    # --resume works for the multi-rank run.
+    resumed = _torchrun("--resume", run, "--steps", 4500)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    summary = json.loads((run / "learners.json").read_text())
+    assert summary["step"] >= 4500 and summary["max_parameter_difference_across_ranks"] == 0.0
+    steps = sorted({r["step"] for r in evallog.read(run / "evals.jsonl")})
+    assert steps[0] == 0 and steps[-1] >= 4500 and len(steps) == len(set(steps))
+
+
+class _Lines:
+    """Collects a process's stdout lines in the background."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = [line for line in list(self.lines) if predicate(line)]
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; output so far: {self.lines[-10:]}")
+
+
+def _start(args, **kwargs):
+    proc = subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(), **kwargs)
+    return proc, _Lines(proc.stdout)
+
+
+def _actor_pid(lines, actor):
+    line = lines.wait_for(lambda s: s.startswith(f"actor {actor} started"))[0]
+    return int(line.split("pid ")[1].split(",")[0].rstrip(")"))
+
+
+def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
+    run = tmp_path / "run"
+    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 6000,
+                          "--run-dir", run, "--set", "eval.goals=2", "--set", "run.log_every=500"])
+    pid = _actor_pid(lines, 1)
+    lines.wait_for(lambda s: s.startswith("step ") and "updates/s" in s and " 0.0 updates/s" not in s)
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=300)
+    lines.thread.join(timeout=10)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert any(s.startswith("actor 1 died") for s in lines.lines)
+    summary = json.loads((run / "learners.json").read_text())
+    assert summary["actor_restarts"] == 1 and summary["step"] >= 6000
+    assert "actor restarts 1" in lines.lines[-1]
+    assert scalars(run / "tb", "actors/restarts")[-1][1] == 1
+
+
+def _session_processes(sid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: session id
+                found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_shuts_everything_down(tmp_path):
+    run = tmp_path / "run"
+    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 10**7,
+                          "--run-dir", run, "--set", "run.log_every=500"], start_new_session=True)
+    _actor_pid(lines, 0), _actor_pid(lines, 1)
+    lines.wait_for(lambda s: s.startswith("step "))
+    assert len(_session_processes(proc.pid)) >= 4  # learner, 2 actors, evaluator
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    proc.wait(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in proc.stderr.read()
+    deadline = time.time() + 10
+    while _session_processes(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _session_processes(proc.pid) == []  # no orphans
