@@ -22,6 +22,7 @@ import torch.distributed as dist
 class Dist:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0  # rank within this host: picks the GPU
 
     @property
     def is_main(self) -> bool:
@@ -95,4 +96,4 @@ def init_from_env() -> Dist:
         dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group("gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

@@ -8,7 +8,6 @@ submit(step, version, flat_weights), results() (what is done, non-blocking), wai
 
 from __future__ import annotations
 
-import signal
 from collections import deque
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.multiprocessing as mp
 from agents.sac.config import SACConfig
 from launch.actor import build_policy, seed_for
 from launch.evaluate import evaluate
+from launch.local_actors import sigint_ignored_by_children
 
 
 class _Evaluation:
@@ -67,7 +67,6 @@ class InlineEvaluator:
 
 
 def _evaluator_main(args: tuple, requests, replies) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     evaluation = _Evaluation(*args)
     try:
@@ -87,7 +86,8 @@ class EvaluatorWorker:
         self.process = ctx.Process(target=_evaluator_main, daemon=True, name="polytask-evaluator",
                                    args=((suite_name, tasks, seed, sac, goals, deterministic),
                                          child_requests, child_replies))
-        self.process.start()
+        with sigint_ignored_by_children():
+            self.process.start()
         child_requests.close()
         child_replies.close()
         self.pending: deque = deque()

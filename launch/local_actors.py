@@ -8,10 +8,10 @@ vector with a version number: actors copy it when they are `max_policy_lag` vers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pickle
 import signal
-import sys
 from multiprocessing.connection import wait
 
 import torch
@@ -38,12 +38,28 @@ class SharedWeights:
             return self.flat.clone(), self.version.value
 
 
-def _actor_main(spec: ActorSpec, weights: SharedWeights, conn, stop, chunk_steps: int,
+READY = "ready"
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_children():
+    """Processes started inside ignore SIGINT from birth (an ignored signal stays ignored across
+    exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C is the learner's to
+    handle, and a worker still importing when it arrives prints no traceback."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _actor_main(spec: ActorSpec, weights: SharedWeights, conn, go, stop, chunk_steps: int,
                 max_policy_lag: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle
     torch.set_num_threads(1)
     actor = Actor(spec)
     try:
+        conn.send(READY)
+        go.wait()  # all actors start stepping together: none runs ahead while others start up
         while not stop.is_set():
             if weights.version.value - actor.version >= max_policy_lag:
                 actor.set_weights(*weights.read())
@@ -66,19 +82,31 @@ class LocalActorPool:
                  log=print):
         self.ctx = mp.get_context("spawn")  # fork is unsafe once torch has started its threads
         self.weights = SharedWeights(num_params, self.ctx)
-        self.stop = self.ctx.Event()
+        self.go, self.stop = self.ctx.Event(), self.ctx.Event()
         self.chunk_steps, self.max_policy_lag, self.log = chunk_steps, max_policy_lag, log
         self.workers: dict[int, _Worker] = {}
         self.restarts = 0
         for spec in specs:
             self._start(spec)
+        for worker in list(self.workers.values()):  # wait until every actor has built its envs
+            self._await_ready(worker)
+        self.go.set()
+
+    def _await_ready(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"actor {worker.spec.actor_id} failed to start "
+                               f"(exit code {worker.process.exitcode})") from None
+        assert message == READY, message
 
     def _start(self, spec: ActorSpec) -> None:
         reader, writer = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(target=_actor_main, daemon=True, name=f"polytask-actor-{spec.actor_id}",
-                                   args=(spec, self.weights, writer, self.stop, self.chunk_steps,
+                                   args=(spec, self.weights, writer, self.go, self.stop, self.chunk_steps,
                                          self.max_policy_lag))
-        process.start()
+        with sigint_ignored_by_children():
+            process.start()
         writer.close()  # only the child writes: its death then reads as EOF here
         self.workers[spec.actor_id] = _Worker(spec, process, reader)
         self.log(f"actor {spec.actor_id} started (pid {process.pid}, tasks {list(spec.task_indices)})")
@@ -94,8 +122,9 @@ class LocalActorPool:
                  f"(restart {self.restarts})")
         self._start(dataclasses.replace(worker.spec, incarnation=worker.spec.incarnation + 1))
 
-    def publish(self, flat: torch.Tensor, version: int) -> None:
-        self.weights.publish(flat, version)
+    def publish(self, weights, version: int) -> None:
+        """weights(): the flat policy parameters (called here, so a pool that needs no copy skips it)."""
+        self.weights.publish(weights(), version)
 
     def poll(self, timeout: float | None) -> list[Chunk]:
         """Chunks that arrived within `timeout` seconds (None: wait for at least one)."""
@@ -104,7 +133,9 @@ class LocalActorPool:
         for conn in wait(list(by_conn), timeout):
             worker = by_conn[conn]
             try:
-                chunks.append(conn.recv())
+                message = conn.recv()
+                if message != READY:  # a restarted actor says it is ready, then steps
+                    chunks.append(message)
             except (EOFError, OSError, pickle.UnpicklingError) as e:
                 self._restart(worker, f"exit code {worker.process.exitcode}" if worker.process.exitcode
                               is not None else type(e).__name__)

@@ -63,17 +63,19 @@ class RayActorPool:
         self.specs: dict[int, ActorSpec] = {}
         self.pending: dict[object, int] = {}  # future -> actor id
         self.restarts = 0
-        for spec in specs:
-            self._start(spec)
+        self._start(specs)
 
-    def _start(self, spec: ActorSpec) -> None:
-        handle = self.remote_cls.options(name=None).remote(spec)
-        self.handles[spec.actor_id], self.specs[spec.actor_id] = handle, spec
-        self.sent_version[spec.actor_id] = 0
-        pid = self.ray.get(handle.pid.remote())
-        self.log(f"actor {spec.actor_id} started (Ray, pid {pid}, tasks {list(spec.task_indices)})")
-        for _ in range(self.in_flight):
-            self._submit(spec.actor_id)
+    def _start(self, specs: list[ActorSpec]) -> None:
+        """Create the actors, wait until all have built their envs, then start them together."""
+        for spec in specs:
+            self.handles[spec.actor_id] = self.remote_cls.remote(spec)
+            self.specs[spec.actor_id], self.sent_version[spec.actor_id] = spec, 0
+        pids = self.ray.get([self.handles[spec.actor_id].pid.remote() for spec in specs])
+        for spec, pid in zip(specs, pids):
+            self.log(f"actor {spec.actor_id} started (Ray, pid {pid}, tasks {list(spec.task_indices)})")
+        for spec in specs:
+            for _ in range(self.in_flight):
+                self._submit(spec.actor_id)
 
     def _submit(self, actor_id: int) -> None:
         flat, version = self.latest
@@ -85,8 +87,8 @@ class RayActorPool:
         future = self.handles[actor_id].collect.remote(self.chunk_steps, send, version)
         self.pending[future] = actor_id
 
-    def publish(self, flat: torch.Tensor, version: int) -> None:
-        self.latest, self.latest_ref = (flat.clone(), version), None
+    def publish(self, weights, version: int) -> None:
+        self.latest, self.latest_ref = (weights(), version), None
 
     def poll(self, timeout: float | None) -> list[Chunk]:
         ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
@@ -115,7 +117,7 @@ class RayActorPool:
         self.restarts += 1
         self.log(f"actor {actor_id} died ({why}); restarting with fresh envs (restart {self.restarts})")
         spec = self.specs[actor_id]
-        self._start(dataclasses.replace(spec, incarnation=spec.incarnation + 1))
+        self._start([dataclasses.replace(spec, incarnation=spec.incarnation + 1)])
 
     def close(self) -> None:
         for handle in self.handles.values():

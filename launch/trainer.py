@@ -75,7 +75,7 @@ class InlineActors:
         self.restarts = 0
 
     def publish(self, weights, version: int) -> None:
-        self.actor.version = version
+        self.actor.version = version  # the actor holds the learner's module: no copy to make
 
     def poll(self, timeout: float | None) -> list[Chunk]:
         return [self.actor.collect(1)]
@@ -97,7 +97,7 @@ class Trainer:
             raise UserError(f"{dist.world} learner ranks but only {num_tasks} tasks: every rank needs a task")
         if cfg.replay.save_in_checkpoint and dist.world > 1:
             raise UserError("replay.save_in_checkpoint is not supported with several learner ranks")
-        self.device = resolve_device(cfg.run.device, dist.rank)
+        self.device = resolve_device(cfg.run.device, dist.local_rank)
         torch.manual_seed(seed_for(seed, 0))  # the same initial networks on every rank
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
                                   sync_gradients=dist.average_gradients)
@@ -243,7 +243,7 @@ class Trainer:
             paused = time.perf_counter() - start_time
         if learner.num_updates:  # resumed: actors act with the restored policy at once
             self.version = learner.num_updates
-            self.source.publish(self._policy_weights(), self.version)
+            self.source.publish(self._policy_weights, self.version)
         while self.step < total:
             chunks = self.source.poll(timeout=0 if credit >= 1 else 1.0)
             new_steps = sum(self._ingest(c, episodes) for c in chunks)
@@ -258,7 +258,7 @@ class Trainer:
             credit -= due
             if due and (since_publish >= cfg.runtime.publish_every or self.version == 0):
                 self.version, since_publish = learner.num_updates, 0
-                self.source.publish(self._policy_weights(), self.version)
+                self.source.publish(self._policy_weights, self.version)
             if self.dist.is_main:
                 self._write_evals(self.evaluator.results())
 

@@ -129,17 +129,17 @@ def _actor_pid(lines, actor):
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     run = tmp_path / "run"
-    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 6000,
+    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 12000,
                           "--run-dir", run, "--set", "eval.goals=2", "--set", "run.log_every=500"])
     pid = _actor_pid(lines, 1)
     lines.wait_for(lambda s: s.startswith("step ") and "updates/s" in s and " 0.0 updates/s" not in s)
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # mid-run: learning has started, most of the budget is left
     proc.wait(timeout=300)
     lines.thread.join(timeout=10)
     assert proc.returncode == 0, proc.stderr.read()
     assert any(s.startswith("actor 1 died") for s in lines.lines)
     summary = json.loads((run / "learners.json").read_text())
-    assert summary["actor_restarts"] == 1 and summary["step"] >= 6000
+    assert summary["actor_restarts"] == 1 and summary["step"] >= 12000
     assert "actor restarts 1" in lines.lines[-1]
     assert scalars(run / "tb", "actors/restarts")[-1][1] == 1
 
