@@ -19,6 +19,35 @@ from tests.conftest import REPO, TRAIN, run_train, scalars
 PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
 
 
+class _Lines:
+    """Collects a process's stdout lines in the background."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = [line for line in list(self.lines) if predicate(line)]
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; output so far: {self.lines[-10:]}")
+
+
+def _start(args, env=None, **kwargs):
+    proc = subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(), **kwargs)
+    return proc, _Lines(proc.stdout)
+
+
+def _actor_pid(lines, actor):
+    line = lines.wait_for(lambda s: s.startswith(f"actor {actor} started"))[0]
+    return int(line.split("pid ")[1].split(",")[0].rstrip(")"))
+
+
 def _final_success(run) -> float:
     rows = evallog.read(run / "evals.jsonl")
     last = max(r["step"] for r in rows)
@@ -48,20 +77,55 @@ def test_local_actor_processes_learn(tmp_path):
     _assert_learned_with_two_actors(run, proc)
 
 
-def test_ray_actors_learn_and_write_nothing_outside_temp_dirs(tmp_path):
+def test_ray_actors_learn_survive_a_lost_actor_and_write_nothing_outside_temp_dirs(tmp_path):
     # Short paths: Ray's unix sockets live under TMPDIR and must stay under ~100 characters.
     with tempfile.TemporaryDirectory(prefix="pt-", dir="/tmp") as scratch:
         home, tmp = Path(scratch) / "home", Path(scratch) / "t"
         home.mkdir(), tmp.mkdir()
-        env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}
         run = tmp_path / "run"
-        proc = subprocess.run([sys.executable, str(TRAIN), "--suite", "pointmass", "--backend", "ray",
-                               "--actors", "2", "--steps", "8000", "--eval-every", "4000", "--seed", "1",
-                               "--run-dir", str(run), "--set", "eval.goals=20"],
-                              capture_output=True, text=True, timeout=400, env=env)
-        _assert_learned_with_two_actors(run, proc)
-        assert "(Ray, pid" in proc.stdout
+        proc, lines = _start(["--suite", "pointmass", "--backend", "ray", "--actors", 2, "--steps", 10000,
+                              "--eval-every", 5000, "--seed", 1, "--run-dir", run, "--set", "eval.goals=20",
+                              "--set", "run.log_every=500"], env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
+        pid = _actor_pid(lines, 1)
+        lines.wait_for(lambda s: s.startswith("step ") and " 0.0 updates/s" not in s)
+        os.kill(pid, signal.SIGKILL)  # the Ray actor's worker process is lost
+        proc.wait(timeout=400)
+        lines.thread.join(timeout=10)
+        assert proc.returncode == 0, proc.stderr.read()[-3000:]
+        assert any(s.startswith("actor 1 died") for s in lines.lines)
+        summary = json.loads((run / "learners.json").read_text())
+        assert summary["actor_restarts"] == 1
+        by_actor = summary["ranks"][0]["steps_by_actor"]
+        assert sorted(by_actor) == ["0", "1"] and min(by_actor.values()) > 0
+        assert _final_success(run) >= 0.8
         assert list(home.iterdir()) == []  # no ~/.ray
+
+
+def test_actors_block_when_the_learner_does_not_read():
+    """Backpressure: experience waiting for the learner stays bounded (a pipe's worth per actor)."""
+    from agents.sac.config import SACConfig
+    from launch.actor import ActorSpec
+    from launch.local_actors import LocalActorPool
+
+    sac = SACConfig(hidden_sizes=(8,))
+    specs = [ActorSpec(a, "pointmass", "PM4", 0, (a, a + 2), 2, sac, 4) for a in range(2)]
+    pool = LocalActorPool(specs, num_params=1, chunk_steps=64, max_policy_lag=10**9, log=lambda *a: None)
+    try:
+        first = pool.poll(None)  # the actors are stepping (~10^4 steps/s each when unblocked)
+        time.sleep(3)            # the learner reads nothing for 3 s
+        pool.stop.set()          # actors exit after the send they are blocked in
+        waiting = 0
+        for worker in pool.workers.values():  # everything that was buffered, pipe by pipe
+            try:
+                while worker.conn.poll(5):
+                    worker.conn.recv()
+                    waiting += 1
+            except EOFError:
+                pass
+        # A 64 KiB pipe holds ~20 of these ~3 KiB chunks; unbounded actors would have made ~900.
+        assert first and waiting <= 2 * 30, waiting
+    finally:
+        pool.close()
 
 
 def _torchrun(*args, timeout=400):
@@ -96,35 +160,6 @@ def test_torchrun_two_learner_ranks(tmp_path):
     assert summary["step"] >= 4500 and summary["max_parameter_difference_across_ranks"] == 0.0
     steps = sorted({r["step"] for r in evallog.read(run / "evals.jsonl")})
     assert steps[0] == 0 and steps[-1] >= 4500 and len(steps) == len(set(steps))
-
-
-class _Lines:
-    """Collects a process's stdout lines in the background."""
-
-    def __init__(self, stream):
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
-        self.thread.start()
-
-    def wait_for(self, predicate, timeout=120):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            found = [line for line in list(self.lines) if predicate(line)]
-            if found:
-                return found
-            time.sleep(0.1)
-        raise AssertionError(f"timed out; output so far: {self.lines[-10:]}")
-
-
-def _start(args, **kwargs):
-    proc = subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy(), **kwargs)
-    return proc, _Lines(proc.stdout)
-
-
-def _actor_pid(lines, actor):
-    line = lines.wait_for(lambda s: s.startswith(f"actor {actor} started"))[0]
-    return int(line.split("pid ")[1].split(",")[0].rstrip(")"))
 
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
