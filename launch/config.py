@@ -55,7 +55,7 @@ BACKENDS = ("single", "local", "ray")
 class RuntimeConfig:
     backend: str = "local"        # single (one loop, no workers) | local (actor processes) | ray
     actors: int = 2               # actor workers (per learner rank)
-    envs_per_actor: int = 0       # 0: enough for every task to get env.envs_per_task envs
+    envs_per_actor: int = 0       # 0: env.envs_per_task envs for each task the actor steps
     chunk_steps: int = 64         # env steps an actor sends at once
     max_policy_lag: int = 1       # an actor refreshes its weights once it is this many versions behind
     publish_every: int = 1        # learner updates between weight publications

@@ -21,7 +21,6 @@ duplicate nor missing steps.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -121,17 +120,16 @@ class Trainer:
 
     # -- construction -------------------------------------------------------------------------
     def _actor_specs(self) -> list[ActorSpec]:
+        """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
+        (runtime.envs_per_actor overrides the count)."""
         cfg, rt = self.cfg, self.cfg.runtime
         actors = 1 if rt.backend == "single" else rt.actors
-        envs_needed = len(self.own_tasks) * cfg.env.envs_per_task
-        envs_per_actor = rt.envs_per_actor or math.ceil(envs_needed / actors)
-        if rt.backend == "single":
-            envs_per_actor = envs_needed
         specs = []
-        for a in range(actors):  # actor a steps tasks a, a+A, ... of this rank's shard
+        for a in range(actors):
             tasks = tuple(self.own_tasks[a::actors]) or (self.own_tasks[a % len(self.own_tasks)],)
             specs.append(ActorSpec(actor_id=self.dist.rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks,
-                                   seed=cfg.run.seed, task_indices=tasks, num_envs=max(envs_per_actor, len(tasks)),
+                                   seed=cfg.run.seed, task_indices=tasks,
+                                   num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
                                    sac=cfg.sac, num_tasks=len(self.suite.tasks), start_step=self.step))
         return specs
 
