@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q tests $(ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/sac_vs_sb3.py $(ARGS)
+	$(BIN)/python benchmarks/sac_vs_sb3.py throughput $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -61,7 +61,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    import metaworld.env_dict
 
     rows = []
     for label, tasks in (("reach-v3", "reach-v3"), ("MT10", "MT10")):

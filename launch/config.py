@@ -195,7 +195,7 @@ def validate(cfg: Config) -> None:
         if value < 0:
             raise UserError(f"{key} must be >= 0, got {value}")
     if not cfg.sac.hidden_sizes or min(cfg.sac.hidden_sizes) <= 0:
-        raise UserError(f"sac.hidden_sizes must be a non-empty list of positive sizes")
+        raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
         raise UserError(f"unknown backend {cfg.runtime.backend!r}; valid: {', '.join(BACKENDS)}")
     from agents.networks import HEADS

@@ -154,7 +154,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         if created and run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
-        sys.stderr.write(f"\ntrain.py: interrupted; continue with --resume {run_dir}\n")
+        from launch.checkpoint import list_checkpoints
+        if run_dir is not None and list_checkpoints(run_dir / "checkpoints"):
+            sys.stderr.write(f"\ntrain.py: interrupted; continue with --resume {run_dir}\n")
+        else:
+            sys.stderr.write("\ntrain.py: interrupted before the first checkpoint; nothing to resume\n")
         return 130
     finally:
         if trainer is not None:
