@@ -9,7 +9,6 @@ it acts uniformly at random: that is the warm-up phase.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,8 +78,8 @@ class Actor:
         if policy is None:
             policy = build_policy(spec.sac, suite.obs_dim, suite.action_dim, spec.num_tasks).requires_grad_(False)
         self.policy = policy
+        self.device = next(policy.parameters()).device
         self.version = 0
-        self.pid = os.getpid()
 
     def set_weights(self, flat: torch.Tensor, version: int) -> None:
         torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
@@ -90,9 +89,8 @@ class Actor:
         if self.version == 0:
             return self.rng.uniform(-1, 1, (len(obs), self.action_dim)).astype(np.float32)
         with torch.no_grad():
-            device = next(self.policy.parameters()).device
-            mean, log_std = self.policy(torch.from_numpy(obs).to(device), torch.from_numpy(task).to(device))
-            noise = torch.randn(mean.shape, generator=self.generator).to(device)
+            mean, log_std = self.policy(torch.from_numpy(obs).to(self.device), torch.from_numpy(task).to(self.device))
+            noise = torch.randn(mean.shape, generator=self.generator).to(self.device)
             return torch.tanh(mean + log_std.exp() * noise).cpu().numpy()
 
     def collect(self, min_steps: int) -> Chunk:

@@ -76,10 +76,6 @@ class Dist:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
