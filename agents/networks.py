@@ -112,10 +112,16 @@ class SquashedGaussianActor(nn.Module):
         return torch.tanh(u), log_prob
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, task: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    def act(self, obs: torch.Tensor, task: torch.Tensor, deterministic: bool,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """An action to take (no log-probability): tanh(mean), or a sample drawn with `generator`
+        (a CPU generator; None: torch's global one)."""
+        mean, log_std = self(obs, task)
         if deterministic:
-            return torch.tanh(self(obs, task)[0])
-        return self.sample(obs, task)[0]
+            return torch.tanh(mean)
+        noise = (torch.randn_like(mean) if generator is None
+                 else torch.randn(mean.shape, generator=generator).to(mean.device))
+        return torch.tanh(mean + log_std.exp() * noise)
 
 
 class TwinCritic(nn.Module):

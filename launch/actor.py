@@ -88,10 +88,9 @@ class Actor:
     def _actions(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
         if self.version == 0:
             return self.rng.uniform(-1, 1, (len(obs), self.action_dim)).astype(np.float32)
-        with torch.no_grad():
-            mean, log_std = self.policy(torch.from_numpy(obs).to(self.device), torch.from_numpy(task).to(self.device))
-            noise = torch.randn(mean.shape, generator=self.generator).to(self.device)
-            return torch.tanh(mean + log_std.exp() * noise).cpu().numpy()
+        action = self.policy.act(torch.from_numpy(obs).to(self.device), torch.from_numpy(task).to(self.device),
+                                 deterministic=False, generator=self.generator)
+        return action.cpu().numpy()
 
     def collect(self, min_steps: int) -> Chunk:
         """Step every env in lockstep (one batched inference per round) until >= min_steps."""
