@@ -178,7 +178,8 @@ class Trainer:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint does not match this run's config: {first}") from None
         if self.dist.is_main:  # drop what a killed run logged after its checkpoint
-            evallog.keep_only(self.run_dir / "evals.jsonl", lambda r: r["step"] <= self.step)
+            for log in ("evals.jsonl", "episodes.jsonl"):
+                evallog.keep_only(self.run_dir / log, lambda r: r["step"] <= self.step)
 
     def _save_checkpoint(self) -> None:
         rank_state = (self.local_step, {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
@@ -203,7 +204,8 @@ class Trainer:
 
     def _write_evals(self, evaluations: list[list[dict]]) -> None:
         for rows in evaluations:
-            evallog.append(self.run_dir / "evals.jsonl", rows)
+            now = time.time()
+            evallog.append(self.run_dir / "evals.jsonl", [{**row, "time": now} for row in rows])
             step = rows[0]["step"]
             for row in rows:
                 self.writer.add_scalar(f"eval/success/{row['task']}", row["success"], step)
@@ -299,6 +301,23 @@ class Trainer:
         progress.done(f"done: step {self.step:,} | eval success {final} | training "
                       f"{self.train_steps_per_s:,.0f} env-steps/s (evaluation excluded) | "
                       f"actor restarts {restarts} | env steps by actor {{{by_actor}}} | run dir {self.run_dir}")
+        self._log_metrics()
+
+    def _log_metrics(self) -> None:
+        """The run's headline lifelong metrics, from its own logs, to TensorBoard and the terminal."""
+        from metrics.report import run_summary
+        from metrics.runs import read_run
+        try:
+            summary = run_summary(read_run(self.run_dir))
+        except (UserError, ValueError) as e:
+            self.log(f"metrics: unavailable ({e})")
+            return
+        for name, value in summary.items():
+            if not np.isnan(value):
+                self.writer.add_scalar(f"metrics/{name}", value, self.step)
+        self.writer.flush()
+        self.log("metrics: " + " | ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in summary.items() if not np.isnan(v))
+                 + f" (full report: python launch/report.py {self.run_dir})")
 
     def _log_training(self, progress: Progress, episodes: dict, losses: dict) -> None:
         gathered = self.dist.gather_objects((dict(episodes), self.source.restarts, dict(self.steps_by_actor),
@@ -325,6 +344,10 @@ class Trainer:
         lags = [lag for g in gathered for lag in g[3]]
         if lags:
             w.add_scalar("actors/policy_lag", float(np.mean(lags)), step)
+        now = time.time()
+        evallog.append(self.run_dir / "episodes.jsonl", [
+            {"step": step, "task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success),
+             "return": float(e.ret), "time": now} for t, eps in sorted(all_episodes.items()) for e in eps])
         successes = []
         for task in self.suite.tasks:
             w.add_scalar(f"alpha/{task.name}", float(alphas[task.index]), step)

@@ -149,7 +149,8 @@ def test_torchrun_two_learner_ranks(tmp_path):
     rows = evallog.read(run / "evals.jsonl")
     keys = [(r["step"], r["task"]) for r in rows]
     assert len(keys) == len(set(keys)) and {r["task"] for r in rows} == set(PM4)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "evals.jsonl", "learners.json", "tb"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "episodes.jsonl", "evals.jsonl",
+                                                     "learners.json", "tb"]
 
     # --resume works for the multi-rank run.
     resumed = _torchrun("--resume", run, "--steps", 4500)
@@ -174,7 +175,8 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert any(s.startswith("actor 1 died") for s in lines.lines)
     summary = json.loads((run / "learners.json").read_text())
     assert summary["actor_restarts"] == 1 and summary["step"] >= 12000
-    assert "actor restarts 1" in lines.lines[-1]
+    done = [s for s in lines.lines if s.startswith("done:")]
+    assert len(done) == 1 and "actor restarts 1" in done[0]
     assert scalars(run / "tb", "actors/restarts")[-1][1] == 1
 
 
