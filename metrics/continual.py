@@ -68,7 +68,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from metrics.multitask import last_valid_mean
+from metrics.multitask import check_same_tasks, last_valid_mean
 from metrics.runs import Run
 
 
@@ -139,7 +139,7 @@ def forgetting(run: Run, last_k: int = 5, measure: str = "success") -> TaskMetri
 def _reference_runs_of(task: str, reference_runs: Sequence[Run]) -> list[Run]:
     """The runs whose schedule trains `task` and no other task."""
     return [r for r in reference_runs
-            if {t for stage in r.schedule for t in stage.tasks} == {task}]
+            if r.trained_tasks() == {task}]
 
 
 def reference_aucs(task: str, budget: int, reference_runs: Sequence[Run]) -> np.ndarray:
@@ -218,7 +218,7 @@ def forward_transfer_ci(runs: Sequence[Run], reference_runs: Sequence[Run], reps
     each replicate resamples the method's seeds and (independently) the reference seeds.
     Every task needs the same number of reference runs (ValueError otherwise). A replicate
     whose reference mean is 1 is NaN, and then so are the bounds."""
-    _check_same_tasks(runs)
+    check_same_tasks(runs)
     auc, auc_ref = _auc_matrices(runs, reference_runs, balanced=True)
     point = float(np.mean(_normalized_ft(auc.mean(axis=0), auc_ref.mean(axis=0))))
     # Same draw order as CW: the method's seed indices first, then the reference indices.
@@ -227,15 +227,6 @@ def forward_transfer_ci(runs: Sequence[Run], reference_runs: Sequence[Run], reps
     ref_rows = rs.choice(len(auc_ref), (reps, len(auc_ref)))
     replicates = _normalized_ft(auc[rows].mean(axis=1), auc_ref[ref_rows].mean(axis=1)).mean(axis=1)
     return (point, *_midpoint_interval(replicates, confidence))
-
-
-def _check_same_tasks(runs: Sequence[Run]) -> None:
-    if not runs:
-        raise ValueError("need at least one run")
-    for run in runs[1:]:
-        if run.tasks != runs[0].tasks:
-            raise ValueError(f"runs have different task lists: {list(runs[0].tasks)} vs "
-                             f"{list(run.tasks)} ({run.name or 'seed ' + str(run.seed)})")
 
 
 def _json_float(x: float) -> float | None:
@@ -259,7 +250,7 @@ def summarize(runs: Sequence[Run], reference_runs: Sequence[Run] | None = None, 
     performance and forgetting: mean over seeds of the per-seed task mean, `bootstrap_ci` over
     seeds. forward_transfer (only with reference_runs): `forward_transfer_ci`.
     """
-    _check_same_tasks(runs)
+    check_same_tasks(runs)
     tasks = runs[0].tasks
     summary: dict = {"seeds": [int(run.seed) for run in runs], "confidence": confidence,
                      "reps": reps}

@@ -1,7 +1,9 @@
-"""The evaluation log `evals.jsonl`: one JSON object per evaluated task per evaluation.
+"""The run's JSON-lines logs, appended row by row and truncated on resume.
 
-Fields: step (env steps at evaluation), task (name), task_index, success (fraction of goals
-solved), return (mean episode return), episodes (goals evaluated).
+evals.jsonl: one object per evaluated task per evaluation: step (env steps at evaluation), task
+(name), task_index, success (fraction of goals solved), return (mean episode return), episodes
+(goals evaluated), time. episodes.jsonl: one object per finished training episode: step (logged
+at), task, task_index, success, return, time.
 """
 
 from __future__ import annotations

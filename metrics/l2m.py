@@ -118,7 +118,7 @@ def _map_values(regimes: list[Regime], fn) -> list[Regime]:
 def preprocess(log: list[Regime], ste: dict[str, list[list[Regime]]], s: L2MSettings):
     """Steps 1-3: smoothed, clamped and normalized copies of the log and of the STE logs of its tasks."""
     tasks = _unique(r.task for r in log)
-    ste = {t: [[r for r in run] for run in ste[t]] for t in tasks if ste.get(t)}
+    ste = {t: ste[t] for t in tasks if ste.get(t)}  # only the log's tasks count
     if s.smoothing != "none":
         def smoothed(r, all_regimes=False):
             if all_regimes or r.block_type == "train" or s.smooth_eval_data:

@@ -48,16 +48,20 @@ def final_scores(run: Run, measure: str = "success", last_k: int = 1) -> np.ndar
     return np.array([last_valid_mean(values[:, t], last_k) for t in range(len(run.tasks))])
 
 
+def check_same_tasks(runs: Sequence[Run]) -> None:
+    """ValueError unless there is at least one run and all have the same task list, in order."""
+    if not runs:
+        raise ValueError("need at least one run")
+    for run in runs[1:]:
+        if run.tasks != runs[0].tasks:
+            raise ValueError(f"runs have different task lists: {list(runs[0].tasks)} vs {list(run.tasks)}"
+                             f" ({run.name or 'seed ' + str(run.seed)})")
+
+
 def score_matrix(runs: Sequence[Run], measure: str = "success", last_k: int = 1) -> np.ndarray:
     """[num_runs, num_tasks] `final_scores` of the seeds of one method; all runs must have the
     same task list in the same order (ValueError otherwise)."""
-    if not runs:
-        raise ValueError("score_matrix needs at least one run")
-    tasks = runs[0].tasks
-    for run in runs[1:]:
-        if run.tasks != tasks:
-            raise ValueError(f"runs have different task lists: {list(tasks)} vs {list(run.tasks)}"
-                             f" ({run.name or 'seed ' + str(run.seed)})")
+    check_same_tasks(runs)
     return np.stack([final_scores(run, measure, last_k) for run in runs])
 
 

@@ -93,7 +93,7 @@ def _seed_ci(values: list[float], s: ReportSettings) -> dict:
 def _references_by_task(references: list[Run]) -> dict[str, list[Run]]:
     out: dict[str, list[Run]] = {}
     for ref in references:
-        trained = {t for stage in ref.schedule for t in stage.tasks}
+        trained = ref.trained_tasks()
         if len(trained) != 1:
             raise ValueError(f"reference run {ref.name} trains {len(trained)} tasks; a single-task run trains one")
         out.setdefault(trained.pop(), []).append(ref)

@@ -62,6 +62,9 @@ class Run:
     def task_index(self, task: str) -> int:
         return self.tasks.index(task)
 
+    def trained_tasks(self) -> set[str]:
+        return {t for stage in self.schedule for t in stage.tasks}
+
     def training_window(self, task: str) -> tuple[int, int]:
         """[start, end) of the first stage that trains `task`."""
         for stage in self.schedule:
