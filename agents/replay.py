@@ -46,6 +46,12 @@ class MultiTaskReplay:
             self.cursor[t] = (self.cursor[t] + len(rows)) % self.capacity
             self.size[t] = min(self.size[t] + len(rows), self.capacity)
 
+    def clear(self, tasks) -> None:
+        """Forget the given tasks' transitions (their rows are overwritten from the start)."""
+        tasks = list(tasks)
+        self.size[tasks] = 0
+        self.cursor[tasks] = 0
+
     def min_size(self, tasks=None) -> int:
         return int(self.size[tasks if tasks is not None else slice(None)].min())
 

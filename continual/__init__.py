@@ -1,1 +1,1 @@
-"""Continual learning: task schedules and forgetting-aware regularizers (see the continual issue)."""
+"""Continual learning: task schedules and the strategies that fight forgetting."""

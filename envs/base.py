@@ -9,16 +9,29 @@ ever true during the episode.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import gymnasium as gym
 
 
+REPEAT_MARK = "#"  # "hammer-v3#2": the second, distinct occurrence of hammer-v3 (CW20 style)
+
+
+def base_task_name(name: str) -> str:
+    """The environment a task name stands for: "hammer-v3#2" -> "hammer-v3"."""
+    return name.split(REPEAT_MARK, 1)[0]
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     index: int  # the task id the agent sees: position of the task in the suite
-    name: str
+    name: str   # unique in the suite; "x#k" is a repeat of task x (same env, its own id)
+
+    @property
+    def env_name(self) -> str:
+        return base_task_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -38,12 +51,14 @@ class Suite:
 
 def select_tasks(requested: str, presets: dict[str, list[str]], all_names: list[str],
                  default: str) -> list[str]:
-    """Resolve `--tasks`: a preset name (e.g. MT10), or a comma list of task names."""
+    """Resolve `--tasks`: a preset name (e.g. MT10), or a comma list of task names (a name may
+    carry a repeat mark, "x#2": a second task on x's env)."""
     requested = (requested or default).strip()
     if requested in presets:
         return list(presets[requested])
     names = [n.strip() for n in requested.split(",") if n.strip()]
-    unknown = [n for n in names if n not in all_names]
+    unknown = [n for n in names if base_task_name(n) not in all_names
+               or (REPEAT_MARK in n and not re.fullmatch(r"[2-9]|[1-9]\d+", n.split(REPEAT_MARK, 1)[1]))]
     if unknown or not names:
         raise ValueError(
             f"unknown task {', '.join(unknown) or repr(requested)}; valid: presets "

@@ -19,7 +19,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from envs.base import Suite, TaskSpec, select_tasks
+from envs.base import Suite, TaskSpec, base_task_name, select_tasks
 
 EPISODE_LENGTH = 500
 NUM_GOALS = 50
@@ -35,6 +35,12 @@ def presets() -> dict[str, list[str]]:
     env_dict = _env_dict()
     return {"MT10": list(env_dict.MT10_V3), "MT25": list(env_dict.MT25_V3),
             "MT50": list(env_dict.MT50_V3)}
+
+
+# Continual World's sequence (Wołczyk et al. 2021) in Meta-World v3 names; CW20 is CW10 twice.
+CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-pull-v3",
+        "handle-press-side-v3", "push-v3", "shelf-place-v3", "window-close-v3", "peg-unplug-side-v3"]
+SEQUENCES = {"CW10": CW10, "CW20": CW10 + CW10}
 
 
 def cache_dir() -> Path:
@@ -114,7 +120,7 @@ class MetaWorldTaskEnv(gym.Env):
 def build(tasks: str, seed: int) -> Suite:
     all_names = list(_env_dict().ALL_V3_ENVIRONMENTS)
     names = select_tasks(tasks, presets(), all_names, default="MT10")
-    goals = {name: goal_table(name, seed) for name in names}
+    goals = {base_task_name(name): goal_table(base_task_name(name), seed) for name in names}
     return Suite(
         name="metaworld",
         tasks=tuple(TaskSpec(i, n) for i, n in enumerate(names)),
@@ -122,5 +128,5 @@ def build(tasks: str, seed: int) -> Suite:
         action_dim=4,
         episode_length=EPISODE_LENGTH,
         num_goals=NUM_GOALS,
-        make_env=lambda task, env_seed: MetaWorldTaskEnv(task.name, goals[task.name], env_seed),
+        make_env=lambda task, env_seed: MetaWorldTaskEnv(task.env_name, goals[task.env_name], env_seed),
     )

@@ -21,6 +21,8 @@ from envs.base import Suite, TaskSpec, select_tasks
 DIRECTIONS = ["e", "ne", "n", "nw", "w", "sw", "s", "se"]
 ALL_TASKS = [f"reach-{d}" for d in DIRECTIONS]
 PRESETS = {"PM4": ["reach-e", "reach-n", "reach-w", "reach-s"], "PM8": ALL_TASKS}
+# Continual sequences of conflicting tasks (each pulls the start region the opposite way).
+SEQUENCES = {"PM2": ["reach-e", "reach-w"], "PM3": ["reach-e", "reach-w", "reach-n"]}
 TARGET_RADIUS = 0.7
 SUCCESS_RADIUS = 0.1
 EPISODE_LENGTH = 30
@@ -78,5 +80,5 @@ def build(tasks: str, seed: int) -> Suite:
         action_dim=2,
         episode_length=EPISODE_LENGTH,
         num_goals=NUM_GOALS,
-        make_env=lambda task, env_seed: PointMassEnv(task.name, env_seed),
+        make_env=lambda task, env_seed: PointMassEnv(task.env_name, env_seed),
     )

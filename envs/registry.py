@@ -11,6 +11,16 @@ SUITES = {
 }
 
 
+def sequence_presets(name: str) -> dict[str, list[str]]:
+    """Named task orders for continual runs: the suite's sequences (CW10, CW20, PM2, ...) and,
+    read in order, its task presets (MT10, PM4, ...)."""
+    if name == "metaworld":
+        return {**metaworld_suite.presets(), **metaworld_suite.SEQUENCES}
+    if name == "pointmass":
+        return {**pointmass.PRESETS, **pointmass.SEQUENCES}
+    raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
+
+
 def make_suite(name: str, tasks: str = "", seed: int = 0) -> Suite:
     """Build a suite by name; raises ValueError with the valid choices for unknown names."""
     if name not in SUITES:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agents.networks import SquashedGaussianActor
+from agents.networks import SquashedGaussianActor, mlp_options
 from agents.sac.config import SACConfig
 from envs import make_suite
 from envs.pool import Episode, EnvPool
@@ -51,14 +51,23 @@ class Chunk:
     next_obs: np.ndarray
     terminated: np.ndarray
     episodes: list[Episode] = field(default_factory=list)
+    episode_ends: list[int] = field(default_factory=list)  # rows up to and including each episode's end
 
     def __len__(self) -> int:
         return len(self.task)
 
+    def head(self, rows: int) -> Chunk:
+        """The first `rows` transitions and the episodes that ended within them."""
+        if rows >= len(self):
+            return self
+        keep = [i for i, end in enumerate(self.episode_ends) if end <= rows]
+        return Chunk(self.actor_id, self.policy_version, self.task[:rows], self.obs[:rows], self.action[:rows],
+                     self.reward[:rows], self.next_obs[:rows], self.terminated[:rows],
+                     [self.episodes[i] for i in keep], [self.episode_ends[i] for i in keep])
+
 
 def build_policy(sac: SACConfig, obs_dim: int, action_dim: int, num_tasks: int) -> SquashedGaussianActor:
-    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, hidden_sizes=tuple(sac.hidden_sizes),
-                                 head=sac.head, task_input=sac.task_input, layer_norm=sac.layer_norm)
+    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, **mlp_options(sac))
 
 
 class Actor:
@@ -94,17 +103,18 @@ class Actor:
 
     def collect(self, min_steps: int) -> Chunk:
         """Step every env in lockstep (one batched inference per round) until >= min_steps."""
-        parts, episodes = [], []
+        parts, episodes, ends = [], [], []
         steps = 0
         while steps < min_steps:
             task = self.pool.task_ids
             action = self._actions(self.pool.obs, task)
             r = self.pool.step(action)
             parts.append((task, r.obs, action, r.reward, r.next_obs, r.terminated))
-            episodes += r.finished
             steps += len(task)
+            episodes += r.finished
+            ends += [steps] * len(r.finished)  # an episode ends within this round's rows
         columns = [np.concatenate(c) for c in zip(*parts)]
-        return Chunk(self.spec.actor_id, self.version, *columns, episodes=episodes)
+        return Chunk(self.spec.actor_id, self.version, *columns, episodes=episodes, episode_ends=ends)
 
     def close(self) -> None:
         self.pool.close()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -48,6 +49,25 @@ class RunConfig:
     log_every: int = 10_000       # env steps between progress lines / training scalars
 
 
+@dataclass
+class ContinualConfig:
+    """Continual runs (tasks one after another); see continual/schedule.py and continual/strategies.
+    Defaults follow Continual World (Wołczyk et al. 2021) unless noted."""
+    sequence: str = ""            # "": a multi-task run. A preset (CW10, CW20, PM2, MT10, ...) or task[+task][:steps],...
+    steps_per_task: int = 1_000_000  # a stage's budget unless the sequence gives one; sets run.steps
+    method: str = "none"          # none (fine-tuning) | l2 | ewc | online-ewc | si | mas | packnet | agem | replay | bc | hnet
+    regularize: str = ""          # which networks the method protects: actor | critic | both; "": the method's
+                                  # default (CW: the actor; A-GEM: both, its reference gradient needs the critic)
+    coef: float | None = None     # penalty weight; None: the method's default (CW: L2 1e5, EWC 1e4, MAS 1e4)
+    reset_replay: bool = True     # drop earlier tasks' transitions at each new stage (methods that replay keep them)
+    reset_optimizer: bool = True  # fresh optimizer state at each new stage
+    importance_samples: int = 1024   # states used to compute EWC / MAS importances at a task's end
+    online_ewc_gamma: float = 0.9    # online EWC: F <- gamma * F + F_task (ours; not in CW)
+    si_xi: float = 0.1               # SI damping xi in omega / (delta^2 + xi) (Zenke et al. 2017)
+    packnet_retrain: float = 0.1     # fraction of each stage trained after pruning (CW: 100k of 1M steps)
+    memory_per_task: int = 10_000    # A-GEM and BC: transitions / states kept per finished task
+
+
 BACKENDS = ("single", "local", "ray")
 
 
@@ -70,6 +90,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
 
 
 def to_dict(cfg) -> dict:
@@ -159,22 +180,71 @@ def parse_override(text: str) -> tuple[str, object]:
 
 def build_config(suite: str | None = None, config_file: str | None = None,
                  flags: dict | None = None, overrides: list[str] = ()) -> Config:
-    """Resolve the config in precedence order (see module docstring)."""
+    """Resolve the config in precedence order (see module docstring). A continual run (one with
+    continual.sequence) also gets presets/<suite>-continual.yaml right after the suite preset,
+    and its task list and total steps from the sequence."""
     file_tree = read_yaml(config_file) if config_file else {}
     suite = suite or (file_tree.get("env") or {}).get("suite") or Config().env.suite
-    preset = PRESETS_DIR / f"{suite}.yaml"
-    cfg = Config()
-    if preset.exists():
-        merge(cfg, read_yaml(preset))
-    merge(cfg, file_tree)
-    cfg.env.suite = suite
-    for key, value in (flags or {}).items():
-        if value is not None:
-            set_key(cfg, key, value)
-    for text in overrides:
-        set_key(cfg, *parse_override(text))
+
+    def resolve(continual_preset: bool) -> Config:
+        cfg = Config()
+        for preset in (PRESETS_DIR / f"{suite}.yaml", PRESETS_DIR / f"{suite}-continual.yaml"):
+            if preset.exists() and (continual_preset or not preset.stem.endswith("-continual")):
+                merge(cfg, read_yaml(preset))
+        merge(cfg, file_tree)
+        cfg.env.suite = suite
+        for key, value in (flags or {}).items():
+            if value is not None:
+                set_key(cfg, key, value)
+        for text in overrides:
+            set_key(cfg, *parse_override(text))
+        return cfg
+
+    cfg = resolve(continual_preset=False)
+    if cfg.continual.sequence:
+        cfg = resolve(continual_preset=True)
     validate(cfg)
+    apply_sequence(cfg)
     return cfg
+
+
+def apply_sequence(cfg: Config) -> list:
+    """A continual run's suite tasks and run.steps follow from its sequence; returns the stages."""
+    if not cfg.continual.sequence:
+        return []
+    from continual.schedule import build_schedule
+    from envs.registry import sequence_presets
+    try:
+        names, stages = build_schedule(cfg.continual.sequence, sequence_presets(cfg.env.suite),
+                                       cfg.continual.steps_per_task)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    cfg.env.tasks = ",".join(names)
+    cfg.run.steps = stages[-1].end
+    return stages
+
+
+def single_task_configs(cfg: Config) -> list[tuple[str, Config]]:
+    """The single-task reference runs of a continual config (what forward transfer and relative
+    performance compare with): per distinct task of the sequence, the same settings on that task
+    alone, for the longest stage budget the sequence gives it."""
+    from continual.schedule import build_schedule
+    from envs.base import base_task_name
+    from envs.registry import sequence_presets
+    names, stages = build_schedule(cfg.continual.sequence, sequence_presets(cfg.env.suite),
+                                   cfg.continual.steps_per_task)
+    budget: dict[str, int] = {}
+    for stage in stages:
+        for t in stage.tasks:
+            task = base_task_name(names[t])
+            budget[task] = max(budget.get(task, 0), stage.steps)
+    out = []
+    for task, steps in budget.items():
+        single = copy.deepcopy(cfg)
+        single.continual.sequence, single.continual.method = "", "none"
+        single.env.tasks, single.run.steps = task, steps
+        out.append((task, single))
+    return out
 
 
 def validate(cfg: Config) -> None:
@@ -198,17 +268,48 @@ def validate(cfg: Config) -> None:
         raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
         raise UserError(f"unknown backend {cfg.runtime.backend!r}; valid: {', '.join(BACKENDS)}")
-    from agents.networks import HEADS
+    from agents.networks import ACTIVATIONS, HEADS
     if cfg.sac.head not in HEADS:
         raise UserError(f"unknown sac.head {cfg.sac.head!r}; valid: {', '.join(HEADS)}")
     if not 0 < cfg.sac.tau <= 1 or not 0 <= cfg.sac.gamma <= 1:
         raise UserError("sac.tau must be in (0, 1] and sac.gamma in [0, 1]")
+    if cfg.sac.activation not in ACTIVATIONS:
+        raise UserError(f"unknown sac.activation {cfg.sac.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+    if cfg.sac.hyper_generates not in ("head", "all"):
+        raise UserError(f"unknown sac.hyper_generates {cfg.sac.hyper_generates!r}; valid: head, all")
+    if cfg.sac.head == "hyper" and cfg.sac.hyper_generates == "all" and cfg.sac.layer_norm:
+        raise UserError("sac.hyper_generates=all generates every layer and has no LayerNorm: set sac.layer_norm=false")
+    validate_continual(cfg)
+
+
+def validate_continual(cfg: Config) -> None:
+    from continual.strategies import METHODS
+    c = cfg.continual
+    if c.method not in METHODS:
+        raise UserError(f"unknown continual.method {c.method!r}; valid: {', '.join(METHODS)}")
+    if c.regularize not in ("", "actor", "critic", "both"):
+        raise UserError(f"unknown continual.regularize {c.regularize!r}; valid: actor, critic, both")
+    for key, value in {"continual.steps_per_task": c.steps_per_task, "continual.si_xi": c.si_xi,
+                       "continual.importance_samples": c.importance_samples,
+                       "continual.memory_per_task": c.memory_per_task}.items():
+        if value <= 0:
+            raise UserError(f"{key} must be positive, got {value}")
+    if c.coef is not None and c.coef < 0:
+        raise UserError(f"continual.coef must be >= 0, got {c.coef}")
+    if not 0 <= c.packnet_retrain < 1 or not 0 <= c.online_ewc_gamma <= 1:
+        raise UserError("continual.packnet_retrain must be in [0, 1) and continual.online_ewc_gamma in [0, 1]")
+    if c.method != "none" and not c.sequence:
+        raise UserError(f"continual.method {c.method} needs a task sequence (--sequence)")
+    if c.method == "hnet" and cfg.sac.head != "hyper":
+        raise UserError("continual.method hnet regularizes hypernetwork heads: set sac.head=hyper")
 
 
 def load_run_config(path: Path) -> Config:
-    """The resolved config saved in a run directory (the `versions` section is informational)."""
+    """The resolved config saved in a run directory (the `versions` and `schedule` sections are
+    informational: the schedule follows from continual.sequence)."""
     tree = read_yaml(path)
     tree.pop("versions", None)
+    tree.pop("schedule", None)
     cfg = Config()
     merge(cfg, tree)
     validate(cfg)

@@ -14,14 +14,16 @@ Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs[N, d], task[N]) 
 
 def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: int,
              seed: int) -> list[dict]:
-    """Envs are reseeded from `seed`, so an evaluation does not depend on earlier ones. Returns, per env (one per task): {"task_index", "success", "return", "episodes"}."""
+    """Envs are reseeded from `seed` (env of task i: seed + i), so an evaluation does not depend on
+    earlier ones, nor on which other tasks it runs with. Returns, per env (one per task):
+    {"task_index", "success", "return", "episodes"}."""
     n = len(envs)
     task_ids = np.asarray(task_ids, np.int64)
     next_goal = np.zeros(n, np.int64)
     returns = [[] for _ in range(n)]
     successes = [[] for _ in range(n)]
     active = np.ones(n, bool)
-    obs = np.stack([env.reset(seed=seed + i, options={"goal": 0})[0] for i, env in enumerate(envs)])
+    obs = np.stack([env.reset(seed=seed + int(task_ids[i]), options={"goal": 0})[0] for i, env in enumerate(envs)])
     ep_return, ep_success = np.zeros(n), np.zeros(n, bool)
     while active.any():
         idx = np.flatnonzero(active)

@@ -37,9 +37,14 @@ class _Evaluation:
         return self.policy.act(torch.from_numpy(obs), torch.from_numpy(task), self.deterministic).numpy()
 
     def __call__(self, step: int, version: int, flat: torch.Tensor) -> list[dict]:
-        torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
-        results = evaluate(self.act, self.envs, list(range(len(self.envs))), self.goals,
-                           seed=seed_for(self.seed, 4))
+        """flat: the policy weights [P], or per task [T, P] (task t evaluated with row t: PackNet)."""
+        tasks = list(range(len(self.envs)))
+        groups = [(flat, tasks)] if flat.dim() == 1 else [(flat[t], [t]) for t in tasks]
+        results = []
+        for weights, group in groups:
+            torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
+            results += evaluate(self.act, [self.envs[t] for t in group], group, self.goals,
+                                seed=seed_for(self.seed, 4))
         return [{"step": step, "task": self.names[r["task_index"]], **r, "policy_version": version}
                 for r in results]
 

@@ -4,6 +4,8 @@
     python launch/train.py --suite metaworld --tasks MT50 --steps 100000000
     python launch/train.py --suite pointmass --steps 20000 --set sac.actor_lr=1e-3
     python launch/train.py --resume runs/metaworld-MT10-seed0-...
+    python launch/train.py --suite metaworld --sequence CW10 --method packnet   # continual
+    python launch/train.py --suite metaworld --sequence CW10 --mode single-task # its reference runs
 
 Reads like a table of contents: parse config -> build suite -> build trainer -> run.
 User errors (bad flags, names, files, checkpoints) print one line and exit with code 2.
@@ -25,7 +27,7 @@ if __package__ in (None, ""):  # `python launch/train.py` from a checkout
 
 import yaml
 
-from launch.config import Config, build_config, load_run_config, set_key, to_dict
+from launch.config import Config, build_config, load_run_config, set_key, single_task_configs, to_dict
 from launch.errors import UserError
 
 
@@ -39,7 +41,14 @@ def parse_args(argv):
     p = _Parser(prog="train.py", description="Train a multi-task agent (see README).")
     p.add_argument("--suite", help="metaworld (default) or pointmass")
     p.add_argument("--tasks", help="MT1 task name, MT10/MT25/MT50, PM4/PM8, or a comma list")
-    p.add_argument("--steps", help="total env steps over all tasks")
+    p.add_argument("--steps", help="total env steps over all tasks (multi-task runs)")
+    p.add_argument("--sequence", help="continual run: CW10, CW20, PM2, ... or task[+task][:steps],... in order")
+    p.add_argument("--steps-per-task", help="continual run: env steps of each task's stage (CW: 1000000)")
+    p.add_argument("--method", help="continual strategy: none, l2, ewc, online-ewc, si, mas, packnet, agem, "
+                                    "replay, bc, hnet")
+    p.add_argument("--mode", choices=("continual", "single-task"), default="continual",
+                   help="with --sequence: train the sequence (default), or one single-task reference run "
+                        "per task of it, in subdirectories of the run dir")
     p.add_argument("--seed")
     p.add_argument("--eval-every", help="env steps between evaluations")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
@@ -58,10 +67,13 @@ def parse_args(argv):
 def _flag_values(args) -> dict:
     """Named flags as config keys; values go through the same type checks as --set."""
     raw = {"env.tasks": args.tasks, "run.steps": args.steps, "run.seed": args.seed,
+           "continual.sequence": args.sequence, "continual.steps_per_task": args.steps_per_task,
+           "continual.method": args.method,
            "eval.every": args.eval_every, "run.device": args.device, "runtime.backend": args.backend,
            "runtime.actors": args.actors, "runtime.envs_per_actor": args.envs_per_actor,
            "runtime.ray_address": args.ray_address}
-    as_text = {"env.tasks", "runtime.backend", "runtime.ray_address", "run.device"}
+    as_text = {"env.tasks", "runtime.backend", "runtime.ray_address", "run.device", "continual.sequence",
+               "continual.method"}
     return {k: (yaml.safe_load(v) if k not in as_text and v is not None else v) for k, v in raw.items()}
 
 
@@ -75,8 +87,10 @@ def versions() -> dict:
     return found
 
 
-def write_config(run_dir: Path, cfg: Config) -> None:
+def write_config(run_dir: Path, cfg: Config, schedule: list[dict]) -> None:
     tree = {**to_dict(cfg), "versions": versions()}
+    if schedule:  # continual runs: which tasks each stage trained, in env steps (for the metrics)
+        tree["schedule"] = schedule
     tmp = run_dir / "config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
     os.replace(tmp, run_dir / "config.yaml")
@@ -86,28 +100,77 @@ def resolve(args) -> tuple[Config, Path, bool]:
     """The config, run directory and whether this is a resume; nothing is written yet."""
     if args.resume:
         run_dir = Path(args.resume)
-        changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every]
+        changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every,
+                   args.sequence, args.steps_per_task, args.method, args.mode != "continual"]
         if any(changed):
             raise UserError("--resume continues a run with its saved config; only --steps, --device and "
                             "the runtime flags (--backend, --actors, --envs-per-actor, --ray-address) may change")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"cannot resume {run_dir}: no config.yaml (not a polytask run directory)")
         cfg = load_run_config(run_dir / "config.yaml")
+        if args.steps is not None and cfg.continual.sequence:
+            raise UserError("a continual run's length follows from its sequence; --steps cannot change it")
         for key, value in _flag_values(args).items():
             if value is not None:
                 set_key(cfg, key, value)
         return cfg, run_dir, True
+    if args.sequence and (args.tasks or args.steps):
+        raise UserError("with --sequence, the sequence names the tasks and --steps-per-task the budget "
+                        "(--tasks and --steps are for multi-task runs)")
+    if args.mode == "single-task" and not args.sequence:
+        raise UserError("--mode single-task needs --sequence (it trains one reference run per task of it)")
     cfg = build_config(args.suite, args.config, _flag_values(args), args.set)
-    run_dir = Path(args.run_dir or f"runs/{cfg.env.suite}-{(cfg.env.tasks or 'default').replace(',', '+')}"
+    what = cfg.continual.sequence if cfg.continual.sequence else (cfg.env.tasks or "default")
+    if cfg.continual.sequence:
+        what += f"-{cfg.continual.method}" if args.mode == "continual" else "-single-task"
+    run_dir = Path(args.run_dir or f"runs/{cfg.env.suite}-{what.replace(',', '+').replace(':', '_')}"
                    f"-seed{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists; use --resume {run_dir} to continue it")
     return cfg, run_dir, False
 
 
+def train_one(cfg: Config, run_dir: Path, resume: bool, dist) -> None:
+    """Build the suite and trainer for one run and train it. A run directory this call created is
+    removed again if it fails before the run really started."""
+    from envs import make_suite  # heavy imports after the cheap checks
+    from launch.trainer import Trainer
+    created, trainer = False, None
+    try:
+        try:
+            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if cfg.eval.goals > suite.num_goals:
+            raise UserError(f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}")
+        if not resume and dist.is_main:
+            created = not run_dir.exists()
+            run_dir.mkdir(parents=True, exist_ok=True)
+        log = print if dist.is_main else (lambda *a, **k: print(f"[rank {dist.rank}]", *a, **k))
+        trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log)
+        if dist.is_main:
+            write_config(run_dir, cfg, trainer.schedule())
+            created = False  # from here on the directory is a real run
+            if resume:
+                print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
+            what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
+                    else suite.name)
+            print(f"polytask: training {what} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
+                  f"env steps on {trainer.device}, backend {cfg.runtime.backend}"
+                  f"{f', {dist.world} learner ranks' if dist.world > 1 else ''}; run dir {run_dir}", flush=True)
+        trainer.run()
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    created, run_dir, trainer, dist = False, None, None, None
+    run_dir, dist = None, None
     try:
         from launch.distributed import init_from_env
 
@@ -122,38 +185,18 @@ def main(argv=None) -> int:
         resolved, error = dist.broadcast_object((resolved, error))
         if error:
             raise UserError(error)
-        cfg, run_dir, resume = resolved
-        from envs import make_suite  # heavy imports after the cheap checks
-        from launch.trainer import Trainer
-        try:
-            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if cfg.eval.goals > suite.num_goals:
-            raise UserError(f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}")
-        if not resume and dist.is_main:
-            created = not run_dir.exists()
-            run_dir.mkdir(parents=True, exist_ok=True)
-        log = print if dist.is_main else (lambda *a, **k: print(f"[rank {dist.rank}]", *a, **k))
-        trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log)
-        if dist.is_main:
-            write_config(run_dir, cfg)
-            created = False  # from here on the directory is a real run
-            if resume:
-                print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
-            print(f"polytask: training {suite.name} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
-                  f"env steps on {trainer.device}, backend {cfg.runtime.backend}"
-                  f"{f', {dist.world} learner ranks' if dist.world > 1 else ''}; run dir {run_dir}", flush=True)
-        trainer.run()
+        cfg, base_dir, resume = resolved
+        if args.mode == "single-task":  # one reference run per task of the sequence
+            jobs = [(task_cfg, base_dir / task) for task, task_cfg in single_task_configs(cfg)]
+        else:
+            jobs = [(cfg, base_dir)]
+        for job_cfg, run_dir in jobs:
+            train_one(job_cfg, run_dir, resume, dist)
         return 0
     except UserError as e:
-        if created and run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
         sys.stderr.write(f"train.py: error: {e}\n")
         return 2
     except KeyboardInterrupt:
-        if created and run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
         from launch.checkpoint import list_checkpoints
         if run_dir is not None and list_checkpoints(run_dir / "checkpoints"):
             sys.stderr.write(f"\ntrain.py: interrupted; continue with --resume {run_dir}\n")
@@ -161,8 +204,6 @@ def main(argv=None) -> int:
             sys.stderr.write("\ntrain.py: interrupted before the first checkpoint; nothing to resume\n")
         return 130
     finally:
-        if trainer is not None:
-            trainer.close()
         if dist is not None:
             dist.close()
 

@@ -7,6 +7,13 @@ with evaluation, logging and checkpoints on step boundaries. One loop serves eve
 
 and, under torchrun, every rank runs this loop on its shard of the tasks (launch/distributed.py).
 
+Stages: a run trains a schedule of stages (continual/schedule.py). A multi-task run is one stage
+of every task; a continual run (continual.sequence) trains its stages one after another, each
+with fresh actors on the stage's tasks, its own random-action warm-up, and (by default) fresh
+replay and optimizer state. A stage ends exactly at its budget (experience beyond it is
+dropped), is evaluated there on every task of the sequence, and its strategy's end_task runs
+before the next stage starts (continual/strategies).
+
 Updates follow the data: every env step earns `updates_per_round / (num_tasks * envs_per_task)`
 updates, in every backend, so the update-to-data ratio does not depend on the backend, the
 number of actors or ranks. A slow learner therefore slows the actors (backpressure), never the
@@ -32,6 +39,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from agents.replay import MultiTaskReplay
 from agents.sac import SACLearner
+from continual.schedule import Stage, build_schedule, stage_at
+from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint
 from launch.actor import Actor, ActorSpec, Chunk, seed_for
@@ -46,6 +55,25 @@ from metrics import evallog
 def crossed(before: int, after: int, every: int) -> bool:
     """Did the step counter pass a multiple of `every` going from `before` to `after`?"""
     return every > 0 and after // every > before // every
+
+
+def schedule_of(cfg: Config, num_tasks: int) -> list[Stage]:
+    """The run's stages: the continual sequence's, or one stage of every task for run.steps."""
+    if not cfg.continual.sequence:
+        return [Stage(tuple(range(num_tasks)), 0, cfg.run.steps)]
+    from envs.registry import sequence_presets
+    return build_schedule(cfg.continual.sequence, sequence_presets(cfg.env.suite), cfg.continual.steps_per_task)[1]
+
+
+def to_device(tree, device: torch.device):
+    """A checkpoint's nested dicts/lists of tensors, moved to `device`."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -91,6 +119,10 @@ class Trainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         num_tasks = len(suite.tasks)
+        self.stages = schedule_of(cfg, num_tasks)
+        self.continual = bool(cfg.continual.sequence)
+        if self.continual and dist.world > 1:
+            raise UserError("continual runs (--sequence) train one stage at a time and need a single learner rank")
         self.own_tasks = dist.shard(num_tasks)
         if not self.own_tasks:
             raise UserError(f"{dist.world} learner ranks but only {num_tasks} tasks: every rank needs a task")
@@ -105,6 +137,8 @@ class Trainer:
         torch.manual_seed(seed_for(seed, 0, rank))
         self.rng = np.random.default_rng(seed_for(seed, 1, rank))  # replay sampling
         self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim)
+        task_stage = [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(num_tasks)]
+        self.strategy = make_strategy(cfg.continual, self.learner, task_stage)
         self.step = self.local_step = 0  # env steps: all ranks / this rank
         self.steps_by_actor: Counter = Counter()
         self.lags: list[int] = []  # policy-version lag of the chunks received since the last log
@@ -114,9 +148,55 @@ class Trainer:
         self.writer = None
         if dist.is_main:  # purge_step hides what a killed run logged after its last checkpoint
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step + 1 if resume else None)
-        self.source = self._make_source()
         self.evaluator = self._make_evaluator() if dist.is_main else None
         self.version = 0  # weight version the actors see; 0 = no weights yet: act at random
+        self.source, self.restarts_before = None, 0
+        self.stage_index = stage_at(self.stages, self.step)
+        self._start_stage(resumed=self.step > self.stages[self.stage_index].start)
+
+    # -- stages -------------------------------------------------------------------------------
+    def schedule(self) -> list[dict]:
+        """The stages with task names, as config.yaml records them for the metrics."""
+        return [{"tasks": [self.suite.tasks[t].name for t in st.tasks], "start": st.start, "end": st.end}
+                for st in self.stages] if self.continual else []
+
+    def _context(self) -> TaskContext:
+        k, stage = self.stage_index, self.stages[self.stage_index]
+        earlier = tuple(t for st in self.stages[:k] for t in st.tasks)
+        return TaskContext(k, len(self.stages), stage.tasks, earlier, stage.steps, self.replay, self.rng)
+
+    def _start_stage(self, resumed: bool) -> None:
+        """Begin stage `stage_index`: actors on its tasks acting at random until the first update;
+        fresh replay/optimizer as configured, unless resuming in the middle of it."""
+        ctx = self._context()
+        if self.continual:
+            self.own_tasks = list(ctx.tasks)
+            if not resumed and ctx.stage > 0:
+                if self.cfg.continual.reset_replay and not self.strategy.rehearses:
+                    self.replay.clear(ctx.earlier)
+                if self.cfg.continual.reset_optimizer:
+                    self.learner.reset_optimizers()
+            ctx.resumed = resumed
+            self.strategy.start_task(ctx)
+            self.train_tasks = sorted(set(ctx.tasks) | (set(ctx.earlier) if self.strategy.rehearses else set()))
+            if self.dist.is_main:
+                names = ", ".join(self.suite.tasks[t].name for t in ctx.tasks)
+                self.log(f"stage {ctx.stage + 1}/{ctx.num_stages}: {names} (env steps {self.stages[ctx.stage].start:,}"
+                         f" to {self.stages[ctx.stage].end:,})")
+        else:
+            self.train_tasks = self.own_tasks
+        if self.source is not None:
+            self.restarts_before += self.source.restarts
+            self.source.close()
+        self.version = 0
+        self.source = self._make_source()
+
+    def restarts(self) -> int:
+        """Actor restarts over the whole run (every stage has its own actors)."""
+        return self.restarts_before + self.source.restarts
+
+    def _end_stage(self) -> None:
+        self.strategy.end_task(self._context())
 
     # -- construction -------------------------------------------------------------------------
     def _actor_specs(self) -> list[ActorSpec]:
@@ -169,6 +249,7 @@ class Trainer:
             self.learner.load_state_dict(loaded["learner"])
             if "replay" in loaded:
                 self.replay.load_state_dict(loaded["replay"])
+            self.strategy.load_state_dict(to_device(loaded.get("strategy", {}), self.device))
             rng = loaded["rng"][self.dist.rank]
             torch.set_rng_state(rng["torch"])
             self.rng.bit_generator.state = rng["numpy"]
@@ -193,7 +274,8 @@ class Trainer:
         self.writer.flush()
         state = {"learner": self.learner.state_dict(), "rank_steps": [g[0] for g in gathered],
                  "rng": [g[1] for g in gathered],
-                 "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()}}
+                 "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()},
+                 "strategy": self.strategy.state_dict()}
         if self.cfg.replay.save_in_checkpoint:
             state["replay"] = self.replay.state_dict()
         checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.run.keep_checkpoints)
@@ -215,7 +297,8 @@ class Trainer:
 
     def _evaluate(self) -> None:
         if self.dist.is_main:
-            self.evaluator.submit(self.step, self.version, self._policy_weights())
+            weights = self.strategy.eval_weights(self._policy_weights(), self.stage_index)
+            self.evaluator.submit(self.step, self.version, weights)
 
     # -- the loop -----------------------------------------------------------------------------
     def _ingest(self, chunk: Chunk, episodes: dict) -> int:
@@ -231,8 +314,6 @@ class Trainer:
         env steps per second of training, evaluation and checkpoints excluded."""
         cfg, learner = self.cfg, self.learner
         total = cfg.run.steps
-        warmup = cfg.sac.warmup_steps_per_task * len(self.suite.tasks)
-        updates_per_step = cfg.sac.updates_per_round / (len(self.suite.tasks) * cfg.env.envs_per_task)
         progress = Progress(total, self.step, learner.num_updates)
         episodes = defaultdict(list)  # task -> finished training episodes since the last log
         losses: dict = {}
@@ -241,21 +322,32 @@ class Trainer:
         if self.step == 0:
             self._evaluate()
             paused = time.perf_counter() - start_time
-        if learner.num_updates:  # resumed: actors act with the restored policy at once
-            self.version = learner.num_updates
+        if learner.num_updates and self.step > self.stages[self.stage_index].start:
+            self.version = learner.num_updates  # resumed mid-stage: act with the restored policy at once
             self.source.publish(self._policy_weights, self.version)
         while self.step < total:
+            stage = self.stages[self.stage_index]
+            # Each env step earns its share of updates_per_round; warm-up is per stage.
+            warmup = cfg.sac.warmup_steps_per_task * len(stage.tasks)
+            updates_per_step = cfg.sac.updates_per_round / (len(stage.tasks) * cfg.env.envs_per_task)
             chunks = self.source.poll(timeout=0 if credit >= 1 else 1.0)
-            new_steps = sum(self._ingest(c, episodes) for c in chunks)
+            new_steps = 0
+            for chunk in chunks:
+                room = stage.end - self.local_step - new_steps if self.continual else len(chunk)
+                if room > 0:  # a stage ends exactly at its budget: later experience is dropped
+                    new_steps += self._ingest(chunk.head(room), episodes)
             self.local_step += new_steps
-            ready = self.step >= warmup and self.replay.min_size(self.own_tasks) >= cfg.sac.batch_size_per_task
+            ready = (self.step - stage.start >= warmup
+                     and self.replay.min_size(self.train_tasks) >= cfg.sac.batch_size_per_task)
             credit = credit + new_steps * updates_per_step if ready else 0.0
             before = self.step
             self.step, due = self.dist.sync_counts(self.local_step, int(credit))
             for _ in range(due):
-                losses = learner.update(self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.own_tasks))
+                batch = self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
+                losses = learner.update(batch, self.strategy)
                 since_publish += 1
             credit -= due
+            self.strategy.on_progress(self.step - stage.start, self._context())
             if due and (since_publish >= cfg.runtime.publish_every or self.version == 0):
                 self.version, since_publish = learner.num_updates, 0
                 self.source.publish(self._policy_weights, self.version)
@@ -263,14 +355,21 @@ class Trainer:
                 self._write_evals(self.evaluator.results())
 
             last = self.step >= total
+            stage_done = self.continual and self.step >= stage.end
             if crossed(before, self.step, cfg.run.log_every) or last:
                 self._log_training(progress, episodes, losses)
                 episodes.clear()
             pause_start = time.perf_counter()
-            if crossed(before, self.step, cfg.eval.every) or last:
+            if crossed(before, self.step, cfg.eval.every) or last or stage_done:
                 self._evaluate()
+            if stage_done:
+                self._end_stage()
+                credit = 0.0
             if crossed(before, self.step, cfg.run.checkpoint_every) or last:
                 self._save_checkpoint()
+            if stage_done and not last:
+                self.stage_index += 1
+                self._start_stage(resumed=False)
             paused += time.perf_counter() - pause_start
         self.train_steps_per_s = (self.step - start_step) / max(time.perf_counter() - start_time - paused, 1e-9)
         self._finish(progress)
@@ -284,7 +383,7 @@ class Trainer:
         ranks = self.dist.gather_objects({
             "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
             "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
-            "actor_restarts": self.source.restarts, "params": params})
+            "actor_restarts": self.restarts(), "params": params})
         if not self.dist.is_main:
             return
         self._write_evals(self.evaluator.wait())
@@ -320,7 +419,7 @@ class Trainer:
                  + f" (full report: python launch/report.py {self.run_dir})")
 
     def _log_training(self, progress: Progress, episodes: dict, losses: dict) -> None:
-        gathered = self.dist.gather_objects((dict(episodes), self.source.restarts, dict(self.steps_by_actor),
+        gathered = self.dist.gather_objects((dict(episodes), self.restarts(), dict(self.steps_by_actor),
                                              self.lags))
         self.lags = []
         if not self.dist.is_main:

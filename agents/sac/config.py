@@ -11,6 +11,10 @@ class SACConfig:
     head: str = "multi"              # output layer type: see agents.networks.HEADS
     task_input: bool = True          # append a one-hot task id to the network input
     layer_norm: bool = False         # LayerNorm after the first layer (Continual World)
+    activation: str = "relu"         # relu | leaky_relu (Continual World)
+    hyper_embedding_dim: int = 16    # head=hyper: size of each task's learned embedding
+    hyper_hidden: int = 128          # head=hyper: hidden units of the hypernetwork
+    hyper_generates: str = "head"    # head=hyper: head (the output layer) | all (every layer; small nets)
     gamma: float = 0.99
     tau: float = 0.005               # Polyak rate of the target critics
     actor_lr: float = 3e-4

@@ -12,9 +12,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from agents.networks import SquashedGaussianActor, TwinCritic
+from agents.networks import SquashedGaussianActor, TwinCritic, mlp_options
 from agents.replay import Batch
 from agents.sac.config import SACConfig
+from continual.strategies.base import NO_STRATEGY, Strategy
 
 
 class SACLearner:
@@ -24,8 +25,7 @@ class SACLearner:
         learners all-reduce there); None for a single learner."""
         self.cfg, self.device = cfg, device
         self.sync_gradients = sync_gradients or (lambda params: None)
-        mlp = dict(hidden_sizes=tuple(cfg.hidden_sizes), head=cfg.head, task_input=cfg.task_input,
-                   layer_norm=cfg.layer_norm)
+        mlp = mlp_options(cfg)
         self.actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, **mlp).to(device)
         self.critic = TwinCritic(obs_dim, action_dim, num_tasks, **mlp).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -42,40 +42,53 @@ class SACLearner:
         self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient step on critics, actor and temperatures. Returns detached loss tensors."""
-        obs, action, reward, next_obs, terminated, task = (
-            x.to(self.device, non_blocking=True) for x in batch)
-        gamma = self.cfg.gamma
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """Regress both Q's onto the soft Bellman target
+            y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')."""
+        obs, action, reward, next_obs, terminated, task = batch
         alpha = self.log_alpha.detach().exp()[task]
-
-        # Critics: regress both Q's onto the soft Bellman target
-        #   y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')
         with torch.no_grad():
             next_action, next_log_pi = self.actor.sample(next_obs, task)
             qf_next_target = self.critic_target(next_obs, next_action, task)
             min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
-            next_q_value = reward + (1.0 - terminated) * gamma * min_qf_next_target
+            next_q_value = reward + (1.0 - terminated) * self.cfg.gamma * min_qf_next_target
         qf1_a_values, qf2_a_values = self.critic(obs, action, task)
         qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
         qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
-        qf_loss = qf1_loss + qf2_loss
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        qf_loss.backward()
-        self.sync_gradients(self._critic_params)
-        self.critic_optimizer.step()
+        return qf1_loss + qf2_loss, {"loss/qf1": qf1_loss.detach(), "loss/qf2": qf2_loss.detach(),
+                                     "q/mean": qf1_a_values.detach().mean()}
 
-        # Actor: minimise E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised; and log pi."""
+        obs, task = batch.obs, batch.task
         pi, log_pi = self.actor.sample(obs, task)
         min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
-        actor_loss = (alpha * log_pi - min_qf_pi).mean()
+        return (self.log_alpha.detach().exp()[task] * log_pi - min_qf_pi).mean(), log_pi
+
+    def update(self, batch: Batch, strategy: Strategy = NO_STRATEGY) -> dict[str, torch.Tensor]:
+        """One gradient step on critics, actor and temperatures. Returns detached loss tensors.
+        A continual-learning `strategy` adds its penalty to each loss and may transform the
+        gradients before (and repair the weights after) each optimizer step."""
+        batch = Batch(*(x.to(self.device, non_blocking=True) for x in batch))
+
+        qf_loss, info = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        (qf_loss + strategy.penalty("critic")).backward()
+        self.sync_gradients(self._critic_params)
+        strategy.before_step("critic")
+        self.critic_optimizer.step()
+        strategy.after_step("critic")
+
+        actor_loss, log_pi = self.actor_loss(batch)
         self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=self._actor_params)  # no wasted gradients for the critics
+        (actor_loss + strategy.penalty("actor")).backward(inputs=self._actor_params)  # no gradients for the critics
         self.sync_gradients(self._actor_params)
+        strategy.before_step("actor")
         self.actor_optimizer.step()
+        strategy.after_step("actor")
 
         # Temperature of each task: keep the policy's entropy near the target entropy
-        alpha_loss = (-self.log_alpha[task] * (log_pi.detach() + self.target_entropy)).mean()
+        alpha_loss = (-self.log_alpha[batch.task] * (log_pi.detach() + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.sync_gradients([self.log_alpha])
@@ -85,9 +98,13 @@ class SACLearner:
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
         self.num_updates += 1
-        return {"loss/qf1": qf1_loss.detach(), "loss/qf2": qf2_loss.detach(),
-                "loss/actor": actor_loss.detach(), "loss/alpha": alpha_loss.detach(),
-                "q/mean": qf1_a_values.detach().mean(), "policy/entropy": -log_pi.detach().mean()}
+        return {**info, "loss/actor": actor_loss.detach(), "loss/alpha": alpha_loss.detach(),
+                "policy/entropy": -log_pi.detach().mean()}
+
+    def reset_optimizers(self) -> None:
+        """Fresh optimizer state (Continual World does this at every new task)."""
+        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+            optimizer.state.clear()
 
     def state_dict(self) -> dict:
         return {

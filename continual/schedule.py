@@ -1,0 +1,85 @@
+"""Task schedules: a continual run trains a sequence of stages, each on its task(s) for a budget.
+
+`--sequence` names the order: a preset (CW10, CW20, PM2, or any task preset such as MT10 read in
+order) or a comma list of stages, where a stage is `task[+task...][:steps]`, e.g.
+`reach-e:3000,reach-w+reach-n`. A stage's budget defaults to steps_per_task x its task count.
+A task that comes back later in the sequence is a new task with its own id (and head), named
+"task#2", "task#3", ...: Continual World's CW20 treats its second pass that way, and the metrics
+need one training window per task.
+
+The suite of a continual run holds the sequence's tasks in order of first training, so task ids
+are sequence positions and every task of the sequence is evaluated throughout the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envs.base import REPEAT_MARK
+
+
+@dataclass(frozen=True)
+class Stage:
+    tasks: tuple[int, ...]  # task ids (indices into the suite)
+    start: int              # first env step of the stage
+    end: int                # the stage trains env steps [start, end)
+
+    @property
+    def steps(self) -> int:
+        return self.end - self.start
+
+
+def parse_sequence(text: str, presets: dict[str, list[str]]) -> list[tuple[list[str], int | None]]:
+    """[(task names, budget or None)] per stage, names as written (repeats not yet renamed)."""
+    text = text.strip()
+    if text in presets:
+        return [([name], None) for name in presets[text]]
+    stages = []
+    for part in text.split(","):
+        part = part.strip()
+        names, sep, budget = part.partition(":")
+        tasks = [n.strip() for n in names.split("+") if n.strip()]
+        if not tasks or (sep and not budget.strip()):
+            raise ValueError(f"malformed stage {part!r} in sequence {text!r}; "
+                             f"expected task[+task...][:steps], or a preset: {', '.join(presets)}")
+        if any(REPEAT_MARK in n for n in tasks):
+            raise ValueError(f"sequence {text!r}: write a repeated task by its plain name; "
+                             f"repeats are numbered automatically")
+        steps = None
+        if sep:
+            try:
+                steps = int(budget.replace("_", ""))
+            except ValueError:
+                raise ValueError(f"stage {part!r}: budget {budget!r} is not a whole number of steps") from None
+            if steps <= 0:
+                raise ValueError(f"stage {part!r}: budget must be positive")
+        stages.append((tasks, steps))
+    return stages
+
+
+def build_schedule(text: str, presets: dict[str, list[str]], steps_per_task: int) -> tuple[list[str], list[Stage]]:
+    """The suite's task list (repeats renamed "x#k", in order of first training) and the stages."""
+    seen: dict[str, int] = {}
+    names: list[str] = []
+    stages: list[Stage] = []
+    start = 0
+    for tasks, steps in parse_sequence(text, presets):
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"sequence {text!r} names a task twice in one stage")
+        ids = []
+        for name in tasks:
+            seen[name] = seen.get(name, 0) + 1
+            names.append(name if seen[name] == 1 else f"{name}{REPEAT_MARK}{seen[name]}")
+            ids.append(len(names) - 1)
+        steps = steps if steps is not None else steps_per_task * len(tasks)
+        stages.append(Stage(tuple(ids), start, start + steps))
+        start += steps
+    return names, stages
+
+
+def stage_at(stages: list[Stage], step: int) -> int:
+    """Index of the stage that trains env step `step` (the last stage once the schedule is done)."""
+    for k, stage in enumerate(stages):
+        if step < stage.end:
+            return k
+    return len(stages) - 1

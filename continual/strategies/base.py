@@ -1,0 +1,98 @@
+"""The one interface every continual-learning strategy implements (Avalanche-style plugins).
+
+The trainer calls the task hooks; the SAC learner calls the loss and gradient hooks for each
+network it updates ("critic", then "actor"):
+
+    start_task(ctx)           a stage begins (fresh or after a resume: see `resumed`)
+    on_progress(step, ctx)    every trainer iteration, with the env steps done in the stage
+    end_task(ctx)             the stage's budget is spent (its final evaluation is done)
+    penalty(network)          a term added to that network's loss
+    before_step(network)      gradients computed, optimizer step next: transform them
+    after_step(network)       optimizer step done: repair weights that must not move
+    eval_weights(flat)        the policy weights to evaluate each task with
+    state_dict()/load_state_dict(state)   everything needed to resume (tensors, plain types)
+
+A strategy that `rehearses` trains on earlier tasks' replay as well: the trainer then keeps
+their buffers and samples every seen task in each update batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NETWORKS = {"actor": ("actor",), "critic": ("critic",), "both": ("critic", "actor")}
+
+
+@dataclass
+class TaskContext:
+    stage: int                  # index of the stage in the schedule
+    num_stages: int
+    tasks: tuple[int, ...]      # tasks the stage trains
+    earlier: tuple[int, ...]    # tasks of the stages before it
+    stage_steps: int            # the stage's env-step budget
+    replay: object              # agents.replay.MultiTaskReplay (the stage's data is still there at end_task)
+    rng: np.random.Generator
+    resumed: bool = False       # start_task after a resume: state came from the checkpoint
+
+
+class Strategy:
+    """Fine-tuning: every hook does nothing. Subclasses override what they need."""
+
+    rehearses = False
+    default_networks = "actor"  # what continual.regularize="" means for this method
+
+    def __init__(self, cfg=None, learner=None, task_stage: list[int] | None = None):
+        """cfg: launch.config.ContinualConfig; task_stage[t]: the stage that trains task t."""
+        self.cfg, self.learner, self.task_stage = cfg, learner, task_stage or []
+        names = NETWORKS[cfg.regularize or self.default_networks] if cfg is not None else ()
+        self.networks = {name: getattr(learner, name) for name in names}
+
+    def coef(self, default: float) -> float:
+        return default if self.cfg.coef is None else self.cfg.coef
+
+    def start_task(self, ctx: TaskContext) -> None:
+        pass
+
+    def on_progress(self, step_in_stage: int, ctx: TaskContext) -> None:
+        pass
+
+    def end_task(self, ctx: TaskContext) -> None:
+        pass
+
+    def penalty(self, network: str) -> torch.Tensor | float:
+        return 0.0
+
+    def before_step(self, network: str) -> None:
+        pass
+
+    def after_step(self, network: str) -> None:
+        pass
+
+    def eval_weights(self, flat: torch.Tensor, stage: int) -> torch.Tensor:
+        """[P] (one policy for every task) or [T, P] (task t evaluated with row t)."""
+        return flat
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+NO_STRATEGY = Strategy()
+
+
+def params_of(module: torch.nn.Module) -> list[torch.Tensor]:
+    return list(module.parameters())
+
+
+def sample_states(replay, task: int, count: int, rng: np.random.Generator):
+    """Up to `count` distinct stored transitions of `task`: (obs, action, task) tensors."""
+    size = int(replay.size[task])
+    rows = rng.choice(size, min(count, size), replace=False)
+    obs = torch.from_numpy(replay.obs[task, rows].copy())
+    action = torch.from_numpy(replay.action[task, rows].copy())
+    return obs, action, torch.full((len(rows),), task, dtype=torch.int64)

@@ -1,0 +1,60 @@
+"""Rehearsal strategies.
+
+Replay ("perfect memory" in Continual World): every finished task's replay buffer is kept and
+each update trains on all tasks seen so far, `batch_size_per_task` transitions of each, with
+their own task ids (multi-task SAC over the past). Nothing else changes.
+
+Behaviour-cloning replay (ClonEx-SAC, Wołczyk et al. 2022): at the end of a task, keep
+`memory_per_task` of its states with the policy's Gaussian (mean, std before the tanh) there;
+later, the actor's loss gets coef * mean KL(pi_old(.|s) || pi(.|s)) on a batch of each kept task.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from continual.strategies.base import Strategy, TaskContext, sample_states
+
+
+class Replay(Strategy):
+    rehearses = True
+
+
+class BehaviourCloning(Strategy):
+    default_coef = 1.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory: list[dict[str, torch.Tensor]] = []  # per finished task: obs, task, mean, log_std
+        self.rng = np.random.default_rng(0)
+
+    @torch.no_grad()
+    def end_task(self, ctx: TaskContext) -> None:
+        actor = self.learner.actor
+        for task in ctx.tasks:
+            obs, _, task_ids = sample_states(ctx.replay, task, self.cfg.memory_per_task, ctx.rng)
+            obs, task_ids = obs.to(self.learner.device), task_ids.to(self.learner.device)
+            mean, log_std = actor(obs, task_ids)
+            self.memory.append({"obs": obs, "task": task_ids, "mean": mean, "log_std": log_std})
+
+    def penalty(self, network: str):
+        if network != "actor" or not self.memory:
+            return 0.0
+        size = self.learner.cfg.batch_size_per_task
+        kl = 0.0
+        for kept in self.memory:
+            rows = torch.from_numpy(self.rng.integers(len(kept["obs"]), size=size)).to(kept["obs"].device)
+            mean, log_std = self.learner.actor(kept["obs"][rows], kept["task"][rows])
+            old_mean, old_log_std = kept["mean"][rows], kept["log_std"][rows]
+            # KL(N(m0, s0) || N(m, s)) per dimension, summed over action dimensions
+            kl = kl + (log_std - old_log_std + ((2 * old_log_std).exp() + (old_mean - mean).pow(2))
+                       / (2 * (2 * log_std).exp()) - 0.5).sum(-1).mean()
+        return self.coef(self.default_coef) * kl / len(self.memory)
+
+    def state_dict(self) -> dict:
+        return {"memory": self.memory, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = state["memory"]
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,365 @@
+"""Continual learning: schedules, the strategies' mechanics (checked exactly or by hand), and
+real pointmass runs where fine-tuning forgets and every method forgets less."""
+
+from multiprocessing import get_context
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from agents.networks import LOG_STD_MAX, LOG_STD_MIN
+from agents.replay import MultiTaskReplay
+from agents.sac import SACLearner
+from agents.sac.config import SACConfig
+from continual.schedule import Stage, build_schedule
+from continual.strategies import METHODS, TaskContext, make_strategy
+from continual.strategies import importance
+from envs.registry import sequence_presets
+from launch.config import ContinualConfig
+from launch.train import main as train_main
+from metrics import continual, evallog
+from metrics.runs import read_run
+from tests.conftest import run_train
+
+CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-pull-v3",
+        "handle-press-side-v3", "push-v3", "shelf-place-v3", "window-close-v3", "peg-unplug-side-v3"]
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+def test_cw_sequences_in_v3_names_and_repeats_get_their_own_tasks():
+    names, stages = build_schedule("CW20", sequence_presets("metaworld"), 1000)
+    assert names[:10] == CW10
+    assert names[10:] == [f"{n}#2" for n in CW10]  # CW20's second pass: new ids, new heads
+    assert [s.tasks for s in stages] == [(i,) for i in range(20)]
+    assert stages[0] == Stage((0,), 0, 1000) and stages[-1] == Stage((19,), 19000, 20000)
+
+
+def test_custom_sequence_with_multi_task_stages_and_budgets():
+    names, stages = build_schedule("reach-e:300,reach-w+reach-n,reach-e", sequence_presets("pointmass"), 100)
+    assert names == ["reach-e", "reach-w", "reach-n", "reach-e#2"]
+    assert stages == [Stage((0,), 0, 300), Stage((1, 2), 300, 500), Stage((3,), 500, 600)]
+
+
+@pytest.mark.parametrize("sequence", ["reach-e:", "reach-e:abc", "reach-e,,reach-w", "reach-e:-5",
+                                      "reach-e#2", "reach-e+reach-e"])
+def test_malformed_sequences_are_rejected(sequence):
+    with pytest.raises(ValueError):
+        build_schedule(sequence, sequence_presets("pointmass"), 100)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sequence", "PM2", "--method", "bogus"], "unknown continual.method 'bogus'"),
+    (["--sequence", "PM2", "--tasks", "PM4"], "with --sequence"),
+    (["--sequence", "reach-e,reach-nowhere"], "unknown task reach-nowhere"),
+    (["--sequence", "PM2", "--method", "hnet"], "set sac.head=hyper"),
+    (["--method", "ewc"], "needs a task sequence"),
+    (["--mode", "single-task"], "--mode single-task needs --sequence"),
+    (["--sequence", "PM2", "--set", "continual.regularize=policy"], "unknown continual.regularize"),
+])
+def test_bad_continual_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    code = train_main(["--suite", "pointmass", "--backend", "single", "--run-dir", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+# -- a small learner to drive strategies directly -----------------------------------------------
+
+def _learner(head="multi", num_tasks=2, **sac):
+    torch.manual_seed(0)
+    cfg = SACConfig(hidden_sizes=(16, 16), head=head, batch_size_per_task=32, hyper_embedding_dim=4,
+                    hyper_hidden=16, **sac)
+    return SACLearner(cfg, obs_dim=3, action_dim=2, num_tasks=num_tasks, device=torch.device("cpu"))
+
+
+def _filled_replay(num_tasks=2, size=256):
+    replay = MultiTaskReplay(num_tasks, size, 3, 2)
+    rng = np.random.default_rng(0)
+    for t in range(num_tasks):
+        replay.add(np.full(size, t), rng.normal(size=(size, 3)).astype(np.float32),
+                   rng.uniform(-1, 1, (size, 2)).astype(np.float32), rng.normal(size=size).astype(np.float32),
+                   rng.normal(size=(size, 3)).astype(np.float32), np.zeros(size, np.float32))
+    return replay
+
+
+def _context(replay, stage, num_stages=2, steps=100):
+    return TaskContext(stage, num_stages, (stage,), tuple(range(stage)), steps, replay, np.random.default_rng(stage))
+
+
+def _train(learner, strategy, replay, task, updates):
+    rng = np.random.default_rng(task)
+    for _ in range(updates):
+        learner.update(replay.sample(32, rng, [task]), strategy)
+
+
+# -- PackNet ------------------------------------------------------------------------------------
+
+def test_packnet_weights_owned_by_earlier_tasks_never_change():
+    learner, replay = _learner(), _filled_replay()
+    strategy = make_strategy(ContinualConfig(sequence="x", method="packnet", packnet_retrain=0.5), learner, [0, 1])
+    ctx = _context(replay, 0)
+    strategy.start_task(ctx)
+    _train(learner, strategy, replay, 0, 20)
+    strategy.on_progress(50, ctx)  # half the stage: prune, then retrain the kept weights
+    assert strategy.pruned
+    owner = [o.clone() for o in strategy.owner["actor"]]
+    pruned_free = [(o == 0) & (p == 0) for o, p in zip(owner, learner.actor.parameters())]
+    assert sum(int(m.sum()) for m in pruned_free) > 0  # stage 0 of 2 keeps half the weights it trained
+    _train(learner, strategy, replay, 0, 10)
+    assert all(bool((p[m] == 0).all()) for p, m in zip(learner.actor.parameters(), pruned_free))
+    strategy.end_task(ctx)
+    obs = torch.randn(64, 3)
+    task0 = torch.zeros(64, dtype=torch.int64)
+    with torch.no_grad():
+        mean_after_stage0 = learner.actor(obs, task0)[0]
+    owned = [(o == 1, p.detach().clone()) for o, p in zip(owner, learner.actor.parameters())]
+
+    ctx1 = _context(replay, 1)
+    strategy.start_task(ctx1)
+    _train(learner, strategy, replay, 1, 30)
+    strategy.end_task(ctx1)
+    changed = 0
+    for (mask, before), p in zip(owned, learner.actor.parameters()):
+        assert torch.equal(p.detach()[mask], before[mask])  # exact, not approximately
+        changed += int((p.detach()[~mask] != before[~mask]).sum())
+    assert changed > 0  # stage 1 did train its own weights
+    # Task 0 evaluated through PackNet's view gets exactly its end-of-stage-0 policy.
+    flat = torch.nn.utils.parameters_to_vector(learner.actor.parameters()).detach()
+    views = strategy.eval_weights(flat, stage=1)
+    policy = _learner().actor
+    torch.nn.utils.vector_to_parameters(views[0], policy.parameters())
+    with torch.no_grad():
+        assert torch.equal(policy(obs, task0)[0], mean_after_stage0)
+
+
+# -- hypernetwork regularizer --------------------------------------------------------------------
+
+@pytest.mark.parametrize("generates", ["head", "all"])
+def test_hypernetwork_regularizer_keeps_earlier_generated_weights_within_tolerance(generates):
+    drift = {}
+    for method in ("none", "hnet"):
+        learner, replay = _learner(head="hyper", hyper_generates=generates), _filled_replay()
+        cfg = ContinualConfig(sequence="x", method=method, coef=1000.0)
+        strategy = make_strategy(cfg, learner, [0, 1])
+        hyper = learner.actor.net.hyper if generates == "all" else learner.actor.net.head
+        _train(learner, strategy, replay, 0, 10)
+        strategy.end_task(_context(replay, 0))
+        with torch.no_grad():
+            before = [x.clone() for layer in hyper.generate(hyper.embedding[:1]) for x in layer]
+        learner.reset_optimizers()
+        _train(learner, strategy, replay, 1, 40)
+        with torch.no_grad():
+            after = [x for layer in hyper.generate(hyper.embedding[:1]) for x in layer]
+        drift[method] = max(float((a - b).abs().max()) for a, b in zip(after, before))
+    assert drift["hnet"] < 0.005, drift
+    assert drift["none"] > 3 * drift["hnet"], drift  # without the regularizer the old task's weights move
+
+
+# -- importances ---------------------------------------------------------------------------------
+
+def _features(net, obs, task):
+    """Input of the output layer (the trunk's last activation) of an EnsembleMLP."""
+    h = torch.cat([obs, net.task_codes[task]], -1).expand(net.ensemble, *obs.shape[:-1], -1)
+    for layer in net.layers:
+        h = net.activation(layer(h))
+    return h
+
+
+def test_actor_fisher_and_mas_match_hand_derivation_on_the_output_layer():
+    """mu_d = h . W[:, d] + b_d and log sigma_d = LMIN + (LMAX-LMIN)/2 (tanh(z_d) + 1), z_d = h . W[:, A+d] + b:
+        F(W[j, d])   = E[h_j^2 / (sigma_d^2 + 1e-6)]
+        F(W[j, A+d]) = E[2 (sigma_d (LMAX-LMIN)/2 (1 - tanh(z_d)^2) h_j)^2 / (sigma_d^2 + 1e-6)]
+        MAS(W[j, d]) = E[|2 mu_d h_j|],  MAS(W[j, A+d]) = E[|2 log sigma_d (LMAX-LMIN)/2 (1 - tanh(z_d)^2) h_j|]"""
+    learner = _learner(head="single")
+    actor, a = learner.actor, 2
+    obs, task = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    fisher = importance.actor_fisher(actor, obs, task)
+    mas = importance.actor_mas(actor, obs, task)
+    names = [n for n, _ in actor.named_parameters()]
+    assert list(fisher) == names and all(fisher[n].shape == p.shape for n, p in actor.named_parameters())
+    assert all(bool((f >= importance.FISHER_FLOOR).all()) for f in fisher.values())
+    assert all(bool((m >= 0).all()) for m in mas.values())
+    with torch.no_grad():
+        h = _features(actor.net, obs, task)[0]                          # [B, H]
+        out = actor.net.head.linear(h[None])[0]                         # [B, 2A]
+        mu, z = out[:, :a], out[:, a:]
+        log_sigma = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(z) + 1)
+        sigma = log_sigma.exp()
+        dlogsigma_dz = 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (1 - torch.tanh(z) ** 2)
+        scale = 1 / (sigma ** 2 + 1e-6)
+        hand_mu = torch.einsum("bj,bd->jd", h ** 2, scale) / len(obs)
+        hand_sigma = torch.einsum("bj,bd->jd", h ** 2, 2 * (sigma * dlogsigma_dz) ** 2 * scale) / len(obs)
+        hand_mas_mu = (2 * mu[:, None, :] * h[:, :, None]).abs().mean(0)
+        hand_mas_sigma = (2 * log_sigma[:, None, :] * dlogsigma_dz[:, None, :] * h[:, :, None]).abs().mean(0)
+    weight = fisher["net.head.linear.weight"][0]  # [H, 2A]
+    torch.testing.assert_close(weight[:, :a], hand_mu.clamp_min(importance.FISHER_FLOOR))
+    torch.testing.assert_close(weight[:, a:], hand_sigma.clamp_min(importance.FISHER_FLOOR))
+    torch.testing.assert_close(mas["net.head.linear.weight"][0, :, :a], hand_mas_mu)
+    torch.testing.assert_close(mas["net.head.linear.weight"][0, :, a:], hand_mas_sigma)
+
+
+def test_critic_fisher_matches_hand_derivation_on_the_output_layer():
+    """Q_k = h_k . W_k + b_k, so F(W_k[j]) = E[h_kj^2] and F(b_k) = 1."""
+    learner = _learner(head="single")
+    critic = learner.critic
+    obs, action, task = torch.randn(40, 3), torch.rand(40, 2) * 2 - 1, torch.randint(0, 2, (40,))
+    fisher = importance.critic_fisher(critic, obs, action, task)
+    with torch.no_grad():
+        h = _features(critic.net, torch.cat([obs, action], -1), task)  # [2, B, H]
+    torch.testing.assert_close(fisher["net.head.linear.weight"][..., 0], (h ** 2).mean(1).clamp_min(importance.FISHER_FLOOR))
+    torch.testing.assert_close(fisher["net.head.linear.bias"], torch.ones(2, 1, 1))
+
+
+def test_si_importance_by_hand():
+    """One weight moves 0 -> 1 -> 3 under gradients -2 then -1: omega = -(-2)(1) - (-1)(2) = 4,
+    Omega = omega / (delta^2 + xi) = 4 / (9 + 0.1)."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    actor = torch.nn.Module()
+    actor.weight = weight
+    learner = SimpleNamespace(actor=actor, device=torch.device("cpu"))
+    strategy = METHODS["si"](ContinualConfig(sequence="x", method="si", si_xi=0.1), learner, [0])
+    strategy.start_task(_context(None, 0))
+    for grad, new_value in ((-2.0, 1.0), (-1.0, 3.0)):
+        weight.grad = torch.tensor([grad])
+        strategy.before_step("actor")
+        with torch.no_grad():
+            weight.fill_(new_value)
+        strategy.after_step("actor")
+    assert strategy.omega["actor"][0].item() == pytest.approx(4.0)
+    strategy.end_task(_context(None, 0))
+    assert strategy.importance["actor"][0].item() == pytest.approx(4 / 9.1)
+    with torch.no_grad():
+        weight.fill_(5.0)  # penalty = coef * Omega * (5 - 3)^2
+    assert float(strategy.penalty("actor").detach()) == pytest.approx(1.0 * 4 / 9.1 * 4)
+
+
+def test_ewc_sums_fishers_and_online_ewc_decays_them():
+    learner, replay = _learner(), _filled_replay(3)
+    fishers = {}
+    for method in ("ewc", "online-ewc"):
+        cfg = ContinualConfig(sequence="x", method=method, online_ewc_gamma=0.5, importance_samples=64)
+        strategy = make_strategy(cfg, learner, [0, 1, 2])
+        for stage in range(2):
+            strategy.end_task(_context(replay, stage, 3))
+        fishers[method] = strategy.importance["actor"]
+    per_task = [make_strategy(ContinualConfig(sequence="x", method="ewc", importance_samples=64), learner, [0, 1, 2])
+                .task_importance("actor", _context(replay, s, 3)) for s in range(2)]
+    for summed, decayed, f0, f1 in zip(fishers["ewc"], fishers["online-ewc"], *per_task):
+        torch.testing.assert_close(summed, f0 + f1)
+        torch.testing.assert_close(decayed, 0.5 * f0 + f1)
+
+
+def test_agem_projects_conflicting_gradients_only():
+    learner, replay = _learner(), _filled_replay()
+    strategy = make_strategy(ContinualConfig(sequence="x", method="agem", memory_per_task=100), learner, [0, 1])
+    strategy.end_task(_context(replay, 0))
+    assert len(strategy.memory["task"]) == 100
+    batch = replay.sample(32, np.random.default_rng(1), [1])
+    params = list(learner.actor.parameters())
+    loss, _ = learner.actor_loss(batch)
+    learner.actor_optimizer.zero_grad()
+    loss.backward(inputs=params)
+    strategy.rng = np.random.default_rng(7)
+    strategy.before_step("actor")
+    projected = torch.cat([p.grad.flatten() for p in params])
+    strategy.rng = np.random.default_rng(7)  # the same memory batch: its reference gradient
+    reference = torch.autograd.grad(learner.actor_loss(strategy._memory_batch())[0], params)
+    reference = torch.cat([r.flatten() for r in reference])
+    assert float(projected @ reference) >= -1e-4 * float(reference.norm() * projected.norm())
+
+
+# -- real runs: fine-tuning forgets, every method forgets less ----------------------------------
+
+STEPS_PER_TASK = 1500
+RUNS = {  # name -> extra flags; hnet needs a hypernetwork, so it has a fine-tuning baseline of its own
+    "none": [], **{m: ["--method", m] for m in METHODS if m not in ("none", "hnet")},
+    "none-hyper": ["--set", "sac.head=hyper", "--set", "sac.hyper_generates=all"],
+    "hnet": ["--method", "hnet", "--set", "sac.head=hyper", "--set", "sac.hyper_generates=all"],
+}
+
+
+def _train_pm2(job):
+    """In a pool worker: train.py's main in-process (one interpreter start per worker, not per run)."""
+    import contextlib
+    import io
+    name, run_dir = job
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = train_main(["--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", str(STEPS_PER_TASK),
+                           "--backend", "single", "--seed", "0", "--set", "run.threads=1", "--run-dir", str(run_dir),
+                           *RUNS[name]])
+    return name, code, err.getvalue()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def pm2_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pm2")
+    jobs = [(name, root / name) for name in RUNS]
+    with get_context("spawn").Pool(2) as pool:
+        for name, code, err in pool.map(_train_pm2, jobs):
+            assert code == 0, f"{name}: {err}"
+    return {name: read_run(path) for name, path in jobs}
+
+
+def test_continual_run_records_schedule_and_evaluates_every_task_at_every_stage_end(pm2_runs):
+    run = pm2_runs["none"]
+    assert run.tasks == ("reach-e", "reach-w")
+    assert [(s.tasks, s.start, s.end) for s in run.schedule] == [
+        (("reach-e",), 0, STEPS_PER_TASK), (("reach-w",), STEPS_PER_TASK, 2 * STEPS_PER_TASK)]
+    for end in (STEPS_PER_TASK, 2 * STEPS_PER_TASK):
+        row = list(run.steps).index(end)  # an evaluation exactly at each stage's end
+        assert not np.isnan(run.success[row]).any()
+    assert not np.isnan(run.success).any()  # both tasks evaluated at every evaluation
+    # Training episodes come from the stage's task only.
+    first = run.episodes.step <= STEPS_PER_TASK
+    assert set(run.episodes.task[first]) == {0} and set(run.episodes.task[~first]) == {1}
+
+
+LAST_K = 2  # evaluations averaged at a window's end (5 per stage here: CW's 5 would reach back to the start)
+
+
+def test_finetuning_forgets_the_first_task(pm2_runs):
+    run = pm2_runs["none"]
+    learned = continual.value_at_end(run, "reach-e", run.training_window("reach-e"), LAST_K)
+    assert learned >= 0.8  # it learned reach-e ...
+    assert continual.forgetting(run, LAST_K).per_task[0] >= 0.6  # ... and lost it training reach-w
+
+
+@pytest.mark.parametrize("method", [m for m in RUNS if not m.startswith("none")])
+def test_every_method_forgets_less_than_finetuning(pm2_runs, method):
+    baseline = pm2_runs["none-hyper" if method == "hnet" else "none"]
+    forgot = continual.forgetting(pm2_runs[method], LAST_K).per_task[0]
+    assert forgot <= continual.forgetting(baseline, LAST_K).per_task[0] - 0.4, (method, forgot)
+
+
+def test_single_task_reference_mode_writes_one_run_per_task(tmp_path):
+    root = tmp_path / "refs"
+    result = run_train("--suite", "pointmass", "--sequence", "reach-e:400,reach-w,reach-e", "--steps-per-task", 300,
+                       "--mode", "single-task", "--backend", "single", "--run-dir", root,
+                       "--set", "eval.every=200", "--set", "sac.warmup_steps_per_task=100")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in root.iterdir()) == ["reach-e", "reach-w"]
+    ref = read_run(root / "reach-e")
+    assert ref.trained_tasks() == {"reach-e"} and ref.schedule[0].end == 400  # its longest stage
+    config = yaml.safe_load((root / "reach-e" / "config.yaml").read_text())
+    assert config["continual"]["sequence"] == "" and config["env"]["tasks"] == "reach-e"
+    assert evallog.read(root / "reach-w" / "evals.jsonl")[-1]["step"] == 300
+
+
+def test_cw10_builds_in_v3_names_and_a_very_short_run_covers_every_stage(tmp_path):
+    run_dir = tmp_path / "cw10"
+    result = run_train("--suite", "metaworld", "--sequence", "CW10", "--steps-per-task", 30, "--backend", "single",
+                       "--run-dir", run_dir, "--set", "eval.goals=1", "--set", "eval.every=1000000",
+                       "--set", "sac.warmup_steps_per_task=10", "--set", "sac.batch_size_per_task=8",
+                       "--set", "sac.hidden_sizes=[32,32]", "--set", "run.log_every=30", timeout=600)
+    assert result.returncode == 0, result.stderr
+    run = read_run(run_dir)
+    assert run.tasks == tuple(CW10)
+    assert [(s.tasks, s.start, s.end) for s in run.schedule] == [((n,), 30 * i, 30 * (i + 1)) for i, n in enumerate(CW10)]
+    assert list(run.steps) == [30 * i for i in range(11)]  # the start, then every stage's end
+    assert not np.isnan(run.success).any()
+    assert all(f"stage {i}/10" in result.stdout for i in range(1, 11))
