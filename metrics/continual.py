@@ -69,6 +69,7 @@ from typing import NamedTuple
 import numpy as np
 
 from metrics.multitask import check_same_tasks, last_valid_mean
+from envs.base import base_task_name
 from metrics.runs import Run
 
 
@@ -137,9 +138,10 @@ def forgetting(run: Run, last_k: int = 5, measure: str = "success") -> TaskMetri
 
 
 def _reference_runs_of(task: str, reference_runs: Sequence[Run]) -> list[Run]:
-    """The runs whose schedule trains `task` and no other task."""
+    """The runs whose schedule trains `task` and no other task (a repeat "x#2" is x's env, so
+    x's single-task runs are its references)."""
     return [r for r in reference_runs
-            if r.trained_tasks() == {task}]
+            if r.trained_tasks() in ({task}, {base_task_name(task)})]
 
 
 def reference_aucs(task: str, budget: int, reference_runs: Sequence[Run]) -> np.ndarray:
@@ -150,11 +152,12 @@ def reference_aucs(task: str, budget: int, reference_runs: Sequence[Run]) -> np.
         raise ValueError(f"no reference run trains only {task}; forward transfer needs one")
     aucs = []
     for ref in runs:
-        start, end = ref.training_window(task)
+        (ref_task,) = ref.trained_tasks()
+        start, end = ref.training_window(ref_task)
         if end - start < budget:
             raise ValueError(f"reference run {ref.name or ref.seed} trained {task} for "
                              f"{end - start} steps, fewer than the {budget} to compare with")
-        aucs.append(window_mean(ref, task, (start, start + budget)))
+        aucs.append(window_mean(ref, ref_task, (start, start + budget)))
     return np.array(aucs)
 
 

@@ -363,3 +363,13 @@ def test_cw10_builds_in_v3_names_and_a_very_short_run_covers_every_stage(tmp_pat
     assert list(run.steps) == [30 * i for i in range(11)]  # the start, then every stage's end
     assert not np.isnan(run.success).any()
     assert all(f"stage {i}/10" in result.stdout for i in range(1, 11))
+
+
+def test_a_repeated_task_is_scored_against_its_base_tasks_reference_run():
+    from metrics.runs import make_run
+    run = make_run(["a", "a#2"], [10, 20, 30, 40], [[0.2, 0.0], [0.4, 0.0], [0.0, 0.6], [0.0, 0.8]],
+                   [(["a"], 0, 20), (["a#2"], 20, 40)])
+    reference = make_run(["a"], [10, 20], [[0.0], [0.5]], [(["a"], 0, 20)])
+    # AUC: a = (0.2 + 0.4) / 2 = 0.3, a#2 = (0.6 + 0.8) / 2 = 0.7; reference AUC = 0.25
+    ft = continual.forward_transfer(run, [reference]).per_task
+    np.testing.assert_allclose(ft, [(0.3 - 0.25) / 0.75, (0.7 - 0.25) / 0.75])
