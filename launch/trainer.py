@@ -168,7 +168,7 @@ class Trainer:
     def _start_stage(self, resumed: bool) -> None:
         """Begin stage `stage_index`: actors on its tasks acting at random until the first update;
         fresh replay/optimizer as configured, unless resuming in the middle of it."""
-        ctx = self._context()
+        ctx = self.stage_context = self._context()  # fixed for the stage: built once, not per iteration
         if self.continual:
             self.own_tasks = list(ctx.tasks)
             if not resumed and ctx.stage > 0:
@@ -196,7 +196,7 @@ class Trainer:
         return self.restarts_before + self.source.restarts
 
     def _end_stage(self) -> None:
-        self.strategy.end_task(self._context())
+        self.strategy.end_task(self.stage_context)
 
     # -- construction -------------------------------------------------------------------------
     def _actor_specs(self) -> list[ActorSpec]:
@@ -347,7 +347,7 @@ class Trainer:
                 losses = learner.update(batch, self.strategy)
                 since_publish += 1
             credit -= due
-            self.strategy.on_progress(self.step - stage.start, self._context())
+            self.strategy.on_progress(self.step - stage.start, self.stage_context)
             if due and (since_publish >= cfg.runtime.publish_every or self.version == 0):
                 self.version, since_publish = learner.num_updates, 0
                 self.source.publish(self._policy_weights, self.version)

@@ -85,10 +85,6 @@ class Strategy:
 NO_STRATEGY = Strategy()
 
 
-def params_of(module: torch.nn.Module) -> list[torch.Tensor]:
-    return list(module.parameters())
-
-
 def sample_states(replay, task: int, count: int, rng: np.random.Generator):
     """Up to `count` distinct stored transitions of `task`: (obs, action, task) tensors."""
     size = int(replay.size[task])
