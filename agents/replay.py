@@ -1,4 +1,10 @@
-"""Replay stored per task, sampled task-balanced: every batch holds the same count per task."""
+"""Replay stored per task, sampled task-balanced: every batch holds the same count per task.
+
+Memory is taken as it is used: a task's ring buffer starts small, doubles as it fills (up to
+`capacity_per_task` rows) and is freed when the task is cleared. A transition of Meta-World
+costs (39 + 39 + 4 + 1 + 1) x 4 = 336 bytes, so a full 1M-row task buffer is 336 MB; a
+continual run that resets replay at every stage holds one such buffer at a time.
+"""
 
 from __future__ import annotations
 
@@ -18,58 +24,97 @@ class Batch(NamedTuple):
 
 
 class MultiTaskReplay:
-    """One ring buffer per task, all in preallocated arrays of shape [num_tasks, capacity, ...]."""
+    """One ring buffer per task. size[t] rows of task t are valid; cursor[t] is the next row
+    to write (== size[t] until the ring is full and wraps)."""
 
     FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
+    FIRST_ROWS = 4096  # a task's first allocation; it doubles from there
 
     def __init__(self, num_tasks: int, capacity_per_task: int, obs_dim: int, action_dim: int):
         self.num_tasks, self.capacity = num_tasks, capacity_per_task
-        shape = (num_tasks, capacity_per_task)
-        self.obs = np.zeros((*shape, obs_dim), np.float32)
-        self.action = np.zeros((*shape, action_dim), np.float32)
-        self.reward = np.zeros(shape, np.float32)
-        self.next_obs = np.zeros((*shape, obs_dim), np.float32)
-        self.terminated = np.zeros(shape, np.float32)
-        self.size = np.zeros(num_tasks, np.int64)   # valid rows per task
-        self.cursor = np.zeros(num_tasks, np.int64)  # next row to write per task
+        self.shapes = {"obs": (obs_dim,), "action": (action_dim,), "reward": (), "next_obs": (obs_dim,),
+                       "terminated": ()}
+        self.buffers: list[dict[str, np.ndarray] | None] = [None] * num_tasks
+        self.size = np.zeros(num_tasks, np.int64)
+        self.cursor = np.zeros(num_tasks, np.int64)
+
+    def allocated_rows(self, task: int) -> int:
+        buffer = self.buffers[task]
+        return 0 if buffer is None else len(buffer["reward"])
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for b in self.buffers if b is not None for a in b.values())
+
+    def _reserve(self, task: int, rows: int) -> None:
+        """Room for `rows` rows of `task` (at most the capacity), keeping what is stored."""
+        have = self.allocated_rows(task)
+        if have >= min(rows, self.capacity):
+            return
+        new = min(self.capacity, max(rows, 2 * have, self.FIRST_ROWS))
+        grown = {f: np.zeros((new, *shape), np.float32) for f, shape in self.shapes.items()}
+        if have:
+            for f in self.FIELDS:
+                grown[f][:have] = self.buffers[task][f]
+        self.buffers[task] = grown
 
     def add(self, task, obs, action, reward, next_obs, terminated) -> None:
         """Add a batch of transitions; `task` is an int array giving each row's task."""
+        columns = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated}
         for t in np.unique(task):  # rows of one task go to consecutive ring positions
-            rows = np.flatnonzero(task == t)
+            rows = np.flatnonzero(task == t)[-self.capacity:]  # more than a ring's worth: the newest
+            self._reserve(t, int(self.size[t]) + len(rows))
             slots = (self.cursor[t] + np.arange(len(rows))) % self.capacity
-            self.obs[t, slots] = obs[rows]
-            self.action[t, slots] = action[rows]
-            self.reward[t, slots] = reward[rows]
-            self.next_obs[t, slots] = next_obs[rows]
-            self.terminated[t, slots] = terminated[rows]
+            for f in self.FIELDS:
+                self.buffers[t][f][slots] = columns[f][rows]
             self.cursor[t] = (self.cursor[t] + len(rows)) % self.capacity
             self.size[t] = min(self.size[t] + len(rows), self.capacity)
 
     def clear(self, tasks) -> None:
-        """Forget the given tasks' transitions (their rows are overwritten from the start)."""
-        tasks = list(tasks)
-        self.size[tasks] = 0
-        self.cursor[tasks] = 0
+        """Forget the given tasks' transitions and give their memory back."""
+        for t in tasks:
+            self.buffers[t] = None
+            self.size[t] = self.cursor[t] = 0
 
     def min_size(self, tasks=None) -> int:
         return int(self.size[tasks if tasks is not None else slice(None)].min())
 
+    def rows(self, task: int, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of the given stored rows of one task, field by field."""
+        return {f: self.buffers[task][f][rows] for f in self.FIELDS}
+
     def sample(self, per_task: int, rng: np.random.Generator, tasks=None) -> Batch:
-        """`per_task` transitions drawn uniformly from each task's buffer (default: all tasks)."""
+        """`per_task` transitions drawn uniformly from each task's buffer (default: all tasks),
+        task by task in the order given: the batch is contiguous per task."""
         tasks = np.arange(self.num_tasks) if tasks is None else np.asarray(tasks)
         task_col = np.repeat(tasks, per_task)
         rows = (rng.random(len(task_col)) * self.size[task_col]).astype(np.int64)
-        return Batch(*(torch.from_numpy(getattr(self, f)[task_col, rows]) for f in self.FIELDS),
-                     torch.from_numpy(task_col))
+        out = {f: np.empty((len(task_col), *shape), np.float32) for f, shape in self.shapes.items()}
+        for k, t in enumerate(tasks):
+            part = slice(k * per_task, (k + 1) * per_task)
+            for f in self.FIELDS:
+                out[f][part] = self.buffers[t][f][rows[part]]
+        return Batch(*(torch.from_numpy(out[f]) for f in self.FIELDS), torch.from_numpy(task_col))
+
+    # -- state: filled rows only, as tensors (loadable with weights_only=True) -----------------
+    def task_state(self, task: int) -> dict:
+        size = int(self.size[task])
+        fields = {f: torch.from_numpy(self.buffers[task][f][:size].copy()) for f in self.FIELDS} if size else {}
+        return {"size": size, "cursor": int(self.cursor[task]), **fields}
+
+    def load_task_state(self, task: int, state: dict) -> None:
+        self.clear([task])
+        size = int(state["size"])
+        if size:
+            self._reserve(task, size)
+            for f in self.FIELDS:
+                self.buffers[task][f][:size] = state[f].numpy()
+        self.size[task], self.cursor[task] = size, int(state["cursor"])
 
     def state_dict(self) -> dict:
-        """Filled rows only, as tensors (loadable with weights_only=True)."""
-        return {"size": torch.from_numpy(self.size.copy()), "cursor": torch.from_numpy(self.cursor.copy()),
-                **{f: torch.from_numpy(getattr(self, f)) for f in self.FIELDS}}
+        return {"tasks": [self.task_state(t) for t in range(self.num_tasks)]}
 
     def load_state_dict(self, state: dict) -> None:
-        for f in self.FIELDS:
-            getattr(self, f)[...] = state[f].numpy()
-        self.size[:] = state["size"].numpy()
-        self.cursor[:] = state["cursor"].numpy()
+        if len(state["tasks"]) != self.num_tasks:
+            raise ValueError(f"replay state holds {len(state['tasks'])} tasks, this run has {self.num_tasks}")
+        for t, task_state in enumerate(state["tasks"]):
+            self.load_task_state(t, task_state)

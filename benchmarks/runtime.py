@@ -138,10 +138,11 @@ def learner(args) -> None:
 
 
 def torchrun(args) -> None:
-    """Training env-steps/s with 1 and 2 learner ranks (gloo) on the same global config."""
+    """Training env-steps/s with 1 and 2 learner ranks (gloo) on the same global config: the same
+    global env steps and, since update credit is global, the same number of updates."""
     rows = []
     for ranks in (1, 2):
-        rates = []
+        rates, updates = [], set()
         for r in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 run = Path(tmp) / "run"
@@ -155,11 +156,14 @@ def torchrun(args) -> None:
                 if proc.returncode:
                     raise SystemExit(proc.stderr[-2000:])
                 rates.append(json.loads((run / "learners.json").read_text())["train_env_steps_per_s"])
-        rows.append([f"{ranks} rank(s) x {max(1, 2 // ranks)} thread(s)", median(rates)])
-    base = rows[0][1]
+                updates.add(torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1],
+                                       weights_only=True)["learner"]["num_updates"])
+        rows.append([f"{ranks} rank(s) x {max(1, 2 // ranks)} thread(s)", ", ".join(map(str, sorted(updates))),
+                     median(rates)])
+    base = rows[0][2]
     print(f"pointmass PM4, 256x256 nets, global batch 4x256, 1 update per round, {args.steps} steps, "
           f"single backend per rank, median of {args.repeats}")
-    print(table(["learners", "train env-steps/s", "vs 1 rank"], [r + [f"{r[1] / base:.2f}x"] for r in rows]))
+    print(table(["learners", "updates", "train env-steps/s", "vs 1 rank"], [r + [f"{r[2] / base:.2f}x"] for r in rows]))
 
 
 def main() -> None:

@@ -14,15 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agents.networks import SquashedGaussianActor, mlp_options
+from agents import seeding
+from agents.networks import SquashedGaussianActor, actor_options
 from agents.sac.config import SACConfig
 from envs import make_suite
 from envs.pool import Episode, EnvPool
-
-
-def seed_for(seed: int, *purpose: int) -> int:
-    """Independent seeds for each consumer (torch, numpy, each env) from the run seed."""
-    return int(np.random.SeedSequence([seed, *purpose]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class Chunk:
 
 
 def build_policy(sac: SACConfig, obs_dim: int, action_dim: int, num_tasks: int) -> SquashedGaussianActor:
-    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, **mlp_options(sac))
+    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, **actor_options(sac))
 
 
 class Actor:
@@ -78,12 +74,13 @@ class Actor:
         suite = make_suite(spec.suite, spec.tasks, spec.seed)
         tasks = [suite.tasks[i] for i in spec.task_indices]
         env_tasks = [tasks[k % len(tasks)] for k in range(spec.num_envs)]
-        purpose = (5, spec.actor_id, spec.incarnation, spec.start_step)
-        self.pool = EnvPool([suite.make_env(t, seed_for(spec.seed, *purpose, k)) for k, t in enumerate(env_tasks)],
-                            [t.index for t in env_tasks])
+        def seed(*index: int) -> int:  # this incarnation's streams: a restart or resume gets fresh ones
+            return seeding.seed_for(spec.seed, "actor", spec.actor_id, spec.incarnation, spec.start_step, *index)
+
+        self.pool = EnvPool([suite.make_env(t, seed(k)) for k, t in enumerate(env_tasks)], [t.index for t in env_tasks])
         self.action_dim = suite.action_dim
-        self.rng = np.random.default_rng(seed_for(spec.seed, *purpose, 1_000_000))
-        self.generator = torch.Generator().manual_seed(seed_for(spec.seed, *purpose, 1_000_001))
+        self.rng = np.random.default_rng(seed(1_000_000))                  # random actions (warm-up)
+        self.generator = torch.Generator().manual_seed(seed(1_000_001))   # policy noise
         if policy is None:
             policy = build_policy(spec.sac, suite.obs_dim, suite.action_dim, spec.num_tasks).requires_grad_(False)
         self.policy = policy

@@ -1,4 +1,9 @@
-"""Checkpoints: written atomically (temp file + rename), loaded with weights_only=True."""
+"""Checkpoints: written atomically (temp file + rename), loaded with weights_only=True.
+
+checkpoints/step-<N>.pt holds the learner, strategy, counters and RNG states at env step N (the
+newest `keep` are kept). A rehearsing continual strategy also needs the replay of earlier tasks,
+which no longer changes once their stage is over: it is written once per task, at the end of
+its stage, to checkpoints/rehearsal/task-<t>.pt, instead of into every checkpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 
 from launch.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: replay saved as filled rows per task; eval.policy
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -18,22 +23,42 @@ def path_for(ckpt_dir: Path, step: int) -> Path:
     return ckpt_dir / f"step-{step:012d}.pt"
 
 
-def save(ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Write `state` for `step`; keep the newest `keep` checkpoints. A crash never leaves a
-    partial file under a checkpoint name."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = path_for(ckpt_dir, step)
+def write_atomic(path: Path, state: dict) -> None:
+    """torch.save `state` to `path` so that a crash never leaves a partial file under its name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        torch.save({"format_version": FORMAT_VERSION, "step": step, **state}, f)
+        torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(ckpt_dir, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def read(path: Path) -> dict:
+    """A file written by write_atomic, loaded with weights_only=True; UserError if it is damaged."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"missing {path}") from None
+    except Exception as e:  # torch raises many types for a damaged file
+        raise UserError(f"corrupt checkpoint {path}: {type(e).__name__}") from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise UserError(f"corrupt checkpoint {path}: not a polytask checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise UserError(f"incompatible checkpoint {path}: format version {state['format_version']}, "
+                        f"this polytask reads version {FORMAT_VERSION}")
+    return state
+
+
+def save(ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write `state` for `step`; keep the newest `keep` checkpoints."""
+    path = path_for(ckpt_dir, step)
+    write_atomic(path, {"format_version": FORMAT_VERSION, "step": step, **state})
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -52,14 +77,9 @@ def load_latest(ckpt_dir: Path) -> dict:
     found = list_checkpoints(ckpt_dir)
     if not found:
         raise UserError(f"no checkpoint in {ckpt_dir}")
-    path = found[-1]
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise UserError(f"corrupt checkpoint {path}: {type(e).__name__}") from None
-    if not isinstance(state, dict) or "format_version" not in state:
-        raise UserError(f"corrupt checkpoint {path}: not a polytask checkpoint")
-    if state["format_version"] != FORMAT_VERSION:
-        raise UserError(f"incompatible checkpoint {path}: format version {state['format_version']}, "
-                        f"this polytask reads version {FORMAT_VERSION}")
-    return state
+    return read(found[-1])
+
+
+def rehearsal_path(ckpt_dir: Path, task: int) -> Path:
+    """Where a rehearsing strategy's kept replay of a finished task is written, once."""
+    return ckpt_dir / "rehearsal" / f"task-{task:04d}.pt"

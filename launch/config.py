@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,11 +33,14 @@ class ReplayConfig:
     save_in_checkpoint: bool = False  # also checkpoint the replay buffer (large)
 
 
+EVAL_POLICIES = ("mean", "sample")
+
+
 @dataclass
 class EvalConfig:
     every: int = 250_000          # env steps between evaluations (also at the start and the end)
     goals: int = 50               # episodes per task, one per fixed goal (Meta-World protocol: 50)
-    deterministic: bool = True    # act with the policy mean
+    policy: str = "mean"          # act with the policy's mean (tanh(mu)) or a sampled action (CW's tables)
 
 
 @dataclass
@@ -61,11 +66,13 @@ class ContinualConfig:
     coef: float | None = None     # penalty weight; None: the method's default (CW: L2 1e5, EWC 1e4, MAS 1e4)
     reset_replay: bool = True     # drop earlier tasks' transitions at each new stage (methods that replay keep them)
     reset_optimizer: bool = True  # fresh optimizer state at each new stage
-    importance_samples: int = 1024   # states used to compute EWC / MAS importances at a task's end
+    importance_samples: int = 2560   # states used to compute EWC / MAS importances at a task's end (CW: 10 x 256)
     online_ewc_gamma: float = 0.9    # online EWC: F <- gamma * F + F_task (ours; not in CW)
     si_xi: float = 0.1               # SI damping xi in omega / (delta^2 + xi) (Zenke et al. 2017)
-    packnet_retrain: float = 0.1     # fraction of each stage trained after pruning (CW: 100k of 1M steps)
+    packnet_retrain_steps: int = 100_000  # PackNet: learner updates on replay after each stage's pruning (CW)
     memory_per_task: int = 10_000    # A-GEM and BC: transitions / states kept per finished task
+    agem_batch_size: int = 128       # A-GEM: memory transitions per reference gradient (CW: 128)
+    agem_projection: str = "joint"   # A-GEM: joint (CW: one projection over actor + critic) | separate
 
 
 BACKENDS = ("single", "local", "ray")
@@ -101,8 +108,24 @@ def to_dict(cfg) -> dict:
                      else plain(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
 
 
+# A decimal number as people type it: 1e-3, 3E-4, .5, 1_000, -2.5e+3 (YAML 1.1 reads some of these
+# as strings: it wants a dot and a signed exponent).
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
+
+
+def _number(value):
+    """A finite int/float written as text (see _NUMBER), else `value` unchanged."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value.strip().replace("_", ""))
+        if math.isfinite(number):
+            return number
+    return value
+
+
 def _coerce(value, hint, key: str):
-    """Check `value` (parsed from YAML) against a field's type; convert where lossless."""
+    """Check `value` (parsed from YAML) against a field's type; convert where lossless. Numbers
+    written as text (`1e-3`, which YAML 1.1 leaves a string) are accepted for int and float
+    fields; an int field takes a float only if it is whole (`1e6`)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -115,9 +138,13 @@ def _coerce(value, hint, key: str):
         return tuple(_coerce(v, args[0], key) for v in value)
     if hint is bool and isinstance(value, bool):
         return value
+    if hint in (int, float):
+        value = _number(value)
+    if hint is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
@@ -203,6 +230,8 @@ def build_config(suite: str | None = None, config_file: str | None = None,
     cfg = resolve(continual_preset=False)
     if cfg.continual.sequence:
         cfg = resolve(continual_preset=True)
+    if cfg.continual.method == "agem" and cfg.continual.agem_projection == "joint":
+        cfg.sac.update_order = "simultaneous"  # the joint projection needs both gradients before either step
     validate(cfg)
     apply_sequence(cfg)
     return cfg
@@ -264,6 +293,9 @@ def validate(cfg: Config) -> None:
                        "runtime.envs_per_actor": cfg.runtime.envs_per_actor}.items():
         if value < 0:
             raise UserError(f"{key} must be >= 0, got {value}")
+    if cfg.replay.capacity_per_task < cfg.sac.batch_size_per_task:
+        raise UserError(f"replay.capacity_per_task ({cfg.replay.capacity_per_task}) must hold at least one batch "
+                        f"(sac.batch_size_per_task = {cfg.sac.batch_size_per_task})")
     if not cfg.sac.hidden_sizes or min(cfg.sac.hidden_sizes) <= 0:
         raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
@@ -277,6 +309,14 @@ def validate(cfg: Config) -> None:
         raise UserError(f"unknown sac.activation {cfg.sac.activation!r}; valid: {', '.join(ACTIVATIONS)}")
     if cfg.sac.hyper_generates not in ("head", "all"):
         raise UserError(f"unknown sac.hyper_generates {cfg.sac.hyper_generates!r}; valid: head, all")
+    choices = {"sac.log_std_mode": (cfg.sac.log_std_mode, ("tanh", "clip")),
+               "sac.update_order": (cfg.sac.update_order, ("sequential", "simultaneous")),
+               "eval.policy": (cfg.eval.policy, EVAL_POLICIES)}
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+    if not cfg.sac.log_std_min < cfg.sac.log_std_max:
+        raise UserError("sac.log_std_min must be below sac.log_std_max")
     if cfg.sac.head == "hyper" and cfg.sac.hyper_generates == "all" and cfg.sac.layer_norm:
         raise UserError("sac.hyper_generates=all generates every layer and has no LayerNorm: set sac.layer_norm=false")
     validate_continual(cfg)
@@ -291,13 +331,19 @@ def validate_continual(cfg: Config) -> None:
         raise UserError(f"unknown continual.regularize {c.regularize!r}; valid: actor, critic, both")
     for key, value in {"continual.steps_per_task": c.steps_per_task, "continual.si_xi": c.si_xi,
                        "continual.importance_samples": c.importance_samples,
-                       "continual.memory_per_task": c.memory_per_task}.items():
+                       "continual.memory_per_task": c.memory_per_task,
+                       "continual.agem_batch_size": c.agem_batch_size}.items():
         if value <= 0:
             raise UserError(f"{key} must be positive, got {value}")
     if c.coef is not None and c.coef < 0:
         raise UserError(f"continual.coef must be >= 0, got {c.coef}")
-    if not 0 <= c.packnet_retrain < 1 or not 0 <= c.online_ewc_gamma <= 1:
-        raise UserError("continual.packnet_retrain must be in [0, 1) and continual.online_ewc_gamma in [0, 1]")
+    if c.packnet_retrain_steps < 0 or not 0 <= c.online_ewc_gamma <= 1:
+        raise UserError("continual.packnet_retrain_steps must be >= 0 and continual.online_ewc_gamma in [0, 1]")
+    if c.agem_projection not in ("joint", "separate"):
+        raise UserError(f"unknown continual.agem_projection {c.agem_projection!r}; valid: joint, separate")
+    if c.method == "agem" and c.agem_projection == "joint" and cfg.sac.update_order != "simultaneous":
+        raise UserError("A-GEM's joint projection needs sac.update_order=simultaneous "
+                        "(or set continual.agem_projection=separate)")
     if c.method != "none" and not c.sequence:
         raise UserError(f"continual.method {c.method} needs a task sequence (--sequence)")
     if c.method == "hnet" and cfg.sac.head != "hyper":

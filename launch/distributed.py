@@ -1,12 +1,17 @@
 """Data-parallel learners over torch.distributed (launched by torchrun).
 
 Each rank owns a shard of the tasks (rank r: tasks r, r+W, r+2W, ...), runs its own actors
-and replay for them, and all ranks keep identical networks: gradients are averaged with one
-all-reduce per optimizer step (gloo on CPU, nccl on GPU). Averaging per-rank mean losses
-gives exactly the gradient of the mean loss over the global batch, so W ranks with shards of
-the tasks compute the same update as one process holding all tasks. Per-task parameters
-(heads, temperatures) are slices of shared tensors, so every parameter takes part in every
-all-reduce: there are no unused parameters to trip over. Only rank 0 writes to the run dir.
+and replay for them, and all ranks keep identical networks: gradients are combined with one
+all-reduce per optimizer step (gloo on CPU, nccl on GPU). A rank's loss is the mean over its
+own tasks' samples, so its gradient is weighted by its share of the global batch (its task
+count / all tasks) and the weighted gradients are summed: that is exactly the gradient of the
+task-balanced mean loss over the global batch, for any number of ranks, even when the tasks do
+not divide evenly. Per-task parameters (heads, temperatures) are slices of shared tensors, so
+every parameter takes part in every all-reduce: there are no unused parameters to trip over.
+
+Update credit is global: every rank counts the env steps of all ranks (`sync_counts`) and does
+the updates they earn, so W ranks do as many updates as one learner on the same global steps.
+Only rank 0 writes to the run dir.
 """
 
 from __future__ import annotations
@@ -31,29 +36,33 @@ class Dist:
     def shard(self, num_tasks: int) -> list[int]:
         return list(range(self.rank, num_tasks, self.world))
 
-    def average_gradients(self, params: list[torch.Tensor]) -> None:
-        """All-reduce the gradients of `params` (flattened into one buffer) and average them."""
-        if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(g)
-            offset += n
+    def gradient_sync(self, share: float):
+        """A callable that combines the gradients of `params` across ranks: this rank's weighted
+        by `share` (its fraction of the global batch), summed in one all-reduce (the gradients
+        flattened into one buffer)."""
+        def sync(params: list[torch.Tensor]) -> None:
+            if self.world == 1:
+                return
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads]) * share
+            dist.all_reduce(flat)
+            offset = 0
+            for p, g in zip(params, grads):
+                n = g.numel()
+                p.grad = flat[offset:offset + n].view_as(g)
+                offset += n
+        return sync
 
-    def sync_counts(self, local_steps: int, local_due: int) -> tuple[int, int]:
-        """(global env steps = sum over ranks, updates every rank can do now = min over ranks)."""
+    def sync_counts(self, local_steps: int, ready: bool, finite: bool) -> tuple[int, bool, bool]:
+        """(global env steps = sum over ranks, every rank ready to update, every rank's losses
+        finite): one small all-gather per trainer iteration, so all ranks decide alike."""
         if self.world == 1:
-            return local_steps, local_due
-        t = torch.tensor([local_steps, -local_due], dtype=torch.int64)
+            return local_steps, ready, finite
+        t = torch.tensor([local_steps, int(ready), int(finite)], dtype=torch.int64)
         gathered = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(gathered, t)
         stacked = torch.stack(gathered)
-        return int(stacked[:, 0].sum()), int(-stacked[:, 1].max())
+        return int(stacked[:, 0].sum()), bool(stacked[:, 1].min()), bool(stacked[:, 2].min())
 
     def broadcast_module_state(self, module: torch.nn.Module) -> None:
         if self.world > 1:

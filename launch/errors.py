@@ -1,5 +1,11 @@
-"""User errors: bad flags, names, files. The CLI prints them as one line and exits with code 2."""
+"""User errors: bad flags, names, files. The CLI prints them as one line and exits with code 2.
+A run whose learner diverges (a non-finite loss or weights) stops with TrainingDiverged: one line,
+exit code 3, and no checkpoint written after the divergence."""
 
 
 class UserError(Exception):
+    pass
+
+
+class TrainingDiverged(Exception):
     pass

@@ -15,38 +15,48 @@ import torch
 import torch.multiprocessing as mp
 
 from agents.sac.config import SACConfig
-from launch.actor import build_policy, seed_for
+from agents import seeding
+from launch.actor import build_policy
 from launch.evaluate import evaluate
 from launch.local_actors import sigint_ignored_by_children
 
 
 class _Evaluation:
-    """Eval envs for every task plus a policy copy; built once, reused for every evaluation."""
+    """Eval envs for every task plus a policy copy; built once, reused for every evaluation.
+    policy="sample" draws each task's action noise from a generator of its own, reseeded at every
+    evaluation, so a task's result does not depend on which other tasks it is evaluated with."""
 
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int,
-                 deterministic: bool):
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
         from envs import make_suite
 
         suite = make_suite(suite_name, tasks, seed)
         self.names = suite.task_names
-        self.envs = [suite.make_env(t, seed_for(seed, 3, t.index)) for t in suite.tasks]
+        self.envs = [suite.make_env(t, seeding.seed_for(seed, "eval-envs", t.index)) for t in suite.tasks]
         self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, len(suite.tasks)).requires_grad_(False)
-        self.goals, self.deterministic, self.seed = goals, deterministic, seed
+        self.goals, self.mode, self.seed = goals, policy, seed
+        self.noise: dict[int, torch.Generator] = {}
 
     def act(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
-        return self.policy.act(torch.from_numpy(obs), torch.from_numpy(task), self.deterministic).numpy()
+        obs_t, task_t = torch.from_numpy(obs), torch.from_numpy(task)
+        if self.mode == "mean":
+            return self.policy.act(obs_t, task_t, deterministic=True).numpy()
+        with torch.no_grad():
+            mean, log_std = self.policy(obs_t, task_t)
+        noise = torch.stack([torch.randn(mean.shape[1:], generator=self.noise[int(t)]) for t in task])
+        return torch.tanh(mean + log_std.exp() * noise).numpy()
 
     def __call__(self, step: int, version: int, flat: torch.Tensor) -> list[dict]:
         """flat: the policy weights [P], or per task [T, P] (task t evaluated with row t: PackNet)."""
         tasks = list(range(len(self.envs)))
         groups = [(flat, tasks)] if flat.dim() == 1 else [(flat[t], [t]) for t in tasks]
+        self.noise = {t: torch.Generator().manual_seed(seeding.seed_for(self.seed, "eval", 1, t)) for t in tasks}
         results = []
         for weights, group in groups:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
             results += evaluate(self.act, [self.envs[t] for t in group], group, self.goals,
-                                seed=seed_for(self.seed, 4))
-        return [{"step": step, "task": self.names[r["task_index"]], **r, "policy_version": version}
-                for r in results]
+                                seed=seeding.seed_for(self.seed, "eval"))
+        return [{"step": step, "task": self.names[r["task_index"]], **r, "policy": self.mode,
+                 "policy_version": version} for r in results]
 
     def close(self) -> None:
         for env in self.envs:
@@ -54,8 +64,8 @@ class _Evaluation:
 
 
 class InlineEvaluator:
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, deterministic: bool):
-        self.evaluation = _Evaluation(suite_name, tasks, seed, sac, goals, deterministic)
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
+        self.evaluation = _Evaluation(suite_name, tasks, seed, sac, goals, policy)
         self.done = []
 
     def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
@@ -84,12 +94,12 @@ def _evaluator_main(args: tuple, requests, replies) -> None:
 
 
 class EvaluatorWorker:
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, deterministic: bool):
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
         ctx = mp.get_context("spawn")
         self.requests, child_requests = ctx.Pipe()
         self.replies, child_replies = ctx.Pipe()
         self.process = ctx.Process(target=_evaluator_main, daemon=True, name="polytask-evaluator",
-                                   args=((suite_name, tasks, seed, sac, goals, deterministic),
+                                   args=((suite_name, tasks, seed, sac, goals, policy),
                                          child_requests, child_replies))
         with sigint_ignored_by_children():
             self.process.start()

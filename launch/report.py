@@ -126,7 +126,8 @@ def main(argv=None) -> int:
             print(f"report.py: l2logger logs in {args.export_l2logger}")
         for label, m in metrics["groups"].items():
             cw, mt = m["continual"], m["multitask"]
-            print(f"{label}: {len(m['seeds'])} seed(s) | average performance {_value(cw['performance'])} | "
+            print(f"{label}: {len(m['seeds'])} seed(s) | evaluated with the {m['evaluation']['policy']} policy | "
+                  f"average performance {_value(cw['performance'])} | "
                   f"forgetting {_value(cw['forgetting'])} | forward transfer {_value(cw.get('forward_transfer'))} | "
                   f"IQM {_value(mt['iqm'])}")
         print(f"report.py: wrote {out}/report.md, report.html, metrics.json and plots")

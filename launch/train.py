@@ -8,7 +8,8 @@
     python launch/train.py --suite metaworld --sequence CW10 --mode single-task # its reference runs
 
 Reads like a table of contents: parse config -> build suite -> build trainer -> run.
-User errors (bad flags, names, files, checkpoints) print one line and exit with code 2.
+User errors (bad flags, names, files, checkpoints) print one line and exit with code 2; a run
+whose learner diverges prints one line and exits with code 3, its last good checkpoint intact.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ if __package__ in (None, ""):  # `python launch/train.py` from a checkout
 import yaml
 
 from launch.config import Config, build_config, load_run_config, set_key, single_task_configs, to_dict
-from launch.errors import UserError
+from launch.errors import TrainingDiverged, UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse would print the usage too)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
+    def error(self, message):  # one line, exit 2 like every user error (argparse would print the usage too)
+        raise UserError(message)
 
 
 def parse_args(argv):
@@ -169,9 +169,9 @@ def train_one(cfg: Config, run_dir: Path, resume: bool, dist) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
     run_dir, dist = None, None
     try:
+        args = parse_args(argv)
         from launch.distributed import init_from_env
 
         dist = init_from_env()  # one process unless started by torchrun
@@ -196,6 +196,9 @@ def main(argv=None) -> int:
     except UserError as e:
         sys.stderr.write(f"train.py: error: {e}\n")
         return 2
+    except TrainingDiverged as e:
+        sys.stderr.write(f"train.py: error: {e}\n")
+        return 3
     except KeyboardInterrupt:
         from launch.checkpoint import list_checkpoints
         if run_dir is not None and list_checkpoints(run_dir / "checkpoints"):

@@ -11,18 +11,26 @@ Stages: a run trains a schedule of stages (continual/schedule.py). A multi-task 
 of every task; a continual run (continual.sequence) trains its stages one after another, each
 with fresh actors on the stage's tasks, its own random-action warm-up, and (by default) fresh
 replay and optimizer state. A stage ends exactly at its budget (experience beyond it is
-dropped), is evaluated there on every task of the sequence, and its strategy's end_task runs
-before the next stage starts (continual/strategies).
+dropped); its strategy's end_task runs (PackNet prunes and retrains there), then the stage is
+evaluated on every task of the sequence, then the next stage starts (continual/strategies).
 
-Updates follow the data: every env step earns `updates_per_round / (num_tasks * envs_per_task)`
-updates, in every backend, so the update-to-data ratio does not depend on the backend, the
-number of actors or ranks. A slow learner therefore slows the actors (backpressure), never the
-other way round.
+Updates follow the data: every env step of any rank earns `updates_per_round / (num_tasks *
+envs_per_task)` updates, in every backend, so the update-to-data ratio does not depend on the
+backend, the number of actors or of learner ranks (every rank counts the global env steps). A
+slow learner therefore slows the actors (backpressure), never the other way round. Updates
+start once the stage's warm-up is over and every task the stage collects has at least
+min(warmup_steps_per_task, replay capacity) transitions (and a batch) in replay: after a
+resume without a checkpointed replay, the buffer refills with the restored policy first.
 
 Resume contract: a checkpoint at step S holds everything logged at steps <= S (pending
 evaluations are awaited and TensorBoard flushed before it is written). On resume from S,
 evals.jsonl keeps rows with step <= S and TensorBoard purges events after S, so neither has
-duplicate nor missing steps.
+duplicate nor missing steps. A rehearsing strategy's earlier tasks' replay is restored from the
+files written at the end of their stages (launch/checkpoint.py).
+
+Divergence: a non-finite loss (checked every iteration) or non-finite weights (checked before
+every evaluation and checkpoint) stop the run with TrainingDiverged before anything is written
+from the diverged networks: the newest checkpoint stays the last good one.
 """
 
 from __future__ import annotations
@@ -37,16 +45,17 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from agents import seeding
 from agents.replay import MultiTaskReplay
 from agents.sac import SACLearner
 from continual.schedule import Stage, build_schedule, stage_at
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint
-from launch.actor import Actor, ActorSpec, Chunk, seed_for
+from launch.actor import Actor, ActorSpec, Chunk
 from launch.config import Config
 from launch.distributed import Dist
-from launch.errors import UserError
+from launch.errors import TrainingDiverged, UserError
 from launch.evaluator import EvaluatorWorker, InlineEvaluator
 from launch.progress import Progress
 from metrics import evallog
@@ -129,16 +138,18 @@ class Trainer:
         if cfg.replay.save_in_checkpoint and dist.world > 1:
             raise UserError("replay.save_in_checkpoint is not supported with several learner ranks")
         self.device = resolve_device(cfg.run.device, dist.local_rank)
-        torch.manual_seed(seed_for(seed, 0))  # the same initial networks on every rank
+        torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
+        share = len(self.own_tasks) / num_tasks  # this rank's fraction of every global batch
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
-                                  sync_gradients=dist.average_gradients)
+                                  sync_gradients=dist.gradient_sync(share))
         for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
             dist.broadcast_module_state(module)
-        torch.manual_seed(seed_for(seed, 0, rank))
-        self.rng = np.random.default_rng(seed_for(seed, 1, rank))  # replay sampling
+        torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
+        self.rng = seeding.rng(seed, "replay", rank)
         self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim)
         task_stage = [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(num_tasks)]
-        self.strategy = make_strategy(cfg.continual, self.learner, task_stage)
+        self.strategy = make_strategy(cfg.continual, self.learner, task_stage, seed)
+        self.losses: dict = {}
         self.step = self.local_step = 0  # env steps: all ranks / this rank
         self.steps_by_actor: Counter = Counter()
         self.lags: list[int] = []  # policy-version lag of the chunks received since the last log
@@ -163,7 +174,15 @@ class Trainer:
     def _context(self) -> TaskContext:
         k, stage = self.stage_index, self.stages[self.stage_index]
         earlier = tuple(t for st in self.stages[:k] for t in st.tasks)
-        return TaskContext(k, len(self.stages), stage.tasks, earlier, stage.steps, self.replay, self.rng)
+        return TaskContext(k, len(self.stages), stage.tasks, earlier, stage.steps, self.replay, self.rng,
+                           train=self._train_on_replay)
+
+    def _train_on_replay(self, updates: int) -> None:
+        """Learner updates on what replay holds, with no new env steps (PackNet's retraining)."""
+        for _ in range(updates):
+            batch = self.replay.sample(self.cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
+            self.losses = self.learner.update(batch, self.strategy)
+        self._check_finite(weights=True)
 
     def _start_stage(self, resumed: bool) -> None:
         """Begin stage `stage_index`: actors on its tasks acting at random until the first update;
@@ -179,6 +198,11 @@ class Trainer:
             ctx.resumed = resumed
             self.strategy.start_task(ctx)
             self.train_tasks = sorted(set(ctx.tasks) | (set(ctx.earlier) if self.strategy.rehearses else set()))
+            starved = [self.suite.tasks[t].name for t in self.train_tasks
+                       if t not in ctx.tasks and self.replay.size[t] < self.cfg.sac.batch_size_per_task]
+            if starved:  # nothing collects these tasks any more: updates would wait forever
+                raise UserError(f"stage {ctx.stage + 1} rehearses {', '.join(starved)} but replay holds fewer than "
+                                f"a batch ({self.cfg.sac.batch_size_per_task}) of it")
             if self.dist.is_main:
                 names = ", ".join(self.suite.tasks[t].name for t in ctx.tasks)
                 self.log(f"stage {ctx.stage + 1}/{ctx.num_stages}: {names} (env steps {self.stages[ctx.stage].start:,}"
@@ -196,7 +220,14 @@ class Trainer:
         return self.restarts_before + self.source.restarts
 
     def _end_stage(self) -> None:
+        """The stage's budget is spent: the strategy's end_task (which may train further), and a
+        rehearsing strategy's copy of the stage's replay, written once."""
         self.strategy.end_task(self.stage_context)
+        self.version = self.learner.num_updates  # what the stage-end evaluation sees
+        if self.strategy.rehearses and self.dist.is_main:
+            for t in self.stage_context.tasks:
+                checkpoint.write_atomic(checkpoint.rehearsal_path(self.run_dir / "checkpoints", t),
+                                        {"format_version": checkpoint.FORMAT_VERSION, **self.replay.task_state(t)})
 
     # -- construction -------------------------------------------------------------------------
     def _actor_specs(self) -> list[ActorSpec]:
@@ -227,7 +258,7 @@ class Trainer:
 
     def _make_evaluator(self):
         cfg = self.cfg
-        args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.deterministic)
+        args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy)
         return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -252,9 +283,13 @@ class Trainer:
             self.strategy.load_state_dict(to_device(loaded.get("strategy", {}), self.device))
             rng = loaded["rng"][self.dist.rank]
             torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
             self.rng.bit_generator.state = rng["numpy"]
             self.step, self.local_step = int(loaded["step"]), int(loaded["rank_steps"][self.dist.rank])
             self.steps_by_actor = Counter({int(k): v for k, v in loaded["steps_by_actor"].items()})
+            if self.strategy.rehearses and "replay" not in loaded:
+                self._restore_rehearsal()
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint does not match this run's config: {first}") from None
@@ -262,9 +297,32 @@ class Trainer:
             for log in ("evals.jsonl", "episodes.jsonl"):
                 evallog.keep_only(self.run_dir / log, lambda r: r["step"] <= self.step)
 
+    def _restore_rehearsal(self) -> None:
+        """The replay of every task of a finished stage, from the files written at its end."""
+        done = self.stages[:stage_at(self.stages, self.step)]
+        for t in (t for stage in done for t in stage.tasks):
+            self.replay.load_task_state(t, checkpoint.read(checkpoint.rehearsal_path(self.run_dir / "checkpoints", t)))
+
+    def _check_finite(self, weights: bool = False) -> None:
+        """Stop on a non-finite loss (or, with weights=True, non-finite weights) before anything
+        is saved or evaluated from the diverged networks."""
+        why = self.learner.nonfinite() if weights else (None if bool(self.learner.all_finite) else "a non-finite loss")
+        if why:
+            self._diverged(why)
+
+    def _diverged(self, why: str):
+        latest = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        last_good = latest[-1].name if latest else "none written yet"
+        raise TrainingDiverged(f"training diverged at env step {self.step:,} ({why}); nothing was saved "
+                               f"after it (last good checkpoint: {last_good}); lower the learning rates "
+                               f"(sac.*_lr) and start again")
+
     def _save_checkpoint(self) -> None:
-        rank_state = (self.local_step, {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
-                      dict(self.steps_by_actor))
+        self._check_finite(weights=True)  # identical weights on every rank: all ranks stop together
+        rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rank_state = (self.local_step, rng, dict(self.steps_by_actor))
         gathered = self.dist.gather_objects(rank_state)  # a collective: every rank takes part
         if not self.dist.is_main:
             return
@@ -296,6 +354,7 @@ class Trainer:
             self.writer.add_scalar("eval/success_mean", self.eval_success, step)
 
     def _evaluate(self) -> None:
+        self._check_finite(weights=True)
         if self.dist.is_main:
             weights = self.strategy.eval_weights(self._policy_weights(), self.stage_index)
             self.evaluator.submit(self.step, self.version, weights)
@@ -309,6 +368,24 @@ class Trainer:
         self.lags.append(self.version - chunk.policy_version)
         return len(chunk)
 
+    def _ready(self, stage: Stage) -> bool:
+        """May this rank update? The stage's warm-up is over and each task it collects holds
+        its warm-up's worth of transitions (a refill after a resume) and a batch."""
+        sac = self.cfg.sac
+        refill = max(sac.batch_size_per_task, min(sac.warmup_steps_per_task, self.cfg.replay.capacity_per_task))
+        collected = [t for t in stage.tasks if t in self.own_tasks]
+        return (self.step - stage.start >= sac.warmup_steps_per_task * len(stage.tasks)
+                and self.replay.min_size(collected) >= refill)
+
+    def _steps_left(self) -> tuple[int, int]:
+        """(warm-up, learning) env steps left in the schedule, for the ETA."""
+        warmup_left = learning_left = 0
+        for stage in self.stages[self.stage_index:]:
+            warm_end = min(stage.end, stage.start + self.cfg.sac.warmup_steps_per_task * len(stage.tasks))
+            warmup_left += max(0, warm_end - max(self.step, stage.start))
+            learning_left += max(0, stage.end - max(self.step, warm_end))
+        return warmup_left, learning_left
+
     def run(self) -> float | None:
         """Train to cfg.run.steps; returns the final mean eval success. Sets `train_steps_per_s`:
         env steps per second of training, evaluation and checkpoints excluded."""
@@ -316,7 +393,6 @@ class Trainer:
         total = cfg.run.steps
         progress = Progress(total, self.step, learner.num_updates)
         episodes = defaultdict(list)  # task -> finished training episodes since the last log
-        losses: dict = {}
         credit, since_publish = 0.0, 0
         start_step, start_time, paused = self.step, time.perf_counter(), 0.0
         if self.step == 0:
@@ -327,26 +403,28 @@ class Trainer:
             self.source.publish(self._policy_weights, self.version)
         while self.step < total:
             stage = self.stages[self.stage_index]
-            # Each env step earns its share of updates_per_round; warm-up is per stage.
-            warmup = cfg.sac.warmup_steps_per_task * len(stage.tasks)
+            # Every env step (of any rank) earns its share of updates_per_round; warm-up is per stage.
             updates_per_step = cfg.sac.updates_per_round / (len(stage.tasks) * cfg.env.envs_per_task)
-            chunks = self.source.poll(timeout=0 if credit >= 1 else 1.0)
+            ready = self._ready(stage)  # steps collected from here on earn updates if the learner was ready
+            chunks = self.source.poll(timeout=1.0)
             new_steps = 0
             for chunk in chunks:
                 room = stage.end - self.local_step - new_steps if self.continual else len(chunk)
                 if room > 0:  # a stage ends exactly at its budget: later experience is dropped
                     new_steps += self._ingest(chunk.head(room), episodes)
             self.local_step += new_steps
-            ready = (self.step - stage.start >= warmup
-                     and self.replay.min_size(self.train_tasks) >= cfg.sac.batch_size_per_task)
-            credit = credit + new_steps * updates_per_step if ready else 0.0
             before = self.step
-            self.step, due = self.dist.sync_counts(self.local_step, int(credit))
+            self.step, ready, finite = self.dist.sync_counts(self.local_step, ready, bool(learner.all_finite))
+            if not finite:  # on some rank: every rank stops here together
+                self._diverged("a non-finite loss")
+            credit = credit + (self.step - before) * updates_per_step if ready else 0.0
+            due = int(credit)
+            credit -= due
             for _ in range(due):
                 batch = self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
-                losses = learner.update(batch, self.strategy)
+                self.losses = learner.update(batch, self.strategy)
                 since_publish += 1
-            credit -= due
+            progress.advance(self.step - before, learning=ready)
             self.strategy.on_progress(self.step - stage.start, self.stage_context)
             if due and (since_publish >= cfg.runtime.publish_every or self.version == 0):
                 self.version, since_publish = learner.num_updates, 0
@@ -357,14 +435,14 @@ class Trainer:
             last = self.step >= total
             stage_done = self.continual and self.step >= stage.end
             if crossed(before, self.step, cfg.run.log_every) or last:
-                self._log_training(progress, episodes, losses)
+                self._log_training(progress, episodes, self.losses)
                 episodes.clear()
             pause_start = time.perf_counter()
-            if crossed(before, self.step, cfg.eval.every) or last or stage_done:
-                self._evaluate()
             if stage_done:
                 self._end_stage()
                 credit = 0.0
+            if crossed(before, self.step, cfg.eval.every) or last or stage_done:
+                self._evaluate()
             if crossed(before, self.step, cfg.run.checkpoint_every) or last:
                 self._save_checkpoint()
             if stage_done and not last:
@@ -416,7 +494,7 @@ class Trainer:
                 self.writer.add_scalar(f"metrics/{name}", value, self.step)
         self.writer.flush()
         self.log("metrics: " + " | ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in summary.items() if not np.isnan(v))
-                 + f" (full report: python launch/report.py {self.run_dir})")
+                 + f" (evaluation policy: {self.cfg.eval.policy}; full report: python launch/report.py {self.run_dir})")
 
     def _log_training(self, progress: Progress, episodes: dict, losses: dict) -> None:
         gathered = self.dist.gather_objects((dict(episodes), self.restarts(), dict(self.steps_by_actor),
@@ -455,8 +533,11 @@ class Trainer:
                 successes.append(success)
                 w.add_scalar(f"train/success/{task.name}", success, step)
                 w.add_scalar(f"train/return/{task.name}", float(np.mean([e.ret for e in all_episodes[task.index]])), step)
+        eta = progress.eta(*self._steps_left())
+        if eta is not None:
+            w.add_scalar("perf/eta_hours", eta / 3600, step)
         line = progress.line(step, steps_per_s, updates_per_s, float(np.mean(successes)) if successes else None,
-                             self.eval_success)
+                             self.eval_success, eta)
         progress.show(line + (f" | actor restarts {restarts}" if restarts else ""))
 
     def close(self) -> None:

@@ -129,12 +129,21 @@ def group_metrics(runs: list[Run], references: list[Run], s: ReportSettings) -> 
     l2m = {"lifetime": {m: _seed_ci([x["lifetime"][m] for x in l2m_runs], s) for m in LIFETIME_METRICS},
            "settings": asdict(s.l2m)}
     return {"runs": [r.name for r in runs], "seeds": [r.seed for r in runs], "tasks": list(tasks),
+            "evaluation": evaluation_protocol(runs[0]),
             "schedule": [{"tasks": list(st.tasks), "start": st.start, "end": st.end} for st in runs[0].schedule],
             "multitask": mt, "continual": cw,
             "performance_matrix": {"stage_ends": [st.end for st in runs[0].schedule],
                                    "mean": np.nanmean(matrices, 0).tolist(), "per_seed": matrices.tolist(),
                                    "evaluation_steps": steps.tolist(), "by_evaluation": by_evaluation},
             "l2m": l2m, "references": sorted(refs)}
+
+
+def evaluation_protocol(run: Run) -> dict:
+    """How the run's evaluations were taken: {"policy": "mean" | "sample", "episodes": per task}.
+    Published tables differ here (Meta-World/mtrl: the mean action; Continual World: sampled)."""
+    evaluation = run.config.get("eval") or {}
+    policy = evaluation.get("policy") or ("mean" if evaluation.get("deterministic", True) else "sample")
+    return {"policy": policy, "episodes": evaluation.get("goals")}
 
 
 def run_summary(run: Run, s: ReportSettings = ReportSettings()) -> dict[str, float]:
@@ -325,8 +334,9 @@ def sections(metrics: dict, images: dict[str, str]) -> list[tuple]:
                      f"Performance measure: {s['measure']}. Continual World metrics: mean over seeds with "
                      f"{s['cw_confidence']:.0%} bootstrap CI ({s['cw_reps']} resamples over seeds); multi-task "
                      f"aggregates: {s['mt_confidence']:.0%} stratified bootstrap CI ({s['mt_reps']} resamples)."))
-    main_header = ["Method", "Seeds"] + [name for name, _ in MAIN_COLUMNS]
-    main_rows = [[label, str(len(m["seeds"]))] + [_fmt(get(m)) for _, get in MAIN_COLUMNS] for label, m in groups.items()]
+    main_header = ["Method", "Seeds", "Eval policy"] + [name for name, _ in MAIN_COLUMNS]
+    main_rows = [[label, str(len(m["seeds"])), _protocol(m)] + [_fmt(get(m)) for _, get in MAIN_COLUMNS]
+                 for label, m in groups.items()]
     out += [("h2", "Main metrics"), ("table", (main_header, main_rows)), ("img", ("Metric table", images["table"]))]
     l2m_header = ["Method"] + list(L2M_NAMES.values())
     l2m_rows = [[label] + [_fmt(m["l2m"]["lifetime"][k]) for k in L2M_NAMES] for label, m in groups.items()]
@@ -354,6 +364,12 @@ def sections(metrics: dict, images: dict[str, str]) -> list[tuple]:
     runs = [[label, str(seed), name] for label, m in groups.items() for seed, name in zip(m["seeds"], m["runs"])]
     out += [("h2", "Runs"), ("table", (["Method", "Seed", "Run directory"], runs))]
     return out
+
+
+def _protocol(m: dict) -> str:
+    """'sampled, 10 ep.': the evaluation policy and the episodes per task of a group."""
+    evaluation = m["evaluation"]
+    return f"{'sampled' if evaluation['policy'] == 'sample' else 'mean'}, {evaluation['episodes']} ep."
 
 
 def _num_str(x) -> str:

@@ -40,3 +40,26 @@ def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def checkpoint_steps(run: Path) -> list[int]:
+    from launch import checkpoint
+    return [int(p.stem.split("-")[1]) for p in checkpoint.list_checkpoints(run / "checkpoints")]
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, run: Path, step: int, timeout: float = 300) -> None:
+    """SIGKILL the training process as soon as its checkpoint at `step` exists (polled every
+    20 ms: far less than one checkpoint interval of a test run)."""
+    import signal
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if step in checkpoint_steps(run):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (code {proc.returncode}) before its checkpoint at {step}: "
+                                 f"{proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint at step {step} within {timeout} s")

@@ -1,10 +1,12 @@
 """Every bad input: one readable line on stderr, exit code 2, no traceback, nothing written."""
 
 import shutil
+import subprocess
 
 import pytest
 import torch
 
+from launch.train import main as train_main
 from tests.conftest import run_train
 
 
@@ -34,11 +36,17 @@ def _assert_user_error(proc, *fragments):
     (["--suite", "pointmass", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
     (["--suite", "pointmass", "--backend", "mpi"], ["unknown backend 'mpi'", "single, local, ray"]),
     (["--suite", "pointmass", "--actors", "0"], ["runtime.actors must be positive"]),
+    (["--suite", "pointmass", "--set", "replay.capacity_per_task=10"], ["replay.capacity_per_task (10) must hold"]),
+    (["--suite", "pointmass", "--set", "eval.policy=greedy"], ["unknown eval.policy 'greedy'", "mean, sample"]),
+    (["--suite", "pointmass", "--set", "sac.update_order=random"], ["unknown sac.update_order"]),
+    (["--suite", "pointmass", "--set", "sac.actor_lr=1e-3x"], ["sac.actor_lr expects float"]),
 ])
-def test_bad_flags(tmp_path, args, fragments):
+def test_bad_flags(tmp_path, capsys, args, fragments):
+    """In-process (the CLI's main, as `python launch/train.py` runs it): one line, exit 2."""
     run = tmp_path / "run"
-    proc = run_train(*args, "--run-dir", run)
-    _assert_user_error(proc, *fragments)
+    code = train_main([*args, "--run-dir", str(run)])
+    captured = capsys.readouterr()
+    _assert_user_error(subprocess.CompletedProcess(args, code, captured.out, captured.err), *fragments)
     assert not run.exists()
 
 

@@ -37,3 +37,29 @@ def test_saved_config_round_trips(tmp_path):
     path.write_text(yaml.safe_dump({**to_dict(cfg), "versions": {"torch": "x"}}))
     assert load_run_config(path) == cfg
     assert Config() != cfg
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("1e-3", "sac.actor_lr", 0.001), ("3e-4", "sac.critic_lr", 0.0003), ("1E5", "continual.coef", 100000.0),
+    (".5", "sac.tau", 0.5), ("-2e-1", "sac.target_entropy", -0.2), ("1e4", "run.steps", 10000),
+    ("2_000", "run.steps", 2000), ("5", "sac.gamma", None)])
+def test_numbers_as_people_type_them(tmp_path, text, key, expected):
+    """YAML 1.1 reads 1e-3 as a string; every such number must work in --set and in --config."""
+    section, name = key.split(".")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{section}:\n  {name}: {text}\n")
+    for cfg in (lambda: build_config("pointmass", overrides=[f"{key}={text}"]),
+                lambda: build_config("pointmass", str(config))):
+        if expected is None:  # a number that parses but is out of range still fails validation
+            with pytest.raises(UserError, match="sac.gamma"):
+                cfg()
+            continue
+        value = getattr(getattr(cfg(), section), name)
+        assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["1.5", "1e-3x", "nan", ".inf", "1e400"])
+def test_not_a_whole_number_or_not_finite_is_refused(text):
+    key = "sac.actor_lr" if text in ("nan", ".inf", "1e-3x") else "run.steps"
+    with pytest.raises(UserError, match=key):
+        build_config("pointmass", overrides=[f"{key}={text}"])

@@ -11,7 +11,7 @@ import pytest
 from metrics.l2logger_io import export_run, read_l2logger, run_regimes
 from metrics.l2m import LIFETIME_METRICS, L2MSettings, l2m_metrics
 from metrics.runs import read_run
-from tests.conftest import REPO, run_train, scalars
+from tests.conftest import REPO, run_train, scalars, start_train
 
 REPORT = REPO / "launch" / "report.py"
 TASKS = "reach-e,reach-n"
@@ -29,14 +29,20 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     common = ["--suite", "pointmass", "--backend", "single", "--eval-every", 500, "--set", "eval.goals=10",
               "--set", "run.log_every=200"]
-    procs = {}
-    for seed in (1, 2):
-        procs[f"mt{seed}"] = run_train(*common, "--tasks", TASKS, "--steps", 3000, "--seed", seed,
-                                       "--run-dir", root / f"mt-seed{seed}")
+    jobs = {f"mt{seed}": [*common, "--tasks", TASKS, "--steps", 3000, "--seed", seed, "--run-dir", root / f"mt-seed{seed}"]
+            for seed in (1, 2)}
     for task in TASKS.split(","):  # the same per-task budget as the multi-task runs' window
-        procs[task] = run_train(*common, "--tasks", task, "--steps", 3000, "--seed", 0, "--run-dir", root / f"ref-{task}")
-    for name, proc in procs.items():
-        assert proc.returncode == 0, (name, proc.stderr)
+        jobs[task] = [*common, "--tasks", task, "--steps", 3000, "--seed", 0, "--run-dir", root / f"ref-{task}",
+                      "--set", "run.threads=1"]
+    jobs["mt1"] += ["--set", "run.threads=1"]
+    jobs["mt2"] += ["--set", "run.threads=1"]
+    procs = {}
+    for pair in (("mt1", "mt2"), tuple(TASKS.split(","))):  # two at a time, one core each
+        started = {name: start_train(*jobs[name]) for name in pair}
+        for name, proc in started.items():
+            out, err = proc.communicate()
+            assert proc.returncode == 0, (name, err)
+            procs[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     return root, procs
 
 

@@ -1,6 +1,7 @@
 """A run killed with SIGKILL resumes from its latest checkpoint: step counter, evals.jsonl and
 TensorBoard continue with no duplicate and no missing steps."""
 
+import math
 import re
 import signal
 import time
@@ -11,7 +12,7 @@ from launch import checkpoint
 from metrics import evallog
 from tests.conftest import run_train, scalars, start_train
 
-STEPS, EVAL_EVERY, CKPT_EVERY = 12000, 400, 2000
+STEPS, EVAL_EVERY, CKPT_EVERY = 6000, 400, 2000
 
 
 def _eval_steps(run):
@@ -58,19 +59,39 @@ def test_resume_after_sigkill_continues_without_gaps_or_duplicates(tmp_path):
     assert final["learner"]["num_updates"] > 0
 
 
-def test_resume_can_extend_a_finished_run(tmp_path):
+def test_resume_refills_the_replay_before_updating(tmp_path):
+    """The replay buffer is not checkpointed: after --resume, updates wait until every task holds
+    its warm-up's worth again (300 transitions each, 1,200 env steps on PM4), then go on at the
+    same ratio (1 update per 4 env steps)."""
     run = tmp_path / "run"
     assert run_train("--suite", "pointmass", "--backend", "single", "--steps", 1600, "--eval-every", 800, "--run-dir", run,
                      "--set", "eval.goals=1").returncode == 0
     updates = checkpoint.load_latest(run / "checkpoints")["learner"]["num_updates"]
-    assert updates > 0
-    proc = run_train("--resume", run, "--steps", 2400)
+    assert updates == (1600 - 1200) // 4
+    proc = run_train("--resume", run, "--steps", 3200)
     assert proc.returncode == 0, proc.stderr
     state = checkpoint.load_latest(run / "checkpoints")
-    # The replay buffer was not checkpointed: updates restart once it holds a batch per task.
-    assert state["step"] == 2400 and state["learner"]["num_updates"] > updates
-    assert sorted({r["step"] for r in evallog.read(run / "evals.jsonl")}) == [0, 800, 1600, 2400]
-    assert "steps: 2400" in (run / "config.yaml").read_text()
+    assert state["step"] == 3200
+    assert state["learner"]["num_updates"] == updates + (3200 - 1600 - 1200) // 4  # refill first, then 100 more
+    assert sorted({r["step"] for r in evallog.read(run / "evals.jsonl")}) == [0, 800, 1600, 2400, 3200]
+    assert "steps: 3200" in (run / "config.yaml").read_text()
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = run_train("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--run-dir", run,
+                     "--set", "sac.critic_lr=100000000.0", "--set", "run.checkpoint_every=1000", "--set", "eval.goals=1")
+    assert proc.returncode == 3, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged" in lines[0] and "Traceback" not in proc.stderr
+    saved = checkpoint.list_checkpoints(run / "checkpoints")
+    assert saved and saved[-1].name in lines[0]  # the line names the last good checkpoint
+    state = checkpoint.load_latest(run / "checkpoints")
+    assert state["step"] < 6000
+    for network in ("actor", "critic"):
+        assert all(bool(torch.isfinite(v).all()) for v in state["learner"][network].values())
+    rows = evallog.read(run / "evals.jsonl")  # no evaluation of the diverged policy was written
+    assert rows and all(math.isfinite(r["return"]) for r in rows)
 
 
 def test_checkpoint_holds_everything_to_resume(tmp_path):
@@ -83,5 +104,5 @@ def test_checkpoint_holds_everything_to_resume(tmp_path):
     assert set(state["learner"]) >= {"actor", "critic", "critic_target", "log_alpha", "actor_optimizer",
                                      "critic_optimizer", "alpha_optimizer", "num_updates"}
     assert [set(r) for r in state["rng"]] == [{"torch", "numpy"}] and state["step"] == 400
-    assert int(state["replay"]["size"].sum()) == 400
+    assert sum(t["size"] for t in state["replay"]["tasks"]) == 400
     assert not list((run / "checkpoints").glob("*.tmp"))

@@ -127,16 +127,22 @@ def test_actors_block_when_the_learner_does_not_read():
         pool.close()
 
 
-def _torchrun(*args, timeout=400):
+def _torchrun(*args, timeout=400, script=TRAIN):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(TRAIN), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                           str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=os.environ.copy(), cwd=REPO)
 
 
+def _updates(run) -> int:
+    from launch import checkpoint
+    return checkpoint.load_latest(run / "checkpoints")["learner"]["num_updates"]
+
+
 def test_torchrun_two_learner_ranks(tmp_path):
-    run = tmp_path / "run"
-    proc = _torchrun("--suite", "pointmass", "--actors", 1, "--steps", 3000, "--eval-every", 1500,
-                     "--run-dir", run, "--set", "eval.goals=2", "--set", "run.checkpoint_every=1500")
+    run, single = tmp_path / "run", tmp_path / "single"
+    flags = ["--suite", "pointmass", "--backend", "single", "--steps", 3000, "--eval-every", 1500,
+             "--set", "eval.goals=2", "--set", "run.checkpoint_every=1500"]
+    proc = _torchrun(*flags, "--run-dir", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "learners.json").read_text())
     assert summary["world_size"] == 2
@@ -144,6 +150,10 @@ def test_torchrun_two_learner_ranks(tmp_path):
     assert sorted(shards[0] + shards[1]) == PM4 and not set(shards[0]) & set(shards[1])
     assert all(r["env_steps"] > 0 for r in summary["ranks"])
     assert summary["max_parameter_difference_across_ranks"] == 0.0
+    # The update-to-data ratio does not depend on the ranks: one learner on the same global env
+    # steps does exactly as many updates ((3000 - 4 x 300 warm-up) / 4 envs = 450).
+    assert run_train(*flags, "--run-dir", single).returncode == 0
+    assert _updates(run) == _updates(single) == 450
     # Rank 0 alone writes: one event file, one row per (step, task), rank 0's files only.
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
     rows = evallog.read(run / "evals.jsonl")
@@ -162,9 +172,21 @@ def test_torchrun_two_learner_ranks(tmp_path):
     assert steps[0] == 0 and steps[-1] >= 4500 and len(steps) == len(set(steps))
 
 
+def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard():
+    """3 tasks on 2 ranks (2 + 1): the synced gradient equals one process's gradient of the mean
+    over all tasks; plain averaging of the ranks' means would weight task 1 twice as much."""
+    proc = _torchrun(script=REPO / "tests" / "scripts" / "torchrun_gradient.py", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["tasks"] for r in results) == [[0, 2], [1]]
+    for r in results:
+        assert r["weighted"] < 1e-5, r
+        assert r["unweighted"] > 1e-2, r  # the check can tell the two apart
+
+
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     run = tmp_path / "run"
-    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 12000,
+    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 6000,
                           "--run-dir", run, "--set", "eval.goals=2", "--set", "run.log_every=500"])
     pid = _actor_pid(lines, 1)
     lines.wait_for(lambda s: s.startswith("step ") and "updates/s" in s and " 0.0 updates/s" not in s)
@@ -174,7 +196,7 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
     assert any(s.startswith("actor 1 died") for s in lines.lines)
     summary = json.loads((run / "learners.json").read_text())
-    assert summary["actor_restarts"] == 1 and summary["step"] >= 12000
+    assert summary["actor_restarts"] == 1 and summary["step"] >= 6000
     done = [s for s in lines.lines if s.startswith("done:")]
     assert len(done) == 1 and "actor restarts 1" in done[0]
     assert scalars(run / "tb", "actors/restarts")[-1][1] == 1

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
-from agents.networks import EnsembleLinear, EnsembleMLP, SquashedGaussianActor, TwinCritic
-from agents.replay import MultiTaskReplay
+from agents.networks import LOG_STD_MAX, LOG_STD_MIN, EnsembleLinear, EnsembleMLP, SquashedGaussianActor, TwinCritic
+from agents.replay import Batch, MultiTaskReplay
 from agents.sac import SACConfig, SACLearner
 
 MLP = dict(hidden_sizes=(16, 16), head="multi", task_input=True, layer_norm=False)
@@ -85,12 +85,46 @@ def test_replay_is_task_balanced_and_keeps_the_newest():
     assert set(sub.task.tolist()) == {2}
 
 
-def test_replay_state_dict_round_trip():
+def test_replay_state_dict_round_trip_keeps_filled_rows_only():
     replay = _filled_replay()
+    replay.clear([1])
+    state = replay.state_dict()
+    assert [t["size"] for t in state["tasks"]] == [10, 0, 10]
+    assert "obs" not in state["tasks"][1] and len(state["tasks"][0]["obs"]) == 10  # filled rows, no padding
     copy = MultiTaskReplay(3, 10, 1, 1)
-    copy.load_state_dict(replay.state_dict())
-    for field in MultiTaskReplay.FIELDS + ("size", "cursor"):
-        np.testing.assert_array_equal(getattr(copy, field), getattr(replay, field))
+    copy.load_state_dict(state)
+    np.testing.assert_array_equal(copy.size, replay.size)
+    np.testing.assert_array_equal(copy.cursor, replay.cursor)
+    for t in (0, 2):
+        for field in MultiTaskReplay.FIELDS:
+            np.testing.assert_array_equal(copy.buffers[t][field][:10], replay.buffers[t][field][:10])
+    # The ring continues where it was: the next row overwrites the oldest one.
+    for buffer in (replay, copy):
+        buffer.add(np.array([0]), np.array([[999.0]], np.float32), np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
+                   np.zeros((1, 1), np.float32), np.zeros(1, np.float32))
+    np.testing.assert_array_equal(copy.buffers[0]["obs"], replay.buffers[0]["obs"])
+
+
+def test_replay_memory_is_taken_as_used_and_given_back():
+    """A CW20-sized replay (20 tasks x 1M rows, 336 MB per full task) costs nothing up front."""
+    replay = MultiTaskReplay(20, 1_000_000, obs_dim=39, action_dim=4)
+    assert replay.nbytes() == 0
+    rows = 5000
+    replay.add(np.zeros(rows, int), np.zeros((rows, 39), np.float32), np.zeros((rows, 4), np.float32),
+               np.zeros(rows, np.float32), np.zeros((rows, 39), np.float32), np.zeros(rows, np.float32))
+    assert 5000 <= replay.allocated_rows(0) <= 2 * 5000 and replay.allocated_rows(1) == 0
+    assert replay.nbytes() == replay.allocated_rows(0) * (39 + 39 + 4 + 1 + 1) * 4
+    replay.clear([0])
+    assert replay.nbytes() == 0 and replay.size[0] == 0
+
+
+def test_replay_grows_past_its_first_allocation_and_wraps_at_capacity():
+    replay = MultiTaskReplay(1, 10_000, obs_dim=1, action_dim=1)
+    for start in range(0, 12_000, 1000):  # 12 chunks of 1000 rows: grows 4096 -> 8192 -> 10000, then wraps
+        obs = np.arange(start, start + 1000, dtype=np.float32)[:, None]
+        replay.add(np.zeros(1000, int), obs, obs, obs[:, 0], obs, np.zeros(1000, np.float32))
+    assert replay.size[0] == 10_000 and replay.allocated_rows(0) == 10_000 and replay.cursor[0] == 2000
+    assert sorted(replay.buffers[0]["obs"][:, 0]) == list(range(2000, 12_000))  # the newest 10,000 rows
 
 
 def _learner(num_tasks=2, **overrides):
@@ -132,3 +166,129 @@ def test_learner_state_dict_round_trip_is_exact():
     for a, b in zip(learner.state_dict()["actor"].values(), copy.state_dict()["actor"].values()):
         assert torch.equal(a, b)
     assert torch.equal(learner.log_alpha, copy.log_alpha)
+
+
+# -- the SAC losses against a plain implementation ------------------------------------------------
+
+def _plain_forward(net, k, x, task):
+    """Member k of a multi-head, one-hot-input ReLU EnsembleMLP, written out layer by layer."""
+    h = torch.cat([x, F.one_hot(task, net.num_tasks).to(x.dtype)], -1)
+    for layer in net.layers:
+        h = torch.relu(h @ layer.weight[k] + layer.bias[k, 0])
+    heads = (h @ net.head.linear.weight[k] + net.head.linear.bias[k, 0]).view(len(x), net.num_tasks, -1)
+    return heads[torch.arange(len(x)), task]
+
+
+def _plain_sample(actor, obs, task, seed):
+    """a = tanh(u), u ~ N(mu, sigma) drawn from torch's stream at `seed`, and log pi(a|s) from
+    torch.distributions plus the tanh correction log(1 - tanh(u)^2)."""
+    out = _plain_forward(actor.net, 0, obs, task)
+    mu, z = out.chunk(2, -1)
+    log_sigma = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(z) + 1)
+    torch.manual_seed(seed)
+    u = mu + log_sigma.exp() * torch.randn_like(mu)
+    log_pi = Normal(mu, log_sigma.exp()).log_prob(u).sum(-1) - torch.log(1 - torch.tanh(u) ** 2 + 1e-12).sum(-1)
+    return torch.tanh(u), log_pi
+
+
+def _sac_batch(n=24, num_tasks=2):
+    g = torch.Generator().manual_seed(5)
+    return Batch(torch.randn(n, 3, generator=g), torch.rand(n, 2, generator=g) * 2 - 1,
+                 torch.randn(n, generator=g), torch.randn(n, 3, generator=g),
+                 (torch.arange(n) % 3 == 0).float(),  # every third transition ends its episode
+                 torch.arange(n) % num_tasks)
+
+
+def _learner_with_distinct_targets():
+    learner = _learner(init_alpha=0.7, gamma=0.9)
+    with torch.no_grad():  # target critics != critics, and the twins differ: min vs max matters
+        for p in learner.critic_target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        learner.log_alpha.copy_(torch.tensor([0.3, -0.8]))
+    return learner
+
+
+def test_critic_loss_matches_a_plain_soft_bellman_target():
+    learner, batch = _learner_with_distinct_targets(), _sac_batch()
+    torch.manual_seed(11)
+    loss, _ = learner.critic_loss(batch)
+    with torch.no_grad():
+        next_a, next_log_pi = _plain_sample(learner.actor, batch.next_obs, batch.task, seed=11)
+        x_next = torch.cat([batch.next_obs, next_a], -1)
+        q1_t, q2_t = (_plain_forward(learner.critic_target.net, k, x_next, batch.task)[:, 0] for k in (0, 1))
+        alpha = learner.log_alpha.exp()[batch.task]
+    x = torch.cat([batch.obs, batch.action], -1)
+    q1, q2 = (_plain_forward(learner.critic.net, k, x, batch.task)[:, 0] for k in (0, 1))
+    r, d, gamma = batch.reward, batch.terminated, 0.9
+
+    def plain(soft_value, mask=1 - d, discount=gamma):
+        y = r + discount * mask * soft_value
+        return ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
+
+    expected = plain(torch.minimum(q1_t, q2_t) - alpha * next_log_pi)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    # Each of these mistakes changes the loss well beyond that tolerance:
+    for wrong in (plain(torch.maximum(q1_t, q2_t) - alpha * next_log_pi),   # max for min
+                  plain(torch.minimum(q1_t, q2_t) + alpha * next_log_pi),   # entropy sign
+                  plain(torch.minimum(q1_t, q2_t) - alpha * next_log_pi, discount=1.0),  # no gamma
+                  plain(torch.minimum(q1_t, q2_t) - alpha * next_log_pi, mask=torch.ones_like(d))):  # bootstraps terminals
+        assert abs(float(wrong - loss.detach())) > 1e-2
+
+
+def test_actor_and_temperature_losses_match_plain_sac():
+    learner, batch = _learner_with_distinct_targets(), _sac_batch()
+    torch.manual_seed(12)
+    loss, log_pi = learner.actor_loss(batch)
+    a, plain_log_pi = _plain_sample(learner.actor, batch.obs, batch.task, seed=12)
+    x = torch.cat([batch.obs, a], -1)
+    q1, q2 = (_plain_forward(learner.critic.net, k, x, batch.task)[:, 0] for k in (0, 1))
+    alpha = learner.log_alpha.detach().exp()[batch.task]
+    torch.testing.assert_close(log_pi, plain_log_pi, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss, (alpha * plain_log_pi - torch.minimum(q1, q2)).mean(), rtol=1e-5, atol=1e-5)
+    assert abs(float((alpha * plain_log_pi - torch.maximum(q1, q2)).mean() - loss)) > 1e-2
+    # Temperature: E[-log alpha_task * (log pi + target entropy)], target entropy -|A| = -2
+    expected = (-learner.log_alpha[batch.task] * (plain_log_pi.detach() - 2.0)).mean()
+    torch.testing.assert_close(learner.temperature_loss(log_pi, batch.task), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_terminal_transitions_do_not_bootstrap():
+    """With gamma = 0.99 and target critics pushed to huge values, only the terminal rows' target
+    stays at the reward: their share of the loss is (Q - r)^2 exactly."""
+    learner, batch = _learner(gamma=0.99), _sac_batch()
+    with torch.no_grad():
+        for p in learner.critic_target.net.head.parameters():
+            p.fill_(1e3)
+    terminal = batch.terminated.bool()
+    only_terminal = Batch(*(x[terminal] for x in batch))
+    loss, _ = learner.critic_loss(only_terminal)
+    q = learner.critic(only_terminal.obs, only_terminal.action, only_terminal.task)
+    torch.testing.assert_close(loss, ((q - only_terminal.reward) ** 2).mean(dim=1).sum())
+    loss_all, _ = learner.critic_loss(batch)
+    assert float(loss_all) > 1e4  # the non-terminal rows do bootstrap from the (huge) targets
+
+
+def test_simultaneous_order_takes_every_gradient_before_any_step():
+    """sequential: the actor's gradient sees the updated critic; simultaneous: the critic from
+    before the update (Spinning Up / Continual World), so the actor's gradients differ."""
+    grads = {}
+    for order in ("sequential", "simultaneous"):
+        learner = _learner(update_order=order, critic_lr=0.05)  # a critic step big enough to matter
+        torch.manual_seed(0)
+        learner.update(_sac_batch())
+        grads[order] = torch.cat([p.grad.flatten() for p in learner.actor.parameters()])
+    reference = _learner()  # the actor's gradient against the untouched critic, same draws
+    torch.manual_seed(0)
+    reference.critic_loss(_sac_batch())
+    loss, _ = reference.actor_loss(_sac_batch())
+    expected = torch.cat([g.flatten() for g in torch.autograd.grad(loss, reference.params["actor"])])
+    torch.testing.assert_close(grads["simultaneous"], expected)
+    assert (grads["sequential"] - expected).abs().max() > 0.01
+
+
+def test_a_non_finite_loss_is_flagged():
+    learner, batch = _learner(), _sac_batch()
+    learner.update(batch)
+    assert learner.nonfinite() is None
+    poisoned = batch._replace(reward=batch.reward.clone().index_fill_(0, torch.tensor([0]), float("nan")))
+    learner.update(poisoned)
+    assert learner.nonfinite() == "a non-finite loss"

@@ -18,13 +18,13 @@ METHODS = {
     "packnet": PackNet,
     "agem": AGEM,
     "replay": Replay,            # perfect memory
-    "bc": BehaviourCloning,      # ClonEx-SAC's behaviour-cloning replay
+    "bc": BehaviourCloning,      # behaviour-cloning replay (ClonEx-SAC's cloning half)
     "hnet": HypernetRegularizer,
 }
 
 
-def make_strategy(cfg, learner, task_stage: list[int]) -> Strategy:
-    return METHODS[cfg.method](cfg, learner, task_stage)
+def make_strategy(cfg, learner, task_stage: list[int], seed: int = 0) -> Strategy:
+    return METHODS[cfg.method](cfg, learner, task_stage, seed)
 
 
 __all__ = ["METHODS", "NO_STRATEGY", "Strategy", "TaskContext", "make_strategy"]

@@ -1,24 +1,33 @@
 """The one interface every continual-learning strategy implements (Avalanche-style plugins).
 
-The trainer calls the task hooks; the SAC learner calls the loss and gradient hooks for each
-network it updates ("critic", then "actor"):
+The trainer calls the task hooks; the SAC learner calls the loss and gradient hooks (see
+agents/sac/learning.py for their order within an update):
 
-    start_task(ctx)           a stage begins (fresh or after a resume: see `resumed`)
-    on_progress(step, ctx)    every trainer iteration, with the env steps done in the stage
-    end_task(ctx)             the stage's budget is spent (its final evaluation is done)
-    penalty(network)          a term added to that network's loss
-    before_step(network)      gradients computed, optimizer step next: transform them
-    after_step(network)       optimizer step done: repair weights that must not move
-    eval_weights(flat)        the policy weights to evaluate each task with
+    start_task(ctx)              a stage begins (fresh or after a resume: see `resumed`)
+    on_progress(step, ctx)       every trainer iteration, with the env steps done in the stage
+    end_task(ctx)                the stage's budget is spent; it may still train (ctx.train, PackNet's
+                                 retraining) before the stage's final evaluation
+    observe_gradients(network)   the network's .grad holds its task loss's gradient (no penalty yet)
+    penalty(network)             a term added to that network's loss
+    before_step(networks)        gradients final, optimizer steps next: transform them
+    after_step(networks)         optimizer steps done: repair weights that must not move
+    eval_weights(flat, stage)    the policy weights to evaluate each task with
     state_dict()/load_state_dict(state)   everything needed to resume (tensors, plain types)
 
+`networks` is ("critic",) then ("actor",) in sequential updates, ("critic", "actor") in
+simultaneous ones. Which parameters a method protects: the *shared* parameters of the networks
+in `continual.regularize` (`named_shared_parameters()`: the trunk, a shared head; never per-task
+heads or task embeddings), as Continual World's `common_variables`.
+
 A strategy that `rehearses` trains on earlier tasks' replay as well: the trainer then keeps
-their buffers and samples every seen task in each update batch.
+their buffers (and checkpoints them once, at the end of their stage) and samples every seen
+task in each update batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,6 +45,7 @@ class TaskContext:
     replay: object              # agents.replay.MultiTaskReplay (the stage's data is still there at end_task)
     rng: np.random.Generator
     resumed: bool = False       # start_task after a resume: state came from the checkpoint
+    train: Callable[[int], None] = lambda updates: None  # run this many extra learner updates on replay
 
 
 class Strategy:
@@ -44,11 +54,17 @@ class Strategy:
     rehearses = False
     default_networks = "actor"  # what continual.regularize="" means for this method
 
-    def __init__(self, cfg=None, learner=None, task_stage: list[int] | None = None):
-        """cfg: launch.config.ContinualConfig; task_stage[t]: the stage that trains task t."""
-        self.cfg, self.learner, self.task_stage = cfg, learner, task_stage or []
+    def __init__(self, cfg=None, learner=None, task_stage: list[int] | None = None, seed: int = 0):
+        """cfg: launch.config.ContinualConfig; task_stage[t]: the stage that trains task t;
+        seed: the run seed (strategies draw their random streams from it, agents/seeding.py)."""
+        self.cfg, self.learner, self.task_stage, self.seed = cfg, learner, task_stage or [], seed
         names = NETWORKS[cfg.regularize or self.default_networks] if cfg is not None else ()
         self.networks = {name: getattr(learner, name) for name in names}
+        self._shared = {name: list(module.named_shared_parameters()) for name, module in self.networks.items()}
+
+    def shared(self, network: str) -> list[tuple[str, torch.Tensor]]:
+        """(name, parameter) pairs the method protects in `network`."""
+        return self._shared[network]
 
     def coef(self, default: float) -> float:
         return default if self.cfg.coef is None else self.cfg.coef
@@ -62,13 +78,16 @@ class Strategy:
     def end_task(self, ctx: TaskContext) -> None:
         pass
 
+    def observe_gradients(self, network: str) -> None:
+        pass
+
     def penalty(self, network: str) -> torch.Tensor | float:
         return 0.0
 
-    def before_step(self, network: str) -> None:
+    def before_step(self, networks: tuple[str, ...]) -> None:
         pass
 
-    def after_step(self, network: str) -> None:
+    def after_step(self, networks: tuple[str, ...]) -> None:
         pass
 
     def eval_weights(self, flat: torch.Tensor, stage: int) -> torch.Tensor:
@@ -88,7 +107,6 @@ NO_STRATEGY = Strategy()
 def sample_states(replay, task: int, count: int, rng: np.random.Generator):
     """Up to `count` distinct stored transitions of `task`: (obs, action, task) tensors."""
     size = int(replay.size[task])
-    rows = rng.choice(size, min(count, size), replace=False)
-    obs = torch.from_numpy(replay.obs[task, rows].copy())
-    action = torch.from_numpy(replay.action[task, rows].copy())
-    return obs, action, torch.full((len(rows),), task, dtype=torch.int64)
+    rows = replay.rows(task, rng.choice(size, min(count, size), replace=False))
+    return (torch.from_numpy(rows["obs"]), torch.from_numpy(rows["action"]),
+            torch.full((len(rows["obs"]),), task, dtype=torch.int64))

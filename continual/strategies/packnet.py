@@ -1,18 +1,29 @@
-"""PackNet (Mallya & Lazebnik 2018), as in Continual World: each stage trains the free weights,
-then keeps the largest-magnitude fraction 1/(left + 1) of those it trained (left = stages still
-to come), zeroes the rest (free again for later stages) and retrains the kept ones for the last
-`packnet_retrain` fraction of the stage. Kept weights then belong to the stage and never change.
+"""PackNet (Mallya & Lazebnik 2018), as in Continual World (methods/packnet.py).
 
-  owner[p] = 0 (free) or k + 1 (kept by stage k), per weight element
-  - Only weights the stage actually trained (got a non-zero gradient) are candidates; free
-    weights it never trained (a multi-head's other heads, other tasks' embeddings, a dead unit's
-    weights) are zeroed and stay free, so that none of them can change the stage's tasks later.
-  - Biases and normalization parameters are not pruned: the stage keeps all it trained (so the
-    first stage owns the shared ones, as in PackNet).
-  - Frozen means exact: gradients are masked and, after each optimizer step, every weight the
-    stage may not train is restored bit for bit (Adam's momentum would move it otherwise).
-  - A task of stage k is evaluated with the weights owned by stages <= k only (the rest zeroed):
-    exactly the network it ended its stage with.
+Managed parameters: the protected networks' shared parameters (`continual.regularize`, CW: the
+actor). Per-task heads, and every network PackNet does not protect, are never pruned or frozen
+(CW: "if there are more heads, do not touch them").
+
+    owner[w] = k + 1: kept, and frozen, by stage k;  0: free, the current stage trains it.
+
+Stage k trains the free weights for its env-step budget. At its end (not for the last stage):
+  1. prune: of the free entries of each weight matrix, sorted by magnitude, the value at index
+     int(n * left / (left + 1)) is the threshold (left = stages still to come); entries above it
+     are kept by stage k, the others are zeroed and stay free for later stages (CW's rule);
+     biases and normalization parameters are kept whole by the first stage (CW freezes them
+     from then on);
+  2. reset the optimizer, retrain `packnet_retrain_steps` learner updates on the stage's replay
+     with only the kept weights (and the unmanaged heads/networks) trainable, reset the optimizer;
+  3. then the stage's final evaluation runs.
+The last stage keeps every weight still free (CW does not prune after the last task).
+Frozen means exact: gradients are masked and, after each optimizer step, every weight the stage
+may not train is restored bit for bit (Adam's momentum would move it otherwise).
+Evaluation: a task of finished stage k sees the weights kept by stages <= k, the others zeroed
+(CW's `_set_view`), i.e. exactly the network it ended its stage with.
+
+Deviation from CW's published runs: its PackNet script clips gradients to a global norm of
+2e-5; polytask does not clip (CW's TensorFlow code clips after the masking; Adam makes the
+update nearly scale-free, so the clipping mainly changes the effective step size).
 """
 
 from __future__ import annotations
@@ -29,92 +40,84 @@ def prunable(name: str, param: torch.Tensor) -> bool:
 class PackNet(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.owner = {net: [torch.zeros_like(p, dtype=torch.int16) for p in m.parameters()]
-                      for net, m in self.networks.items()}
+        self.owner = {net: [torch.zeros_like(p, dtype=torch.int16) for _, p in self.shared(net)]
+                      for net in self.networks}
         self.trainable: dict[str, list[torch.Tensor]] = {}
-        self.touched: dict[str, list[torch.Tensor]] = {}
         self.snapshot: dict[str, list[torch.Tensor]] = {}
-        self.pruned = False
 
     def _freeze_all_but(self, trainable: dict[str, list[torch.Tensor]]) -> None:
         self.trainable = trainable
-        self.snapshot = {net: [p.detach().clone() for p in m.parameters()] for net, m in self.networks.items()}
+        self.snapshot = {net: [p.detach().clone() for _, p in self.shared(net)] for net in self.networks}
 
     def start_task(self, ctx: TaskContext) -> None:
         if ctx.resumed and self.trainable:
             return
-        self.pruned = False
-        self.touched = {net: [torch.zeros_like(o, dtype=torch.bool) for o in owners] for net, owners in self.owner.items()}
         self._freeze_all_but({net: [o == 0 for o in owners] for net, owners in self.owner.items()})
 
-    def before_step(self, network: str) -> None:
-        if network not in self.networks:
-            return
-        for p, trainable, touched in zip(self.networks[network].parameters(), self.trainable[network],
-                                         self.touched[network]):
-            if p.grad is not None:
-                touched |= p.grad != 0
-                p.grad.mul_(trainable)
+    def before_step(self, networks) -> None:
+        for net in self.networks.keys() & set(networks):
+            for (_, p), trainable in zip(self.shared(net), self.trainable[net]):
+                if p.grad is not None:
+                    p.grad.mul_(trainable)
 
     @torch.no_grad()
-    def after_step(self, network: str) -> None:
-        if network not in self.networks:
-            return
-        for p, trainable, frozen_value in zip(self.networks[network].parameters(), self.trainable[network],
-                                              self.snapshot[network]):
-            p.copy_(torch.where(trainable, p, frozen_value))
-
-    def on_progress(self, step_in_stage: int, ctx: TaskContext) -> None:
-        if not self.pruned and step_in_stage >= ctx.stage_steps * (1 - self.cfg.packnet_retrain):
-            self.prune(ctx)
+    def after_step(self, networks) -> None:
+        for net in self.networks.keys() & set(networks):
+            for (_, p), trainable, frozen_value in zip(self.shared(net), self.trainable[net], self.snapshot[net]):
+                p.copy_(torch.where(trainable, p, frozen_value))
 
     @torch.no_grad()
     def prune(self, ctx: TaskContext) -> None:
-        """Keep the top 1/(left + 1) by magnitude of the weights this stage trained; zero the rest."""
-        keep_fraction = 1.0 / (ctx.num_stages - ctx.stage)  # left = num_stages - stage - 1
+        """Keep the free weight entries above CW's magnitude threshold (all free biases and norms
+        in the first stage; everything free in the last stage); zero the other free entries."""
+        left = ctx.num_stages - ctx.stage - 1
         stage_id = ctx.stage + 1
-        for net, module in self.networks.items():
-            for (name, p), owner, touched in zip(module.named_parameters(), self.owner[net], self.touched[net]):
-                p.masked_fill_((owner == 0) & ~touched, 0.0)
-                candidates = (owner == 0) & touched
-                count = int(candidates.sum())
-                if count == 0:
-                    continue
-                if prunable(name, p):
-                    keep = max(1, round(keep_fraction * count))
-                    threshold = p.abs()[candidates].topk(keep).values[-1]
-                    kept = candidates & (p.abs() >= threshold)
-                    p.masked_fill_(candidates & ~kept, 0.0)
+        for net in self.networks:
+            for (name, p), owner in zip(self.shared(net), self.owner[net]):
+                free = owner == 0
+                if left and prunable(name, p) and free.any():
+                    values = p.abs()[free].sort().values
+                    threshold = values[int(len(values) * left / (left + 1))]
+                    kept = free & (p.abs() > threshold)
+                    p.masked_fill_(free & ~kept, 0.0)
                 else:
-                    kept = candidates
+                    kept = free
                 owner.masked_fill_(kept, stage_id)
-        self._freeze_all_but({net: [o == stage_id for o in owners] for net, owners in self.owner.items()})
-        self.pruned = True
 
     def end_task(self, ctx: TaskContext) -> None:
-        if not self.pruned:  # no retraining phase (packnet_retrain = 0 or a very short stage)
-            self.prune(ctx)
+        self.prune(ctx)
+        if ctx.stage < ctx.num_stages - 1 and self.cfg.packnet_retrain_steps:
+            stage_id = ctx.stage + 1
+            self._freeze_all_but({net: [(o == stage_id) & prunable(name, p)
+                                        for (name, p), o in zip(self.shared(net), self.owner[net])]
+                                  for net in self.networks})
+            self.learner.reset_optimizers()
+            ctx.train(self.cfg.packnet_retrain_steps)
+            self.learner.reset_optimizers()
         self._freeze_all_but({net: [torch.zeros_like(o, dtype=torch.bool) for o in owners]
                               for net, owners in self.owner.items()})
 
     def eval_weights(self, flat: torch.Tensor, stage: int) -> torch.Tensor:
-        """Row t: the policy weights task t ended its stage with (owners <= its stage), for tasks of
-        finished stages; the current weights for the others."""
+        """Row t: the policy weights task t ended its stage with (managed weights kept by stages
+        <= its stage, the rest zeroed; unmanaged ones as they are), for tasks of finished stages;
+        the current weights for the others."""
         if "actor" not in self.owner:
             return flat
-        owner = torch.cat([o.flatten() for o in self.owner["actor"]]).to(flat.device)
+        owner_of = {id(p): o for (_, p), o in zip(self.shared("actor"), self.owner["actor"])}
+        # -1: not managed by PackNet (a per-task head): always visible
+        owner = torch.cat([owner_of[id(p)].flatten() if id(p) in owner_of
+                           else torch.full((p.numel(),), -1, dtype=torch.int16, device=p.device)
+                           for p in self.learner.actor.parameters()]).to(flat.device)
         rows = []
         for task_stage in self.task_stage:
             if task_stage < stage:
-                rows.append(flat * ((owner >= 1) & (owner <= task_stage + 1)))
+                rows.append(flat * ((owner == -1) | ((owner >= 1) & (owner <= task_stage + 1))))
             else:
                 rows.append(flat)
         return torch.stack(rows)
 
     def state_dict(self) -> dict:
-        return {"owner": self.owner, "trainable": self.trainable, "touched": self.touched,
-                "snapshot": self.snapshot, "pruned": self.pruned}
+        return {"owner": self.owner, "trainable": self.trainable, "snapshot": self.snapshot}
 
     def load_state_dict(self, state: dict) -> None:
-        self.owner, self.trainable, self.touched = state["owner"], state["trainable"], state["touched"]
-        self.snapshot, self.pruned = state["snapshot"], bool(state["pruned"])
+        self.owner, self.trainable, self.snapshot = state["owner"], state["trainable"], state["snapshot"]

@@ -1,14 +1,23 @@
-"""Quadratic penalties that anchor the protected networks to their weights at the end of the
-previous task (Continual World's `cl_reg_coef * sum(importance * (theta - theta*)^2)`):
+"""Quadratic penalties that anchor the protected networks' shared parameters to their values at
+the end of the previous task (Continual World's `cl_reg_coef * sum(importance * (theta - theta*)^2)`):
 
-    L2          importance 1 everywhere
+    L2          importance: +1 per finished task (CW sums its all-ones weights task after task,
+                so the pull grows with the number of tasks)
     EWC         importance = sum over finished tasks of each task's Fisher (Kirkpatrick et al. 2017)
-    online EWC  importance = gamma * previous + this task's Fisher (Schwarz et al. 2018)
+    online EWC  importance = gamma * previous + this task's Fisher (Schwarz et al. 2018; not in CW)
     MAS         importance = sum over tasks of mean |d ||f(s)||^2 / d theta| (Aljundi et al. 2018)
     SI          importance = sum over tasks of omega / (delta^2 + xi), omega the path integral
-                -sum g * (theta_after - theta_before) over the task's steps (Zenke et al. 2017)
+                -sum g * (theta_after - theta_before) over the task's steps, g the gradient of the
+                task loss alone (Zenke et al. 2017; not in CW)
 
-Importances are computed on `importance_samples` states of the finished task's replay.
+Compared with Continual World's code (methods/regularization.py, l2.py, ewc.py, mas.py):
+  - the same: shared parameters only (CW's `common_variables`: per-task heads excluded), the
+    penalty added to the protected network's loss, importances summed over tasks, taken on the
+    finished task's replay, the critic's Fisher not clipped, the actor's clipped below at 1e-5;
+  - importances come from `importance_samples` distinct stored states (CW: 10 batches of 256
+    drawn with replacement, 2,560 draws: the default here);
+  - CW also adds the (zero-weighted) critic terms to the actor's loss and vice versa; that
+    changes nothing.
 """
 
 from __future__ import annotations
@@ -28,32 +37,32 @@ class AnchoredPenalty(Strategy):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.anchor: dict[str, list[torch.Tensor]] = {}      # network -> theta* per parameter
-        self.importance: dict[str, list[torch.Tensor]] = {}  # network -> importance per parameter
+        self.anchor: dict[str, list[torch.Tensor]] = {}      # network -> theta* per shared parameter
+        self.importance: dict[str, list[torch.Tensor]] = {}  # network -> importance per shared parameter
 
     def task_importance(self, network: str, ctx: TaskContext) -> list[torch.Tensor]:
         obs, action, task = self.states(ctx)
+        names = [name for name, _ in self.shared(network)]
         module = self.networks[network]
         inputs = (obs, task) if network == "actor" else (obs, action, task)
-        values = self.estimators[network](module, *inputs)
-        return [values[name] for name, _ in module.named_parameters()]
+        values = self.estimators[network](module, *inputs, names=names)
+        return [values[name] for name in names]
 
     def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         return old + new
 
     def end_task(self, ctx: TaskContext) -> None:
-        for name, module in self.networks.items():
+        for name in self.networks:
             new = self.task_importance(name, ctx)
             old = self.importance.get(name)
             self.importance[name] = new if old is None else [self.combine(o, n) for o, n in zip(old, new)]
-            self.anchor[name] = [p.detach().clone() for p in module.parameters()]
+            self.anchor[name] = [p.detach().clone() for _, p in self.shared(name)]
 
     def penalty(self, network: str):
         if network not in self.anchor:
             return 0.0
-        params = self.networks[network].parameters()
-        total = sum((w * (p - a).pow(2)).sum()
-                    for p, a, w in zip(params, self.anchor[network], self.importance[network]))
+        total = sum((w * (p - a).pow(2)).sum() for (_, p), a, w
+                    in zip(self.shared(network), self.anchor[network], self.importance[network]))
         return self.coef(self.default_coef) * total
 
     def states(self, ctx: TaskContext):
@@ -74,10 +83,7 @@ class L2(AnchoredPenalty):
     default_coef = 1e5
 
     def task_importance(self, network, ctx):
-        return [torch.ones_like(p) for p in self.networks[network].parameters()]
-
-    def combine(self, old, new):
-        return old  # stays 1
+        return [torch.ones_like(p) for _, p in self.shared(network)]
 
 
 class EWC(AnchoredPenalty):
@@ -96,9 +102,13 @@ class MAS(AnchoredPenalty):
 
 
 class SI(AnchoredPenalty):
-    """The path integral omega is accumulated online by the gradient hooks."""
+    """The path integral omega is accumulated online by the gradient hooks: observe_gradients
+    sees the task loss's gradient before the penalty's is added (Zenke et al.'s unregularized
+    gradient), after_step the parameter change the whole step made. The default coefficient 10
+    is ours (Zenke et al. tuned c per benchmark; 1 did not protect the trunk on the pointmass
+    sequence once the per-task heads are free)."""
 
-    default_coef = 1.0
+    default_coef = 10.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,27 +120,27 @@ class SI(AnchoredPenalty):
     def start_task(self, ctx):
         if ctx.resumed and self.omega:
             return
-        for name, module in self.networks.items():
-            self.omega[name] = [torch.zeros_like(p) for p in module.parameters()]
-            self.task_start[name] = [p.detach().clone() for p in module.parameters()]
+        for name in self.networks:
+            self.omega[name] = [torch.zeros_like(p) for _, p in self.shared(name)]
+            self.task_start[name] = [p.detach().clone() for _, p in self.shared(name)]
 
-    def before_step(self, network):
+    def observe_gradients(self, network):
         if network in self.networks:
-            params = list(self.networks[network].parameters())
+            params = [p for _, p in self.shared(network)]
             self._grads[network] = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
             self._before[network] = [p.detach().clone() for p in params]
 
-    def after_step(self, network):
-        if network in self.networks:
-            for w, g, before, p in zip(self.omega[network], self._grads[network], self._before[network],
-                                       self.networks[network].parameters()):
-                w.sub_(g * (p.detach() - before))
+    def after_step(self, networks):
+        for network in networks:
+            if network in self.networks and network in self._grads:
+                for w, g, before, (_, p) in zip(self.omega[network], self._grads[network], self._before[network],
+                                                self.shared(network)):
+                    w.sub_(g * (p.detach() - before))
 
     def task_importance(self, network, ctx):
         xi = self.cfg.si_xi
-        params = self.networks[network].parameters()
         return [(w / ((p.detach() - s).pow(2) + xi)).clamp_min(0)
-                for w, p, s in zip(self.omega[network], params, self.task_start[network])]
+                for w, (_, p), s in zip(self.omega[network], self.shared(network), self.task_start[network])]
 
     def state_dict(self):
         return {**super().state_dict(), "omega": self.omega, "task_start": self.task_start}

@@ -2,18 +2,21 @@
 
 Replay ("perfect memory" in Continual World): every finished task's replay buffer is kept and
 each update trains on all tasks seen so far, `batch_size_per_task` transitions of each, with
-their own task ids (multi-task SAC over the past). Nothing else changes.
+their own task ids (multi-task SAC over the past). Nothing else changes. CW's perfect-memory
+baseline differs: one reservoir buffer of 20M transitions, batches of 512 drawn over all of it.
 
-Behaviour-cloning replay (ClonEx-SAC, Wołczyk et al. 2022): at the end of a task, keep
-`memory_per_task` of its states with the policy's Gaussian (mean, std before the tanh) there;
-later, the actor's loss gets coef * mean KL(pi_old(.|s) || pi(.|s)) on a batch of each kept task.
+Behaviour-cloning replay: at the end of a task, keep `memory_per_task` of its states with the
+policy's Gaussian (mean, std before the tanh) there; later, the actor's loss gets
+coef * mean KL(pi_old(.|s) || pi(.|s)) on a batch of each kept task. This is the cloning half of
+ClonEx-SAC (Wołczyk et al. 2022); its exploration half (acting with the best earlier policy at
+a task's start) is not implemented, so its results are not ClonEx-SAC's.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from agents import seeding
 from continual.strategies.base import Strategy, TaskContext, sample_states
 
 
@@ -27,13 +30,13 @@ class BehaviourCloning(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.memory: list[dict[str, torch.Tensor]] = []  # per finished task: obs, task, mean, log_std
-        self.rng = np.random.default_rng(0)
+        self.rng = seeding.rng(self.seed, "bc-memory")
 
     @torch.no_grad()
     def end_task(self, ctx: TaskContext) -> None:
         actor = self.learner.actor
         for task in ctx.tasks:
-            obs, _, task_ids = sample_states(ctx.replay, task, self.cfg.memory_per_task, ctx.rng)
+            obs, _, task_ids = sample_states(ctx.replay, task, self.cfg.memory_per_task, self.rng)
             obs, task_ids = obs.to(self.learner.device), task_ids.to(self.learner.device)
             mean, log_std = actor(obs, task_ids)
             self.memory.append({"obs": obs, "task": task_ids, "mean": mean, "log_std": log_std})

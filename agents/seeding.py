@@ -1,0 +1,36 @@
+"""Every random stream of a run derives from the run seed and a named purpose, listed here.
+
+    seed_for(run_seed, "replay", rank)   -> an int seed, independent of every other purpose/index
+    rng(run_seed, "agem-memory")         -> a numpy Generator on that seed
+
+A purpose is a name; the indices after it tell apart the consumers of one purpose (a rank, an
+actor and its incarnation, an env). The numbers below only have to be distinct; changing one
+changes that stream, so they are fixed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PURPOSES = {
+    "networks": 0,      # initial weights (identical on every learner rank)
+    "replay": 1,        # replay sampling and strategies' state sampling, per learner rank
+    "eval-envs": 3,     # building the evaluator's envs
+    "eval": 4,          # each evaluation's env reseeding and sampled actions
+    "actor": 5,         # an actor's envs, random actions and policy noise (actor id, incarnation, ...)
+    "agem-memory": 6,   # A-GEM: which transitions are kept, which are drawn for the reference gradient
+    "bc-memory": 7,     # behaviour-cloning replay: drawing from the kept states
+    "learner": 8,       # the learner's torch stream (SAC's sampled actions), per rank
+}
+
+
+def seed_for(seed: int, purpose: str, *index: int) -> int:
+    """An independent 31-bit seed for (run seed, purpose, indices)."""
+    if purpose not in PURPOSES:
+        raise KeyError(f"unknown random-stream purpose {purpose!r}; add it to agents.seeding.PURPOSES")
+    words = [seed, PURPOSES[purpose], *index]
+    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def rng(seed: int, purpose: str, *index: int) -> np.random.Generator:
+    return np.random.default_rng(seed_for(seed, purpose, *index))
