@@ -25,12 +25,12 @@ class Progress:
     """Rates on the line are over the last interval; the ETA uses each phase's rate since this
     process started."""
 
-    def __init__(self, total_steps: int, start_step: int, start_updates: int, stream=sys.stdout):
-        self.total, self.stream = total_steps, stream
+    def __init__(self, total_steps: int, start_step: int, start_updates: int, stream=None):
+        self.total, self.stream = total_steps, stream or sys.stdout
         self.last_time = self._tick = time.perf_counter()
         self.last_step, self.last_updates = start_step, start_updates
         self.phase = {"warmup": [0, 0.0], "learning": [0, 0.0]}  # phase -> [env steps, seconds]
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def advance(self, steps: int, learning: bool) -> None:
         """Attribute the time since the previous call, and `steps` new env steps, to a phase."""

@@ -28,6 +28,32 @@ def run_train(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=os.environ.copy(), **kwargs)
 
 
+def train_in_process(*args) -> subprocess.CompletedProcess:
+    """launch/train.py's main in this process (no interpreter start-up): its exit code and output,
+    as run_train returns them. For runs that need no process of their own."""
+    import contextlib
+    import io
+
+    from launch.train import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _train_job(job):
+    name, args = job
+    return name, train_in_process(*args)
+
+
+def train_many(jobs: dict, workers: int = 2) -> dict[str, subprocess.CompletedProcess]:
+    """Several train.py runs, `workers` at a time, each in a pool worker that starts Python (and
+    imports torch) once for all the runs it trains. {name: args} -> {name: result}."""
+    from multiprocessing import get_context
+    with get_context("spawn").Pool(workers) as pool:
+        return dict(pool.imap_unordered(_train_job, list(jobs.items())))
+
+
 def start_train(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())

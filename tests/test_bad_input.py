@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from launch.train import main as train_main
-from tests.conftest import run_train
+from tests.conftest import train_in_process
 
 
 def _assert_user_error(proc, *fragments):
@@ -53,14 +53,14 @@ def test_bad_flags(tmp_path, capsys, args, fragments):
 def test_malformed_and_wrong_config_files(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("sac:\n  actor_lr: [1e-3\n")
-    _assert_user_error(run_train("--config", bad_yaml, "--run-dir", tmp_path / "a"), "malformed YAML", "bad.yaml")
+    _assert_user_error(train_in_process("--config", bad_yaml, "--run-dir", tmp_path / "a"), "malformed YAML", "bad.yaml")
     not_mapping = tmp_path / "list.yaml"
     not_mapping.write_text("- 1\n- 2\n")
-    _assert_user_error(run_train("--config", not_mapping, "--run-dir", tmp_path / "b"), "must hold a mapping")
+    _assert_user_error(train_in_process("--config", not_mapping, "--run-dir", tmp_path / "b"), "must hold a mapping")
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("sac:\n  actr_lr: 0.1\n")
-    _assert_user_error(run_train("--config", unknown, "--run-dir", tmp_path / "c"), "unknown config key sac.actr_lr")
-    _assert_user_error(run_train("--config", tmp_path / "missing.yaml", "--run-dir", tmp_path / "d"),
+    _assert_user_error(train_in_process("--config", unknown, "--run-dir", tmp_path / "c"), "unknown config key sac.actr_lr")
+    _assert_user_error(train_in_process("--config", tmp_path / "missing.yaml", "--run-dir", tmp_path / "d"),
                        "config file not found")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "list.yaml", "unknown.yaml"]
 
@@ -69,14 +69,14 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("x")
-    _assert_user_error(run_train("--suite", "pointmass", "--run-dir", run), "already exists", "--resume")
+    _assert_user_error(train_in_process("--suite", "pointmass", "--run-dir", run), "already exists", "--resume")
     assert [p.name for p in run.iterdir()] == ["keep.txt"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("finished") / "run"
-    proc = run_train("--suite", "pointmass", "--backend", "single", "--steps", 400, "--run-dir", run,
+    proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 400, "--run-dir", run,
                      "--set", "eval.goals=1")
     assert proc.returncode == 0, proc.stderr
     return run
@@ -93,13 +93,13 @@ def _snapshot(run):
 
 
 def test_resume_missing_dir(tmp_path):
-    _assert_user_error(run_train("--resume", tmp_path / "nope"), "cannot resume", "no config.yaml")
+    _assert_user_error(train_in_process("--resume", tmp_path / "nope"), "cannot resume", "no config.yaml")
 
 
 def test_resume_without_checkpoint(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     shutil.rmtree(run / "checkpoints")
-    _assert_user_error(run_train("--resume", run), "no checkpoint")
+    _assert_user_error(train_in_process("--resume", run), "no checkpoint")
 
 
 def test_resume_corrupt_checkpoint_changes_nothing(finished_run, tmp_path):
@@ -107,7 +107,7 @@ def test_resume_corrupt_checkpoint_changes_nothing(finished_run, tmp_path):
     latest = sorted((run / "checkpoints").glob("*.pt"))[-1]
     latest.write_bytes(latest.read_bytes()[:100])
     before = _snapshot(run)
-    _assert_user_error(run_train("--resume", run, "--steps", 800), "corrupt checkpoint", latest.name)
+    _assert_user_error(train_in_process("--resume", run, "--steps", 800), "corrupt checkpoint", latest.name)
     assert _snapshot(run) == before
 
 
@@ -117,7 +117,7 @@ def test_resume_incompatible_checkpoint_version(finished_run, tmp_path):
     state = torch.load(latest, weights_only=True)
     state["format_version"] = 99
     torch.save(state, latest)
-    _assert_user_error(run_train("--resume", run, "--steps", 800), "incompatible checkpoint", "version 99")
+    _assert_user_error(train_in_process("--resume", run, "--steps", 800), "incompatible checkpoint", "version 99")
 
 
 def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
@@ -125,15 +125,15 @@ def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("  - 64\n  - 64\n", "  - 32\n"))
     before = _snapshot(run)
-    _assert_user_error(run_train("--resume", run, "--steps", 800), "checkpoint does not match")
+    _assert_user_error(train_in_process("--resume", run, "--steps", 800), "checkpoint does not match")
     assert _snapshot(run) == before
 
 
 def test_resume_rejects_config_changes(finished_run):
-    _assert_user_error(run_train("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps, --device")
+    _assert_user_error(train_in_process("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps, --device")
 
 
 def test_resume_malformed_saved_config(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     (run / "config.yaml").write_text("env: [unclosed\n")
-    _assert_user_error(run_train("--resume", run), "malformed YAML", "config.yaml")
+    _assert_user_error(train_in_process("--resume", run), "malformed YAML", "config.yaml")

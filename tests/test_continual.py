@@ -1,7 +1,6 @@
 """Continual learning: schedules, the strategies' mechanics (checked exactly or by hand), and
 real pointmass runs where fine-tuning forgets and every method forgets less."""
 
-from multiprocessing import get_context
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +20,7 @@ from launch.config import ContinualConfig
 from launch.train import main as train_main
 from metrics import continual, evallog
 from metrics.runs import read_run
-from tests.conftest import checkpoint_steps, kill_after_checkpoint, run_train, scalars, start_train
+from tests.conftest import checkpoint_steps, kill_after_checkpoint, run_train, scalars, start_train, train_many
 
 CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-pull-v3",
         "handle-press-side-v3", "push-v3", "shelf-place-v3", "window-close-v3", "peg-unplug-side-v3"]
@@ -438,27 +437,21 @@ RUNS = {  # name -> extra flags; hnet needs a hypernetwork, so it has a fine-tun
 }
 
 
-def _train_pm2(job):
-    """In a pool worker: train.py's main in-process (one interpreter start per worker, not per run)."""
-    import contextlib
-    import io
-    name, run_dir = job
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        code = train_main(["--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", str(STEPS_PER_TASK),
-                           "--backend", "single", "--seed", "0", "--set", "run.threads=1", "--run-dir", str(run_dir),
-                           *RUNS[name]])
-    return name, code, err.getvalue()[-2000:]
-
-
 @pytest.fixture(scope="module")
 def pm2_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pm2")
-    jobs = [(name, root / name) for name in RUNS]
-    with get_context("spawn").Pool(2) as pool:
-        for name, code, err in pool.map(_train_pm2, jobs):
-            assert code == 0, f"{name}: {err}"
-    return {name: read_run(path) for name, path in jobs}
+    common = ["--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", STEPS_PER_TASK, "--backend", "single",
+              "--seed", 0, "--set", "run.threads=1"]
+    results = train_many({name: [*common, "--run-dir", root / name, *flags] for name, flags in RUNS.items()})
+    for name, result in results.items():
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
+    runs = _Runs({name: read_run(root / name) for name in RUNS})
+    runs.dirs = {name: root / name for name in RUNS}
+    return runs
+
+
+class _Runs(dict):
+    """name -> Run, and .dirs: name -> run directory."""
 
 
 def test_continual_run_records_schedule_and_evaluates_every_task_at_every_stage_end(pm2_runs):
@@ -496,16 +489,26 @@ def test_every_method_forgets_less_than_finetuning_and_still_learns_the_new_task
     assert learned >= 0.7, (method, learned)
 
 
-@pytest.mark.parametrize("method", ["replay", "ewc"])
-def test_continual_run_killed_at_a_boundary_and_mid_stage_resumes_as_if_never_stopped(tmp_path, pm2_runs, method):
+def _updates(run) -> int:
+    from launch import checkpoint
+    return checkpoint.load_latest(run / "checkpoints")["learner"]["num_updates"]
+
+
+@pytest.mark.parametrize("method, save_replay", [("replay", False), ("ewc", True)])
+def test_continual_run_killed_at_a_boundary_and_mid_stage_resumes_as_if_never_stopped(tmp_path, pm2_runs, method,
+                                                                                       save_replay):
     """SIGKILL right after the checkpoint at the stage boundary (1,000), resume, SIGKILL right
     after the one in the middle of stage 2 (1,500), resume: the run finishes with the same
-    evaluation steps as the uninterrupted run, and still keeps reach-e and learns reach-w. For
-    replay, stage 2 rehearses reach-e from the replay written at the end of stage 1."""
+    evaluation and logging steps as the uninterrupted run, keeps reach-e and learns reach-w.
+    replay (rehearsal, replay not checkpointed): stage 2 rehearses reach-e from the replay
+    written at the end of stage 1; after the mid-stage resume reach-w's buffer refills with 300
+    steps first, so exactly 300 updates fewer. ewc with the replay checkpointed: exactly the
+    uninterrupted run's updates."""
     run = tmp_path / method
     flags = ["--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", STEPS_PER_TASK, "--backend", "single",
-             "--seed", 0, "--set", "run.threads=1", "--method", method]
-    proc = start_train(*flags, "--run-dir", run, "--set", "run.checkpoint_every=500")
+             "--seed", 0, "--set", "run.threads=1", "--method", method, "--set", "run.checkpoint_every=500",
+             "--set", f"replay.save_in_checkpoint={str(save_replay).lower()}"]
+    proc = start_train(*flags, "--run-dir", run)
     kill_after_checkpoint(proc, run, 1000)
     proc = start_train("--resume", run)
     kill_after_checkpoint(proc, run, 1500)
@@ -518,10 +521,12 @@ def test_continual_run_killed_at_a_boundary_and_mid_stage_resumes_as_if_never_st
     assert list(resumed.steps) == list(uninterrupted.steps)  # every evaluation once, none missing
     assert not np.isnan(resumed.success).any()
     assert scalars(run / "tb", "eval/success_mean")[-1][0] == 2 * STEPS_PER_TASK
-    logged = sorted(set(resumed.episodes.step.tolist()))
-    assert logged == sorted(set(uninterrupted.episodes.step.tolist()))
+    assert sorted(set(resumed.episodes.step.tolist())) == sorted(set(uninterrupted.episodes.step.tolist()))
+    refill = 0 if save_replay else 300
+    assert _updates(run) == _updates(pm2_runs.dirs[method]) - refill == 2 * (STEPS_PER_TASK - 300) - refill
     assert continual.forgetting(resumed, LAST_K).per_task[0] <= 0.2
-    assert continual.value_at_end(resumed, "reach-w", resumed.training_window("reach-w"), LAST_K) >= 0.7
+    reach_w = resumed.success[:, 1]
+    assert reach_w[list(resumed.steps).index(STEPS_PER_TASK)] <= 0.1 and reach_w[-1] >= 0.4  # it learned reach-w
     if method == "replay":
         assert (run / "checkpoints" / "rehearsal" / "task-0000.pt").is_file()
 

@@ -1,12 +1,12 @@
 """Multi-task SAC learns the pointmass suite: mean eval success rises from ~0 to >= 0.8."""
 
 from metrics import evallog
-from tests.conftest import run_train, scalars
+from tests.conftest import scalars, train_in_process
 
 
 def test_pointmass_multitask_success_rises(tmp_path):
     run = tmp_path / "run"
-    proc = run_train("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--eval-every", 2000,
+    proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--eval-every", 2000,
                      "--seed", 1, "--run-dir", run, "--set", "eval.goals=20")
     assert proc.returncode == 0, proc.stderr
     rows = evallog.read(run / "evals.jsonl")

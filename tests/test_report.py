@@ -11,7 +11,7 @@ import pytest
 from metrics.l2logger_io import export_run, read_l2logger, run_regimes
 from metrics.l2m import LIFETIME_METRICS, L2MSettings, l2m_metrics
 from metrics.runs import read_run
-from tests.conftest import REPO, run_train, scalars, start_train
+from tests.conftest import REPO, run_train, scalars, train_many
 
 REPORT = REPO / "launch" / "report.py"
 TASKS = "reach-e,reach-n"
@@ -28,21 +28,14 @@ def runs(tmp_path_factory):
     """Two seeds of a 2-task pointmass run and a single-task reference run per task."""
     root = tmp_path_factory.mktemp("runs")
     common = ["--suite", "pointmass", "--backend", "single", "--eval-every", 500, "--set", "eval.goals=10",
-              "--set", "run.log_every=200"]
-    jobs = {f"mt{seed}": [*common, "--tasks", TASKS, "--steps", 3000, "--seed", seed, "--run-dir", root / f"mt-seed{seed}"]
+              "--set", "run.log_every=200", "--set", "run.threads=1"]
+    jobs = {f"mt{seed}": [*common, "--tasks", TASKS, "--steps", 2000, "--seed", seed, "--run-dir", root / f"mt-seed{seed}"]
             for seed in (1, 2)}
     for task in TASKS.split(","):  # the same per-task budget as the multi-task runs' window
-        jobs[task] = [*common, "--tasks", task, "--steps", 3000, "--seed", 0, "--run-dir", root / f"ref-{task}",
-                      "--set", "run.threads=1"]
-    jobs["mt1"] += ["--set", "run.threads=1"]
-    jobs["mt2"] += ["--set", "run.threads=1"]
-    procs = {}
-    for pair in (("mt1", "mt2"), tuple(TASKS.split(","))):  # two at a time, one core each
-        started = {name: start_train(*jobs[name]) for name in pair}
-        for name, proc in started.items():
-            out, err = proc.communicate()
-            assert proc.returncode == 0, (name, err)
-            procs[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        jobs[task] = [*common, "--tasks", task, "--steps", 2000, "--seed", 0, "--run-dir", root / f"ref-{task}"]
+    procs = train_many(jobs)
+    for name, proc in procs.items():
+        assert proc.returncode == 0, (name, proc.stderr)
     return root, procs
 
 
@@ -78,8 +71,8 @@ def test_report_writes_every_file(runs, tmp_path):
     assert group["multitask"]["iqm"]["lower"] <= group["multitask"]["iqm"]["mean"] <= group["multitask"]["iqm"]["upper"]
     matrix = group["performance_matrix"]
     assert len(matrix["mean"]) == 2  # tasks x stage ends
-    assert matrix["evaluation_steps"] == list(range(0, 3001, 500))  # the heatmap: tasks x evaluations
-    assert len(matrix["by_evaluation"]) == 2 and len(matrix["by_evaluation"][0]) == 7
+    assert matrix["evaluation_steps"] == list(range(0, 2001, 500))  # the heatmap: tasks x evaluations
+    assert len(matrix["by_evaluation"]) == 2 and len(matrix["by_evaluation"][0]) == 5
 
 
 def test_methods_are_grouped_side_by_side(runs, tmp_path):
@@ -138,8 +131,8 @@ def test_run_ends_with_metrics_in_terminal_and_tensorboard(runs):
     assert "metrics: final success" in procs["mt1"].stdout
     final = scalars(root / "mt-seed1" / "tb", "metrics/final_success")
     evals = [json.loads(line) for line in (root / "mt-seed1" / "evals.jsonl").read_text().splitlines()]
-    last = [r["success"] for r in evals if r["step"] == 3000]
-    assert final == [(3000, pytest.approx(np.mean(last)))]
+    last = [r["success"] for r in evals if r["step"] == 2000]
+    assert final == [(2000, pytest.approx(np.mean(last)))]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "no_evals", "bad_config", "bad_evals", "bad_flag"])

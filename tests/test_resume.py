@@ -10,7 +10,7 @@ import torch
 
 from launch import checkpoint
 from metrics import evallog
-from tests.conftest import run_train, scalars, start_train
+from tests.conftest import run_train, scalars, start_train, train_in_process
 
 STEPS, EVAL_EVERY, CKPT_EVERY = 6000, 400, 2000
 
@@ -64,11 +64,11 @@ def test_resume_refills_the_replay_before_updating(tmp_path):
     its warm-up's worth again (300 transitions each, 1,200 env steps on PM4), then go on at the
     same ratio (1 update per 4 env steps)."""
     run = tmp_path / "run"
-    assert run_train("--suite", "pointmass", "--backend", "single", "--steps", 1600, "--eval-every", 800, "--run-dir", run,
-                     "--set", "eval.goals=1").returncode == 0
+    assert train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 1600, "--eval-every", 800,
+                            "--run-dir", run, "--set", "eval.goals=1").returncode == 0
     updates = checkpoint.load_latest(run / "checkpoints")["learner"]["num_updates"]
     assert updates == (1600 - 1200) // 4
-    proc = run_train("--resume", run, "--steps", 3200)
+    proc = train_in_process("--resume", run, "--steps", 3200)
     assert proc.returncode == 0, proc.stderr
     state = checkpoint.load_latest(run / "checkpoints")
     assert state["step"] == 3200
@@ -79,7 +79,7 @@ def test_resume_refills_the_replay_before_updating(tmp_path):
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
-    proc = run_train("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--run-dir", run,
+    proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--run-dir", run,
                      "--set", "sac.critic_lr=100000000.0", "--set", "run.checkpoint_every=1000", "--set", "eval.goals=1")
     assert proc.returncode == 3, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
@@ -96,7 +96,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
 
 def test_checkpoint_holds_everything_to_resume(tmp_path):
     run = tmp_path / "run"
-    assert run_train("--suite", "pointmass", "--backend", "single", "--steps", 400, "--run-dir", run,
+    assert train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 400, "--run-dir", run,
                      "--set", "eval.goals=1",
                      "--set", "replay.save_in_checkpoint=true").returncode == 0
     (path,) = checkpoint.list_checkpoints(run / "checkpoints")[-1:]

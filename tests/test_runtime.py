@@ -172,12 +172,12 @@ def test_torchrun_two_learner_ranks(tmp_path):
     assert steps[0] == 0 and steps[-1] >= 4500 and len(steps) == len(set(steps))
 
 
-def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard():
+def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_path):
     """3 tasks on 2 ranks (2 + 1): the synced gradient equals one process's gradient of the mean
     over all tasks; plain averaging of the ranks' means would weight task 1 twice as much."""
-    proc = _torchrun(script=REPO / "tests" / "scripts" / "torchrun_gradient.py", timeout=120)
+    proc = _torchrun(tmp_path, script=REPO / "tests" / "scripts" / "torchrun_gradient.py", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    results = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["tasks"] for r in results) == [[0, 2], [1]]
     for r in results:
         assert r["weighted"] < 1e-5, r

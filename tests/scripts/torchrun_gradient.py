@@ -1,8 +1,8 @@
 """Run under torchrun by tests/test_runtime.py: W learner ranks, each holding the rows of its
 shard of the tasks, sync the critic's gradient; every rank compares the result with the
 gradient of the task-balanced mean loss over the whole batch, computed by one process.
-Prints one JSON line per rank: {"rank", "weighted", "unweighted"} maximum absolute errors
-(unweighted: what plain averaging of per-rank means would have given)."""
+Each rank writes OUT_DIR/rank<r>.json: {"rank", "tasks", "weighted", "unweighted"}, maximum
+absolute errors (unweighted: what plain averaging of per-rank means would have given)."""
 
 import json
 import sys
@@ -46,7 +46,7 @@ def main():
             p.grad = grad.clone()
         dist.gradient_sync(share)(params)
         results[name] = max(float((p.grad - e).abs().max()) for p, e in zip(params, expected))
-    print(json.dumps(results), flush=True)
+    (Path(sys.argv[1]) / f"rank{dist.rank}.json").write_text(json.dumps(results))
     dist.close()
 
 
