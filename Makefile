@@ -1,12 +1,12 @@
 # Two commands set everything up on a fresh machine:
 #   make train   -> creates .venv, installs polytask, trains on Meta-World MT10 (defaults)
-#   make test    -> creates .venv, installs polytask with test extras, runs the test suite
+#   make test    -> creates .venv, installs polytask with test extras, runs the linter and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train test bench install clean
+.PHONY: train test lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ train: install
 	$(BIN)/python launch/train.py --suite metaworld $(ARGS)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python benchmarks/sac_vs_sb3.py throughput $(ARGS)

@@ -29,12 +29,12 @@ from metrics.runs import read_run  # noqa: E402
 
 
 def method_flags(method: str, suite: str) -> list[str]:
-    """hnet needs hypernetwork heads; on the small pointmass nets the hypernetwork generates
-    the whole policy (von Oswald's setting), on Meta-World only the heads."""
+    """hnet needs generated weights; on the small pointmass nets hypernetworks generate the whole
+    policy (trunk and head: von Oswald's setting), on Meta-World only the heads."""
     if method != "hnet":
         return ["--method", method]
-    generates = "all" if suite == "pointmass" else "head"
-    return ["--method", "hnet", "--set", "sac.head=hyper", "--set", f"sac.hyper_generates={generates}"]
+    trunk = "hyper" if suite == "pointmass" else "mlp"
+    return ["--method", "hnet", "--set", "sac.head=hyper", "--set", f"sac.trunk={trunk}"]
 
 
 def train(args_list: list[str], log: Path) -> int:
@@ -70,7 +70,8 @@ def main() -> None:
         for method in args.methods:
             run_dir = out / f"{method}-seed{seed}"
             if not finished(run_dir):
-                jobs.append((common + method_flags(method, args.suite) + ["--seed", str(seed), "--run-dir", str(run_dir)],
+                flags = method_flags(method, args.suite) + ["--seed", str(seed), "--run-dir", str(run_dir)]
+                jobs.append((common + flags,
                              out / f"{method}-seed{seed}.log"))
         ref_dir = out / "refs" / f"seed{seed}"
         if not all(finished(d) for d in ref_dir.glob("*")) or not ref_dir.exists():
@@ -80,7 +81,7 @@ def main() -> None:
         print(f"training {len(jobs)} jobs, {args.workers} at a time", flush=True)
         with ThreadPoolExecutor(args.workers) as pool:
             codes = list(pool.map(lambda job: train(*job), jobs))
-        for (job_args, log), code in zip(jobs, codes):
+        for (_, log), code in zip(jobs, codes):
             if code:
                 print(f"failed ({code}): see {log}", flush=True)
 

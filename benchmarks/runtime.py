@@ -112,7 +112,8 @@ def learner(args) -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for label, tasks, sac in (("reach-v3: 256x256, batch 256", 1,
-                               SACConfig(hidden_sizes=(256, 256), head="single", task_input=False, batch_size_per_task=256)),
+                               SACConfig(hidden_sizes=(256, 256), head="single", task_input=False,
+                                         batch_size_per_task=256)),
                               ("MT10 default: 3x400 multi-head, batch 10x128", 10, SACConfig())):
         learner = SACLearner(sac, 39, 4, tasks, torch.device("cpu"))
         replay = MultiTaskReplay(tasks, 20_000, 39, 4)
@@ -124,8 +125,10 @@ def learner(args) -> None:
         fixed = replay.sample(sac.batch_size_per_task, rng)
         ceiling, ours = [], []
         for _ in range(args.repeats):
-            for results, batch_fn in ((ceiling, lambda: fixed),
-                                      (ours, lambda: replay.sample(sac.batch_size_per_task, rng))):
+            def sampled(replay=replay, sac=sac, rng=rng):
+                return replay.sample(sac.batch_size_per_task, rng)
+
+            for results, batch_fn in ((ceiling, lambda fixed=fixed: fixed), (ours, sampled)):
                 for _ in range(5):
                     learner.update(batch_fn())
                 start = time.perf_counter()

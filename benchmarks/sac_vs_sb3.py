@@ -43,7 +43,8 @@ def train_ours(steps: int, warmup: int, seed: int, eval_goals: int) -> tuple[flo
 
     cfg = build_config("metaworld", flags={"env.tasks": TASK, "run.steps": steps, "run.seed": seed,
                                            "eval.every": 0, "eval.goals": eval_goals},
-                       overrides=["runtime.backend=single", "sac.hidden_sizes=[256, 256]", "sac.batch_size_per_task=256",
+                       overrides=["runtime.backend=single", "sac.hidden_sizes=[256, 256]",
+                                  "sac.batch_size_per_task=256",
                                   "sac.head=single", "sac.task_input=false",
                                   f"sac.warmup_steps_per_task={warmup}", "replay.capacity_per_task=1000000",
                                   f"run.log_every={steps}", f"run.checkpoint_every={steps}"])
@@ -59,7 +60,7 @@ def train_sb3(steps: int, warmup: int, seed: int, eval_goals: int) -> tuple[floa
     from stable_baselines3 import SAC
 
     from envs import make_suite
-    from launch.evaluate import evaluate
+    from envs.evaluation import evaluate
 
     suite = make_suite("metaworld", TASK, seed)
     model = SAC("MlpPolicy", suite.make_env(suite.tasks[0], seed), learning_rate=3e-4, buffer_size=1_000_000,

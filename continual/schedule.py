@@ -77,6 +77,23 @@ def build_schedule(text: str, presets: dict[str, list[str]], steps_per_task: int
     return names, stages
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A continual run's plan, resolved once from its sequence: the suite's task names (repeats
+    renamed "x#k", in order of first training; task id = position) and the stages in order."""
+    names: tuple[str, ...]
+    stages: tuple[Stage, ...]
+
+    def records(self) -> list[dict]:
+        """The stages with task names, as config.yaml records them for the metrics."""
+        return [{"tasks": [self.names[t] for t in st.tasks], "start": st.start, "end": st.end} for st in self.stages]
+
+
+def schedule_from(text: str, presets: dict[str, list[str]], steps_per_task: int) -> Schedule:
+    names, stages = build_schedule(text, presets, steps_per_task)
+    return Schedule(tuple(names), tuple(stages))
+
+
 def stage_at(stages: list[Stage], step: int) -> int:
     """Index of the stage that trains env step `step` (the last stage once the schedule is done)."""
     for k, stage in enumerate(stages):

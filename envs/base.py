@@ -10,11 +10,10 @@ ever true during the episode.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import gymnasium as gym
-
 
 REPEAT_MARK = "#"  # "hammer-v3#2": the second, distinct occurrence of hammer-v3 (CW20 style)
 

@@ -18,7 +18,7 @@ from agents import seeding
 from agents.networks import SquashedGaussianActor, actor_options
 from agents.sac.config import SACConfig
 from envs import make_suite
-from envs.pool import Episode, EnvPool
+from envs.pool import EnvPool, Episode
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,17 @@
 """One config tree: dataclass defaults < suite preset (presets/<suite>.yaml) < --config FILE
-< named flags (--steps, --seed, ...) < --set key=value. The resolved tree is saved with the run."""
+< named flags (--steps, --seed, ...) < --set key=value. The resolved tree is saved with the run.
+Keys and values are checked by launch/overrides.py; this module holds the tree, the presets,
+the cross-field validation, and the schedule a continual sequence resolves to."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from agents.sac.config import SACConfig
 from launch.errors import UserError
+from launch.overrides import merge, parse_override, read_yaml, set_key
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -58,9 +54,11 @@ class RunConfig:
 class ContinualConfig:
     """Continual runs (tasks one after another); see continual/schedule.py and continual/strategies.
     Defaults follow Continual World (Wołczyk et al. 2021) unless noted."""
-    sequence: str = ""            # "": a multi-task run. A preset (CW10, CW20, PM2, MT10, ...) or task[+task][:steps],...
+    sequence: str = ""            # "": a multi-task run; else a preset (CW10, CW20, PM2, MT10, ...)
+                                  # or stages task[+task][:steps],...
     steps_per_task: int = 1_000_000  # a stage's budget unless the sequence gives one; sets run.steps
-    method: str = "none"          # none (fine-tuning) | l2 | ewc | online-ewc | si | mas | packnet | agem | replay | bc | hnet
+    method: str = "none"          # none (fine-tuning) | l2 | ewc | online-ewc | si | mas | packnet | agem | replay
+                                  # | bc | hnet
     regularize: str = ""          # which networks the method protects: actor | critic | both; "": the method's
                                   # default (CW: the actor; A-GEM: both, its reference gradient needs the critic)
     coef: float | None = None     # penalty weight; None: the method's default (CW: L2 1e5, EWC 1e4, MAS 1e4)
@@ -100,111 +98,6 @@ class Config:
     continual: ContinualConfig = field(default_factory=ContinualConfig)
 
 
-def to_dict(cfg) -> dict:
-    """Plain nested dict (tuples as lists) for YAML."""
-    def plain(v):
-        return list(v) if isinstance(v, tuple) else v
-    return {f.name: (to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name))
-                     else plain(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)}
-
-
-# A decimal number as people type it: 1e-3, 3E-4, .5, 1_000, -2.5e+3 (YAML 1.1 reads some of these
-# as strings: it wants a dot and a signed exponent).
-_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
-
-
-def _number(value):
-    """A finite int/float written as text (see _NUMBER), else `value` unchanged."""
-    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        number = float(value.strip().replace("_", ""))
-        if math.isfinite(number):
-            return number
-    return value
-
-
-def _coerce(value, hint, key: str):
-    """Check `value` (parsed from YAML) against a field's type; convert where lossless. Numbers
-    written as text (`1e-3`, which YAML 1.1 leaves a string) are accepted for int and float
-    fields; an int field takes a float only if it is whole (`1e6`)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {key} expects a list, got {value!r}")
-        return tuple(_coerce(v, args[0], key) for v in value)
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint in (int, float):
-        value = _number(value)
-    if hint is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise UserError(f"config key {key} expects {getattr(hint, '__name__', hint)}, got {value!r}")
-
-
-def set_key(cfg, key: str, value) -> None:
-    """Set a dotted key (e.g. sac.actor_lr) with type checking."""
-    *path, name = key.split(".")
-    node = cfg
-    for part in path:
-        child = getattr(node, part, None)
-        if not dataclasses.is_dataclass(child):
-            raise UserError(f"unknown config key {key}")
-        node = child
-    hints = typing.get_type_hints(type(node))
-    if name not in hints or dataclasses.is_dataclass(getattr(node, name)):
-        valid = ", ".join(f"{'.'.join(path + [n])}" for n in hints)
-        raise UserError(f"unknown config key {key}; valid here: {valid}")
-    setattr(node, name, _coerce(value, hints[name], key))
-
-
-def merge(cfg, tree: dict, prefix: str = "") -> None:
-    """Apply a nested dict (from YAML) onto the config, key by key."""
-    if not isinstance(tree, dict):
-        raise UserError(f"config {prefix or 'file'} must be a mapping, got {tree!r}")
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            merge(cfg, v, key + ".")
-        else:
-            set_key(cfg, key, v)
-
-
-def read_yaml(path: str | Path) -> dict:
-    try:
-        tree = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file {path}: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(tree, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}")
-    return tree
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise UserError(f"--set expects key=value, got {text!r}")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise UserError(f"--set {key}: cannot parse value {raw!r}") from None
-
-
 def build_config(suite: str | None = None, config_file: str | None = None,
                  flags: dict | None = None, overrides: list[str] = ()) -> Config:
     """Resolve the config in precedence order (see module docstring). A continual run (one with
@@ -233,39 +126,34 @@ def build_config(suite: str | None = None, config_file: str | None = None,
     if cfg.continual.method == "agem" and cfg.continual.agem_projection == "joint":
         cfg.sac.update_order = "simultaneous"  # the joint projection needs both gradients before either step
     validate(cfg)
-    apply_sequence(cfg)
     return cfg
 
 
-def apply_sequence(cfg: Config) -> list:
-    """A continual run's suite tasks and run.steps follow from its sequence; returns the stages."""
+def plan_schedule(cfg: Config):
+    """A continual run's Schedule (continual/schedule.py), built once per process from its sequence;
+    it also sets the run's suite tasks and run.steps. None for a multi-task run."""
     if not cfg.continual.sequence:
-        return []
-    from continual.schedule import build_schedule
+        return None
+    from continual.schedule import schedule_from
     from envs.registry import sequence_presets
     try:
-        names, stages = build_schedule(cfg.continual.sequence, sequence_presets(cfg.env.suite),
-                                       cfg.continual.steps_per_task)
+        schedule = schedule_from(cfg.continual.sequence, sequence_presets(cfg.env.suite), cfg.continual.steps_per_task)
     except ValueError as e:
         raise UserError(str(e)) from None
-    cfg.env.tasks = ",".join(names)
-    cfg.run.steps = stages[-1].end
-    return stages
+    cfg.env.tasks = ",".join(schedule.names)
+    cfg.run.steps = schedule.stages[-1].end
+    return schedule
 
 
-def single_task_configs(cfg: Config) -> list[tuple[str, Config]]:
+def single_task_configs(cfg: Config, schedule) -> list[tuple[str, Config]]:
     """The single-task reference runs of a continual config (what forward transfer and relative
     performance compare with): per distinct task of the sequence, the same settings on that task
     alone, for the longest stage budget the sequence gives it."""
-    from continual.schedule import build_schedule
     from envs.base import base_task_name
-    from envs.registry import sequence_presets
-    names, stages = build_schedule(cfg.continual.sequence, sequence_presets(cfg.env.suite),
-                                   cfg.continual.steps_per_task)
     budget: dict[str, int] = {}
-    for stage in stages:
+    for stage in schedule.stages:
         for t in stage.tasks:
-            task = base_task_name(names[t])
+            task = base_task_name(schedule.names[t])
             budget[task] = max(budget.get(task, 0), stage.steps)
     out = []
     for task, steps in budget.items():
@@ -300,15 +188,16 @@ def validate(cfg: Config) -> None:
         raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
         raise UserError(f"unknown backend {cfg.runtime.backend!r}; valid: {', '.join(BACKENDS)}")
-    from agents.networks import ACTIVATIONS, HEADS
-    if cfg.sac.head not in HEADS:
-        raise UserError(f"unknown sac.head {cfg.sac.head!r}; valid: {', '.join(HEADS)}")
+    from agents.balancers import BALANCERS
+    from agents.heads import HEADS
+    from agents.trunks import ACTIVATIONS, TRUNKS
+    for key, value, registry in (("sac.trunk", cfg.sac.trunk, TRUNKS), ("sac.head", cfg.sac.head, HEADS),
+                                 ("sac.activation", cfg.sac.activation, ACTIVATIONS),
+                                 ("sac.balancer", cfg.sac.balancer, BALANCERS)):
+        if value not in registry:
+            raise UserError(f"unknown {key} {value!r}; valid: {', '.join(registry)}")
     if not 0 < cfg.sac.tau <= 1 or not 0 <= cfg.sac.gamma <= 1:
         raise UserError("sac.tau must be in (0, 1] and sac.gamma in [0, 1]")
-    if cfg.sac.activation not in ACTIVATIONS:
-        raise UserError(f"unknown sac.activation {cfg.sac.activation!r}; valid: {', '.join(ACTIVATIONS)}")
-    if cfg.sac.hyper_generates not in ("head", "all"):
-        raise UserError(f"unknown sac.hyper_generates {cfg.sac.hyper_generates!r}; valid: head, all")
     choices = {"sac.log_std_mode": (cfg.sac.log_std_mode, ("tanh", "clip")),
                "sac.update_order": (cfg.sac.update_order, ("sequential", "simultaneous")),
                "eval.policy": (cfg.eval.policy, EVAL_POLICIES)}
@@ -317,8 +206,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
     if not cfg.sac.log_std_min < cfg.sac.log_std_max:
         raise UserError("sac.log_std_min must be below sac.log_std_max")
-    if cfg.sac.head == "hyper" and cfg.sac.hyper_generates == "all" and cfg.sac.layer_norm:
-        raise UserError("sac.hyper_generates=all generates every layer and has no LayerNorm: set sac.layer_norm=false")
+    if cfg.sac.trunk == "hyper" and cfg.sac.layer_norm:
+        raise UserError("sac.trunk=hyper generates every trunk layer and has no LayerNorm: set sac.layer_norm=false")
     validate_continual(cfg)
 
 
@@ -346,8 +235,9 @@ def validate_continual(cfg: Config) -> None:
                         "(or set continual.agem_projection=separate)")
     if c.method != "none" and not c.sequence:
         raise UserError(f"continual.method {c.method} needs a task sequence (--sequence)")
-    if c.method == "hnet" and cfg.sac.head != "hyper":
-        raise UserError("continual.method hnet regularizes hypernetwork heads: set sac.head=hyper")
+    if c.method == "hnet" and "hyper" not in (cfg.sac.head, cfg.sac.trunk):
+        raise UserError("continual.method hnet regularizes generated weights: "
+                        "set sac.head=hyper and/or sac.trunk=hyper")
 
 
 def load_run_config(path: Path) -> Config:

@@ -9,6 +9,9 @@ task-balanced mean loss over the global batch, for any number of ranks, even whe
 not divide evenly. Per-task parameters (heads, temperatures) are slices of shared tensors, so
 every parameter takes part in every all-reduce: there are no unused parameters to trip over.
 
+The combination is a Synchronizer (the seat agents/hooks.py defines): `EveryStepSync` is
+today's rule; local SGD and its kin are other synchronizers behind the same three calls.
+
 Update credit is global: every rank counts the env steps of all ranks (`sync_counts`) and does
 the updates they earn, so W ranks do as many updates as one learner on the same global steps.
 Only rank 0 writes to the run dir.
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from agents.hooks import Synchronizer
 
 
 @dataclass(frozen=True)
@@ -35,23 +40,6 @@ class Dist:
 
     def shard(self, num_tasks: int) -> list[int]:
         return list(range(self.rank, num_tasks, self.world))
-
-    def gradient_sync(self, share: float):
-        """A callable that combines the gradients of `params` across ranks: this rank's weighted
-        by `share` (its fraction of the global batch), summed in one all-reduce (the gradients
-        flattened into one buffer)."""
-        def sync(params: list[torch.Tensor]) -> None:
-            if self.world == 1:
-                return
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = torch.cat([g.reshape(-1) for g in grads]) * share
-            dist.all_reduce(flat)
-            offset = 0
-            for p, g in zip(params, grads):
-                n = g.numel()
-                p.grad = flat[offset:offset + n].view_as(g)
-                offset += n
-        return sync
 
     def sync_counts(self, local_steps: int, ready: bool, finite: bool) -> tuple[int, bool, bool]:
         """(global env steps = sum over ranks, every rank ready to update, every rank's losses
@@ -88,6 +76,29 @@ class Dist:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class EveryStepSync(Synchronizer):
+    """One all-reduce of the gradients per optimizer step (flattened into one buffer): this
+    rank's gradient weighted by `share` (its fraction of the global batch), summed over ranks."""
+
+    def __init__(self, dist_: Dist, share: float):
+        self.dist, self.share = dist_, share
+
+    def after_backward(self, params: list[torch.Tensor]) -> None:
+        if self.dist.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads]) * self.share
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(g)
+            offset += n
+
+
+SYNCHRONIZERS = {"step": EveryStepSync}
 
 
 def init_from_env() -> Dist:

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from agents.sac.config import SACConfig
 from agents import seeding
+from agents.sac.config import SACConfig
+from envs.evaluation import evaluate
 from launch.actor import build_policy
-from launch.evaluate import evaluate
 from launch.local_actors import sigint_ignored_by_children
 
 
@@ -30,7 +30,7 @@ class _Evaluation:
         from envs import make_suite
 
         suite = make_suite(suite_name, tasks, seed)
-        self.names = suite.task_names
+        self.names, self.env_names = suite.task_names, [t.env_name for t in suite.tasks]
         self.envs = [suite.make_env(t, seeding.seed_for(seed, "eval-envs", t.index)) for t in suite.tasks]
         self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, len(suite.tasks)).requires_grad_(False)
         self.goals, self.mode, self.seed = goals, policy, seed
@@ -55,8 +55,8 @@ class _Evaluation:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
             results += evaluate(self.act, [self.envs[t] for t in group], group, self.goals,
                                 seed=seeding.seed_for(self.seed, "eval"))
-        return [{"step": step, "task": self.names[r["task_index"]], **r, "policy": self.mode,
-                 "policy_version": version} for r in results]
+        return [{"step": step, "task": self.names[r["task_index"]], "env": self.env_names[r["task_index"]], **r,
+                 "policy": self.mode, "policy_version": version} for r in results]
 
     def close(self) -> None:
         for env in self.envs:

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # `python launch/report.py` from a checkout
 
 from launch.errors import UserError
 from metrics.l2m import WINDOWS, L2MSettings
+from metrics.runs import RunReadError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,9 +89,11 @@ def main(argv=None) -> int:
     tmp = None
     try:
         args = parse_args(argv)
+        from metrics.grouping import group_runs
         from metrics.l2logger_io import export_run
-        from metrics.report import ReportSettings, compute, group_runs, write_report
+        from metrics.report import write_report
         from metrics.runs import read_run
+        from metrics.summary import ReportSettings, compute
 
         runs = [read_run(d) for d in run_dirs(args.runs)]
         references = [read_run(d) for d in run_dirs(args.reference)] if args.reference else []
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
                   f"IQM {_value(mt['iqm'])}")
         print(f"report.py: wrote {out}/report.md, report.html, metrics.json and plots")
         return 0
-    except UserError as e:
+    except (UserError, RunReadError) as e:
         sys.stderr.write(f"report.py: error: {e}\n")
         return 2
     finally:

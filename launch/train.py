@@ -15,12 +15,9 @@ whose learner diverges prints one line and exits with code 3, its last good chec
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python launch/train.py` from a checkout
@@ -28,8 +25,9 @@ if __package__ in (None, ""):  # `python launch/train.py` from a checkout
 
 import yaml
 
-from launch.config import Config, build_config, load_run_config, set_key, single_task_configs, to_dict
+from launch.config import Config, build_config, load_run_config, plan_schedule, single_task_configs
 from launch.errors import TrainingDiverged, UserError
+from launch.overrides import set_key, to_dict
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,27 +75,9 @@ def _flag_values(args) -> dict:
     return {k: (yaml.safe_load(v) if k not in as_text and v is not None else v) for k, v in raw.items()}
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version()}
-    for name in ("polytask", "torch", "numpy", "gymnasium", "metaworld", "mujoco", "tensorboard"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def write_config(run_dir: Path, cfg: Config, schedule: list[dict]) -> None:
-    tree = {**to_dict(cfg), "versions": versions()}
-    if schedule:  # continual runs: which tasks each stage trained, in env steps (for the metrics)
-        tree["schedule"] = schedule
-    tmp = run_dir / "config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
-    os.replace(tmp, run_dir / "config.yaml")
-
-
-def resolve(args) -> tuple[Config, Path, bool]:
-    """The config, run directory and whether this is a resume; nothing is written yet."""
+def resolve(args) -> tuple[Config, object, Path, bool]:
+    """The config, a continual run's schedule (None for a multi-task run), the run directory and
+    whether this is a resume; nothing is written yet."""
     if args.resume:
         run_dir = Path(args.resume)
         changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every,
@@ -113,13 +93,14 @@ def resolve(args) -> tuple[Config, Path, bool]:
         for key, value in _flag_values(args).items():
             if value is not None:
                 set_key(cfg, key, value)
-        return cfg, run_dir, True
+        return cfg, plan_schedule(cfg), run_dir, True
     if args.sequence and (args.tasks or args.steps):
         raise UserError("with --sequence, the sequence names the tasks and --steps-per-task the budget "
                         "(--tasks and --steps are for multi-task runs)")
     if args.mode == "single-task" and not args.sequence:
         raise UserError("--mode single-task needs --sequence (it trains one reference run per task of it)")
     cfg = build_config(args.suite, args.config, _flag_values(args), args.set)
+    schedule = plan_schedule(cfg)
     what = cfg.continual.sequence if cfg.continual.sequence else (cfg.env.tasks or "default")
     if cfg.continual.sequence:
         what += f"-{cfg.continual.method}" if args.mode == "continual" else "-single-task"
@@ -127,13 +108,14 @@ def resolve(args) -> tuple[Config, Path, bool]:
                    f"-seed{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists; use --resume {run_dir} to continue it")
-    return cfg, run_dir, False
+    return cfg, schedule, run_dir, False
 
 
-def train_one(cfg: Config, run_dir: Path, resume: bool, dist) -> None:
+def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist) -> None:
     """Build the suite and trainer for one run and train it. A run directory this call created is
     removed again if it fails before the run really started."""
     from envs import make_suite  # heavy imports after the cheap checks
+    from launch.runlog import write_config
     from launch.trainer import Trainer
     created, trainer = False, None
     try:
@@ -147,9 +129,9 @@ def train_one(cfg: Config, run_dir: Path, resume: bool, dist) -> None:
             created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
         log = print if dist.is_main else (lambda *a, **k: print(f"[rank {dist.rank}]", *a, **k))
-        trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log)
+        trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log, schedule=schedule)
         if dist.is_main:
-            write_config(run_dir, cfg, trainer.schedule())
+            write_config(run_dir, to_dict(cfg), schedule.records() if schedule else None)
             created = False  # from here on the directory is a real run
             if resume:
                 print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
@@ -185,13 +167,13 @@ def main(argv=None) -> int:
         resolved, error = dist.broadcast_object((resolved, error))
         if error:
             raise UserError(error)
-        cfg, base_dir, resume = resolved
+        cfg, schedule, base_dir, resume = resolved
         if args.mode == "single-task":  # one reference run per task of the sequence
-            jobs = [(task_cfg, base_dir / task) for task, task_cfg in single_task_configs(cfg)]
+            jobs = [(task_cfg, None, base_dir / task) for task, task_cfg in single_task_configs(cfg, schedule)]
         else:
-            jobs = [(cfg, base_dir)]
-        for job_cfg, run_dir in jobs:
-            train_one(job_cfg, run_dir, resume, dist)
+            jobs = [(cfg, schedule, base_dir)]
+        for job_cfg, job_schedule, run_dir in jobs:
+            train_one(job_cfg, job_schedule, run_dir, resume, dist)
         return 0
     except UserError as e:
         sys.stderr.write(f"train.py: error: {e}\n")

@@ -1,11 +1,7 @@
 """The learner runtime: experience from actors -> replay -> SAC updates -> weights -> actors,
-with evaluation, logging and checkpoints on step boundaries. One loop serves every backend:
-
-  single  the loop itself steps the envs, one round per iteration (the reference for correctness)
-  local   actor processes (launch/local_actors.py)
-  ray     Ray actors (launch/ray_actors.py)
-
-and, under torchrun, every rank runs this loop on its shard of the tasks (launch/distributed.py).
+with evaluation, logging and checkpoints on step boundaries. One loop serves every backend
+(launch/backends.py: the loop itself, actor processes, Ray actors) and, under torchrun, every
+rank runs it on its shard of the tasks (launch/distributed.py).
 
 Stages: a run trains a schedule of stages (continual/schedule.py). A multi-task run is one stage
 of every task; a continual run (continual.sequence) trains its stages one after another, each
@@ -22,11 +18,14 @@ start once the stage's warm-up is over and every task the stage collects has at 
 min(warmup_steps_per_task, replay capacity) transitions (and a batch) in replay: after a
 resume without a checkpointed replay, the buffer refills with the restored policy first.
 
+Learner hooks (agents/hooks.py): the continual strategy is one hook of `self.hooks`; other
+hooks (auxiliary losses) join the same list and are called at the same points.
+
 Resume contract: a checkpoint at step S holds everything logged at steps <= S (pending
-evaluations are awaited and TensorBoard flushed before it is written). On resume from S,
-evals.jsonl keeps rows with step <= S and TensorBoard purges events after S, so neither has
-duplicate nor missing steps. A rehearsing strategy's earlier tasks' replay is restored from the
-files written at the end of their stages (launch/checkpoint.py).
+evaluations are awaited and TensorBoard flushed before it is written). On resume from S, the run
+log drops what was logged after S (launch/runlog.py), so nothing is duplicated or missing. A
+rehearsing strategy's earlier tasks' replay is restored from the files written at the end of
+their stages (launch/checkpoint.py).
 
 Divergence: a non-finite loss (checked every iteration) or non-finite weights (checked before
 every evaluation and checkpoint) stop the run with TrainingDiverged before anything is written
@@ -35,30 +34,27 @@ from the diverged networks: the newest checkpoint stays the last good one.
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from agents import seeding
 from agents.replay import MultiTaskReplay
 from agents.sac import SACLearner
-from continual.schedule import Stage, build_schedule, stage_at
+from continual.schedule import Schedule, Stage, stage_at
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint
-from launch.actor import Actor, ActorSpec, Chunk
+from launch.actor import ActorSpec, Chunk
+from launch.backends import make_actor_source, make_evaluator, resolve_device, to_device
 from launch.config import Config
-from launch.distributed import Dist
+from launch.distributed import Dist, EveryStepSync
 from launch.errors import TrainingDiverged, UserError
-from launch.evaluator import EvaluatorWorker, InlineEvaluator
 from launch.progress import Progress
-from metrics import evallog
+from launch.runlog import RunLog
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -66,70 +62,17 @@ def crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-def schedule_of(cfg: Config, num_tasks: int) -> list[Stage]:
-    """The run's stages: the continual sequence's, or one stage of every task for run.steps."""
-    if not cfg.continual.sequence:
-        return [Stage(tuple(range(num_tasks)), 0, cfg.run.steps)]
-    from envs.registry import sequence_presets
-    return build_schedule(cfg.continual.sequence, sequence_presets(cfg.env.suite), cfg.continual.steps_per_task)[1]
-
-
-def to_device(tree, device: torch.device):
-    """A checkpoint's nested dicts/lists of tensors, moved to `device`."""
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: to_device(v, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_device(v, device) for v in tree)
-    return tree
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N, auto") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"unsupported device {name!r}; valid: cpu, cuda, cuda:N, auto")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-class InlineActors:
-    """--backend single: the learner's loop steps the envs itself, one round per poll, acting
-    with the learner's own policy module (nothing to copy)."""
-
-    def __init__(self, spec: ActorSpec, policy: torch.nn.Module):
-        self.actor = Actor(spec, policy=policy)
-        self.restarts = 0
-
-    def publish(self, weights, version: int) -> None:
-        self.actor.version = version  # the actor holds the learner's module: no copy to make
-
-    def poll(self, timeout: float | None) -> list[Chunk]:
-        return [self.actor.collect(1)]
-
-    def close(self) -> None:
-        self.actor.close()
-
-
 class Trainer:
     def __init__(self, cfg: Config, suite: Suite, run_dir: Path, resume: bool, dist: Dist = Dist(),
-                 log=print):
+                 log=print, schedule: Schedule | None = None):
+        """schedule: a continual run's stages (launch/config.py: plan_schedule); None: one stage of
+        every task for run.steps."""
         self.cfg, self.suite, self.run_dir, self.dist, self.log = cfg, suite, run_dir, dist, log
-        seed, rank = cfg.run.seed, dist.rank
+        seed, rank, num_tasks = cfg.run.seed, dist.rank, len(suite.tasks)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        num_tasks = len(suite.tasks)
-        self.stages = schedule_of(cfg, num_tasks)
-        self.continual = bool(cfg.continual.sequence)
+        self.continual = schedule is not None
+        self.stages = list(schedule.stages) if schedule else [Stage(tuple(range(num_tasks)), 0, cfg.run.steps)]
         if self.continual and dist.world > 1:
             raise UserError("continual runs (--sequence) train one stage at a time and need a single learner rank")
         self.own_tasks = dist.shard(num_tasks)
@@ -141,7 +84,7 @@ class Trainer:
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
         share = len(self.own_tasks) / num_tasks  # this rank's fraction of every global batch
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
-                                  sync_gradients=dist.gradient_sync(share))
+                                  synchronizer=EveryStepSync(dist, share))
         for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
             dist.broadcast_module_state(module)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
@@ -149,28 +92,22 @@ class Trainer:
         self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim)
         task_stage = [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(num_tasks)]
         self.strategy = make_strategy(cfg.continual, self.learner, task_stage, seed)
+        self.hooks = [self.strategy]
+        self.learner.add_hook_parameters(self.hooks)
         self.losses: dict = {}
         self.step = self.local_step = 0  # env steps: all ranks / this rank
         self.steps_by_actor: Counter = Counter()
         self.lags: list[int] = []  # policy-version lag of the chunks received since the last log
-        self.eval_success = None
         if resume:
             self._restore()
-        self.writer = None
-        if dist.is_main:  # purge_step hides what a killed run logged after its last checkpoint
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=self.step + 1 if resume else None)
-        self.evaluator = self._make_evaluator() if dist.is_main else None
+        self.runlog = RunLog(run_dir, resume_step=self.step if resume else None) if dist.is_main else None
+        self.evaluator = make_evaluator(cfg) if dist.is_main else None
         self.version = 0  # weight version the actors see; 0 = no weights yet: act at random
         self.source, self.restarts_before = None, 0
         self.stage_index = stage_at(self.stages, self.step)
         self._start_stage(resumed=self.step > self.stages[self.stage_index].start)
 
     # -- stages -------------------------------------------------------------------------------
-    def schedule(self) -> list[dict]:
-        """The stages with task names, as config.yaml records them for the metrics."""
-        return [{"tasks": [self.suite.tasks[t].name for t in st.tasks], "start": st.start, "end": st.end}
-                for st in self.stages] if self.continual else []
-
     def _context(self) -> TaskContext:
         k, stage = self.stage_index, self.stages[self.stage_index]
         earlier = tuple(t for st in self.stages[:k] for t in st.tasks)
@@ -181,7 +118,7 @@ class Trainer:
         """Learner updates on what replay holds, with no new env steps (PackNet's retraining)."""
         for _ in range(updates):
             batch = self.replay.sample(self.cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
-            self.losses = self.learner.update(batch, self.strategy)
+            self.losses = self.learner.update(batch, self.hooks)
         self._check_finite(weights=True)
 
     def _start_stage(self, resumed: bool) -> None:
@@ -213,7 +150,7 @@ class Trainer:
             self.restarts_before += self.source.restarts
             self.source.close()
         self.version = 0
-        self.source = self._make_source()
+        self.source = make_actor_source(self.cfg.runtime, self._actor_specs(), self.learner.actor, log=self.log)
 
     def restarts(self) -> int:
         """Actor restarts over the whole run (every stage has its own actors)."""
@@ -229,7 +166,6 @@ class Trainer:
                 checkpoint.write_atomic(checkpoint.rehearsal_path(self.run_dir / "checkpoints", t),
                                         {"format_version": checkpoint.FORMAT_VERSION, **self.replay.task_state(t)})
 
-    # -- construction -------------------------------------------------------------------------
     def _actor_specs(self) -> list[ActorSpec]:
         """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
         (runtime.envs_per_actor overrides the count)."""
@@ -243,23 +179,6 @@ class Trainer:
                                    num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
                                    sac=cfg.sac, num_tasks=len(self.suite.tasks), start_step=self.step))
         return specs
-
-    def _make_source(self):
-        rt, specs = self.cfg.runtime, self._actor_specs()
-        if rt.backend == "single":
-            return InlineActors(specs[0], self.learner.actor)
-        num_params = sum(p.numel() for p in self.learner.actor.parameters())
-        if rt.backend == "local":
-            from launch.local_actors import LocalActorPool
-            return LocalActorPool(specs, num_params, rt.chunk_steps, rt.max_policy_lag, log=self.log)
-        from launch.ray_actors import RayActorPool
-        self._ray_tmp = tempfile.mkdtemp(prefix="polytask-ray-")
-        return RayActorPool(specs, rt.chunk_steps, rt.max_policy_lag, rt.ray_address, self._ray_tmp, log=self.log)
-
-    def _make_evaluator(self):
-        cfg = self.cfg
-        args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy)
-        return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -288,20 +207,14 @@ class Trainer:
             self.rng.bit_generator.state = rng["numpy"]
             self.step, self.local_step = int(loaded["step"]), int(loaded["rank_steps"][self.dist.rank])
             self.steps_by_actor = Counter({int(k): v for k, v in loaded["steps_by_actor"].items()})
-            if self.strategy.rehearses and "replay" not in loaded:
-                self._restore_rehearsal()
+            if self.strategy.rehearses and "replay" not in loaded:  # the finished stages' replay
+                for stage in self.stages[:stage_at(self.stages, self.step)]:
+                    for t in stage.tasks:
+                        self.replay.load_task_state(t, checkpoint.read(
+                            checkpoint.rehearsal_path(self.run_dir / "checkpoints", t)))
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint does not match this run's config: {first}") from None
-        if self.dist.is_main:  # drop what a killed run logged after its checkpoint
-            for log in ("evals.jsonl", "episodes.jsonl"):
-                evallog.keep_only(self.run_dir / log, lambda r: r["step"] <= self.step)
-
-    def _restore_rehearsal(self) -> None:
-        """The replay of every task of a finished stage, from the files written at its end."""
-        done = self.stages[:stage_at(self.stages, self.step)]
-        for t in (t for stage in done for t in stage.tasks):
-            self.replay.load_task_state(t, checkpoint.read(checkpoint.rehearsal_path(self.run_dir / "checkpoints", t)))
 
     def _check_finite(self, weights: bool = False) -> None:
         """Stop on a non-finite loss (or, with weights=True, non-finite weights) before anything
@@ -319,17 +232,17 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         self._check_finite(weights=True)  # identical weights on every rank: all ranks stop together
+        self.learner.synchronizer.sync_point(self.learner)
         rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        rank_state = (self.local_step, rng, dict(self.steps_by_actor))
-        gathered = self.dist.gather_objects(rank_state)  # a collective: every rank takes part
+        gathered = self.dist.gather_objects((self.local_step, rng, dict(self.steps_by_actor)))  # every rank
         if not self.dist.is_main:
             return
         # Evaluations asked for at steps <= S are logged before S's checkpoint: one that falls
         # on an evaluation step waits for it (evaluation and checkpoint intervals rarely meet).
         self._write_evals(self.evaluator.wait())
-        self.writer.flush()
+        self.runlog.flush()
         state = {"learner": self.learner.state_dict(), "rank_steps": [g[0] for g in gathered],
                  "rng": [g[1] for g in gathered],
                  "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()},
@@ -344,17 +257,11 @@ class Trainer:
 
     def _write_evals(self, evaluations: list[list[dict]]) -> None:
         for rows in evaluations:
-            now = time.time()
-            evallog.append(self.run_dir / "evals.jsonl", [{**row, "time": now} for row in rows])
-            step = rows[0]["step"]
-            for row in rows:
-                self.writer.add_scalar(f"eval/success/{row['task']}", row["success"], step)
-                self.writer.add_scalar(f"eval/return/{row['task']}", row["return"], step)
-            self.eval_success = float(np.mean([r["success"] for r in rows]))
-            self.writer.add_scalar("eval/success_mean", self.eval_success, step)
+            self.runlog.evaluation(rows)
 
     def _evaluate(self) -> None:
         self._check_finite(weights=True)
+        self.learner.synchronizer.sync_point(self.learner)
         if self.dist.is_main:
             weights = self.strategy.eval_weights(self._policy_weights(), self.stage_index)
             self.evaluator.submit(self.step, self.version, weights)
@@ -422,7 +329,7 @@ class Trainer:
             credit -= due
             for _ in range(due):
                 batch = self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
-                self.losses = learner.update(batch, self.strategy)
+                self.losses = learner.update(batch, self.hooks)
                 since_publish += 1
             progress.advance(self.step - before, learning=ready)
             self.strategy.on_progress(self.step - stage.start, self.stage_context)
@@ -435,7 +342,7 @@ class Trainer:
             last = self.step >= total
             stage_done = self.continual and self.step >= stage.end
             if crossed(before, self.step, cfg.run.log_every) or last:
-                self._log_training(progress, episodes, self.losses)
+                self._log_training(progress, episodes)
                 episodes.clear()
             pause_start = time.perf_counter()
             if stage_done:
@@ -451,13 +358,15 @@ class Trainer:
             paused += time.perf_counter() - pause_start
         self.train_steps_per_s = (self.step - start_step) / max(time.perf_counter() - start_time - paused, 1e-9)
         self._finish(progress)
-        return self.eval_success
+        return self.runlog.eval_success if self.runlog else None
 
     def _finish(self, progress: Progress) -> None:
         """Gather every rank's summary; rank 0 checks the networks are identical across ranks,
-        writes learners.json and prints the final line."""
+        writes learners.json and prints the final line and the run's headline metrics."""
+        self.learner.synchronizer.sync_point(self.learner)
+        learner = self.learner
         params = torch.cat([torch.nn.utils.parameters_to_vector(m.parameters()).detach().cpu()
-                            for m in (self.learner.actor, self.learner.critic)] + [self.learner.log_alpha.detach().cpu()])
+                            for m in (learner.actor, learner.critic)] + [learner.log_alpha.detach().cpu()])
         ranks = self.dist.gather_objects({
             "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
             "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
@@ -469,80 +378,45 @@ class Trainer:
         for r in ranks:
             del r["params"]
         restarts = sum(r["actor_restarts"] for r in ranks)
-        summary = {"world_size": self.dist.world, "step": self.step, "actor_restarts": restarts,
-                   "max_parameter_difference_across_ranks": max_difference,
-                   "train_env_steps_per_s": self.train_steps_per_s, "ranks": ranks}
-        (self.run_dir / "learners.json").write_text(json.dumps(summary, indent=2) + "\n")
-        final = "n/a" if self.eval_success is None else f"{self.eval_success:.3f}"
+        self.runlog.learners({"world_size": self.dist.world, "step": self.step, "actor_restarts": restarts,
+                              "max_parameter_difference_across_ranks": max_difference,
+                              "train_env_steps_per_s": self.train_steps_per_s, "ranks": ranks})
+        final = "n/a" if self.runlog.eval_success is None else f"{self.runlog.eval_success:.3f}"
         by_actor = ", ".join(f"{k}: {v:,}" for r in ranks for k, v in sorted(r["steps_by_actor"].items()))
         progress.done(f"done: step {self.step:,} | eval success {final} | training "
                       f"{self.train_steps_per_s:,.0f} env-steps/s (evaluation excluded) | "
                       f"actor restarts {restarts} | env steps by actor {{{by_actor}}} | run dir {self.run_dir}")
-        self._log_metrics()
+        self.log(self.runlog.headline_metrics(self.step))
 
-    def _log_metrics(self) -> None:
-        """The run's headline lifelong metrics, from its own logs, to TensorBoard and the terminal."""
-        from metrics.report import run_summary
-        from metrics.runs import read_run
-        try:
-            summary = run_summary(read_run(self.run_dir))
-        except (UserError, ValueError) as e:
-            self.log(f"metrics: unavailable ({e})")
-            return
-        for name, value in summary.items():
-            if not np.isnan(value):
-                self.writer.add_scalar(f"metrics/{name}", value, self.step)
-        self.writer.flush()
-        self.log("metrics: " + " | ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in summary.items() if not np.isnan(v))
-                 + f" (evaluation policy: {self.cfg.eval.policy}; full report: python launch/report.py {self.run_dir})")
-
-    def _log_training(self, progress: Progress, episodes: dict, losses: dict) -> None:
-        gathered = self.dist.gather_objects((dict(episodes), self.restarts(), dict(self.steps_by_actor),
-                                             self.lags))
+    def _log_training(self, progress: Progress, episodes: dict) -> None:
+        gathered = self.dist.gather_objects((dict(episodes), self.restarts(), dict(self.steps_by_actor), self.lags))
         self.lags = []
         if not self.dist.is_main:
             return
-        w, step = self.writer, self.step
+        step = self.step
         steps_per_s, updates_per_s = progress.rates(step, self.learner.num_updates)
-        w.add_scalar("perf/env_steps_per_s", steps_per_s, step)
-        w.add_scalar("perf/updates_per_s", updates_per_s, step)
-        for name, value in losses.items():
-            w.add_scalar(name, float(value), step)
         alphas = self.learner.log_alpha.detach().exp().cpu().numpy()
-        all_episodes = defaultdict(list)
-        for rank_episodes, *_ in gathered:
-            for task, eps in rank_episodes.items():
-                all_episodes[task] += eps
         restarts = sum(g[1] for g in gathered)
-        w.add_scalar("actors/restarts", restarts, step)
-        for g in gathered:
-            for actor_id, n in g[2].items():
-                w.add_scalar(f"actors/steps/actor{actor_id}", n, step)
         lags = [lag for g in gathered for lag in g[3]]
-        if lags:
-            w.add_scalar("actors/policy_lag", float(np.mean(lags)), step)
-        now = time.time()
-        evallog.append(self.run_dir / "episodes.jsonl", [
-            {"step": step, "task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success),
-             "return": float(e.ret), "time": now} for t, eps in sorted(all_episodes.items()) for e in eps])
-        successes = []
-        for task in self.suite.tasks:
-            w.add_scalar(f"alpha/{task.name}", float(alphas[task.index]), step)
-            if all_episodes.get(task.index):
-                success = float(np.mean([e.success for e in all_episodes[task.index]]))
-                successes.append(success)
-                w.add_scalar(f"train/success/{task.name}", success, step)
-                w.add_scalar(f"train/return/{task.name}", float(np.mean([e.ret for e in all_episodes[task.index]])), step)
+        scalars = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s, **self.losses,
+                   "actors/restarts": restarts, **({"actors/policy_lag": np.mean(lags)} if lags else {}),
+                   **{f"actors/steps/actor{a}": n for g in gathered for a, n in g[2].items()},
+                   **{f"alpha/{task.name}": alphas[task.index] for task in self.suite.tasks}}
         eta = progress.eta(*self._steps_left())
         if eta is not None:
-            w.add_scalar("perf/eta_hours", eta / 3600, step)
-        line = progress.line(step, steps_per_s, updates_per_s, float(np.mean(successes)) if successes else None,
-                             self.eval_success, eta)
+            scalars["perf/eta_hours"] = eta / 3600
+        self.runlog.scalars(step, scalars)
+        by_task = defaultdict(list)
+        for rank_episodes, *_ in gathered:
+            for task, eps in rank_episodes.items():
+                by_task[task] += eps
+        train_success = self.runlog.episodes(step, [
+            {"task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success), "return": float(e.ret)}
+            for t, eps in sorted(by_task.items()) for e in eps])
+        line = progress.line(step, steps_per_s, updates_per_s, train_success, self.runlog.eval_success, eta)
         progress.show(line + (f" | actor restarts {restarts}" if restarts else ""))
 
     def close(self) -> None:
-        for part in (self.source, self.evaluator):
+        for part in (self.source, self.evaluator, self.runlog):
             if part is not None:
                 part.close()
-        if self.writer is not None:
-            self.writer.close()

@@ -69,7 +69,6 @@ from typing import NamedTuple
 import numpy as np
 
 from metrics.multitask import check_same_tasks, last_valid_mean
-from envs.base import base_task_name
 from metrics.runs import Run
 
 
@@ -137,17 +136,17 @@ def forgetting(run: Run, last_k: int = 5, measure: str = "success") -> TaskMetri
     return TaskMetric(per_task, float(np.mean(per_task)))
 
 
-def _reference_runs_of(task: str, reference_runs: Sequence[Run]) -> list[Run]:
-    """The runs whose schedule trains `task` and no other task (a repeat "x#2" is x's env, so
-    x's single-task runs are its references)."""
-    return [r for r in reference_runs
-            if r.trained_tasks() in ({task}, {base_task_name(task)})]
+def _reference_runs_of(task: str, env: str, reference_runs: Sequence[Run]) -> list[Run]:
+    """The runs whose schedule trains `task`, or the environment it runs (`env`: a repeat "x#2"
+    runs x, so x's single-task runs are its references; the run's log says which), and nothing
+    else."""
+    return [r for r in reference_runs if r.trained_tasks() in ({task}, {env})]
 
 
-def reference_aucs(task: str, budget: int, reference_runs: Sequence[Run]) -> np.ndarray:
-    """Per reference run of `task`: its AUC over its first `budget` training steps,
-    the mean of its evaluations with s0 < step <= s0 + budget."""
-    runs = _reference_runs_of(task, reference_runs)
+def reference_aucs(task: str, budget: int, reference_runs: Sequence[Run], env: str | None = None) -> np.ndarray:
+    """Per reference run of `task` (running `env`, default: the task itself): its AUC over its
+    first `budget` training steps, the mean of its evaluations with s0 < step <= s0 + budget."""
+    runs = _reference_runs_of(task, env or task, reference_runs)
     if not runs:
         raise ValueError(f"no reference run trains only {task}; forward transfer needs one")
     aucs = []
@@ -183,7 +182,7 @@ def _auc_matrices(runs: Sequence[Run], reference_runs: Sequence[Run], balanced: 
     windows = [runs[0].training_window(task) for task in tasks]
     auc = np.array([[window_mean(run, task, run.training_window(task)) for task in tasks]
                     for run in runs])
-    auc_ref = [reference_aucs(task, end - start, reference_runs)
+    auc_ref = [reference_aucs(task, end - start, reference_runs, runs[0].env_of(task))
                for task, (start, end) in zip(tasks, windows)]
     if balanced:
         counts = {task: len(a) for task, a in zip(tasks, auc_ref)}

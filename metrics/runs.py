@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from launch.errors import UserError
 from metrics import evallog
+
+
+class RunReadError(ValueError):
+    """A run directory that cannot be read (missing, empty, malformed): one line naming it."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Run:
     seed: int = 0
     config: dict = field(default_factory=dict)   # the resolved config (empty for synthetic runs)
     name: str = ""                                # e.g. the run directory
+    envs: tuple[str, ...] = ()                    # per task, the environment it runs (its log's "env"):
+                                                  # CW20's "hammer-v3#2" runs "hammer-v3"; () = the task names
 
     def values(self, measure: str = "success") -> np.ndarray:
         if measure not in ("success", "return"):
@@ -61,6 +66,10 @@ class Run:
 
     def task_index(self, task: str) -> int:
         return self.tasks.index(task)
+
+    def env_of(self, task: str) -> str:
+        """The environment task runs (a repeated task's is its first occurrence's)."""
+        return self.envs[self.task_index(task)] if self.envs else task
 
     def trained_tasks(self) -> set[str]:
         return {t for stage in self.schedule for t in stage.tasks}
@@ -97,25 +106,27 @@ def _one_line(e: Exception) -> str:
 
 
 def read_run(run_dir: Path | str) -> Run:
-    """Load a run directory; any problem is a UserError naming the directory."""
+    """Load a run directory; any problem is a RunReadError naming the directory."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
+        raise RunReadError(f"run directory {run_dir} does not exist")
     config_path, evals_path = run_dir / "config.yaml", run_dir / "evals.jsonl"
     if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a polytask run directory (no config.yaml)")
+        raise RunReadError(f"{run_dir} is not a polytask run directory (no config.yaml)")
     try:
         config = yaml.safe_load(config_path.read_text())
         seed = int(config["run"]["seed"])
         int(config["run"]["steps"])
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{config_path} is malformed ({_one_line(e)})") from None
+        raise RunReadError(f"{config_path} is malformed ({_one_line(e)})") from None
     try:
         rows = evallog.read(evals_path)
         if not rows:
-            raise UserError(f"{run_dir} has no evaluations yet ({evals_path.name} is missing or empty)")
+            raise RunReadError(f"{run_dir} has no evaluations yet ({evals_path.name} is missing or empty)")
         by_index = {int(r["task_index"]): str(r["task"]) for r in rows}
         tasks = tuple(by_index[i] for i in sorted(by_index))
+        env_of = {str(r["task"]): str(r.get("env", r["task"])) for r in rows}
+        envs = tuple(env_of[t] for t in tasks)
         steps = np.array(sorted({int(r["step"]) for r in rows}), np.int64)
         success = np.full((len(steps), len(tasks)), np.nan)
         returns = np.full_like(success, np.nan)
@@ -126,7 +137,7 @@ def read_run(run_dir: Path | str) -> Run:
             returns[row_of[int(r["step"])], tasks.index(r["task"])] = float(r["return"])
             eval_time[row_of[int(r["step"])]] = float(r.get("time", np.nan))
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{evals_path} is malformed ({_one_line(e)})") from None
+        raise RunReadError(f"{evals_path} is malformed ({_one_line(e)})") from None
     episodes_path = run_dir / "episodes.jsonl"
     try:
         ep_rows = evallog.read(episodes_path)
@@ -136,10 +147,10 @@ def read_run(run_dir: Path | str) -> Run:
                             np.array([float(r["return"]) for r in ep_rows]),
                             np.array([float(r.get("time", np.nan)) for r in ep_rows]))
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{episodes_path} is malformed ({_one_line(e)})") from None
+        raise RunReadError(f"{episodes_path} is malformed ({_one_line(e)})") from None
     try:
         schedule = schedule_from_config(config, tasks)
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{config_path} has a malformed schedule ({_one_line(e)})") from None
+        raise RunReadError(f"{config_path} has a malformed schedule ({_one_line(e)})") from None
     return Run(tasks, steps, success, returns, schedule, episodes, eval_time, seed=seed, config=config,
-               name=str(run_dir))
+               name=str(run_dir), envs=envs)

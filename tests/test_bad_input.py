@@ -53,13 +53,15 @@ def test_bad_flags(tmp_path, capsys, args, fragments):
 def test_malformed_and_wrong_config_files(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("sac:\n  actor_lr: [1e-3\n")
-    _assert_user_error(train_in_process("--config", bad_yaml, "--run-dir", tmp_path / "a"), "malformed YAML", "bad.yaml")
+    _assert_user_error(train_in_process("--config", bad_yaml, "--run-dir", tmp_path / "a"), "malformed YAML",
+                       "bad.yaml")
     not_mapping = tmp_path / "list.yaml"
     not_mapping.write_text("- 1\n- 2\n")
     _assert_user_error(train_in_process("--config", not_mapping, "--run-dir", tmp_path / "b"), "must hold a mapping")
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("sac:\n  actr_lr: 0.1\n")
-    _assert_user_error(train_in_process("--config", unknown, "--run-dir", tmp_path / "c"), "unknown config key sac.actr_lr")
+    _assert_user_error(train_in_process("--config", unknown, "--run-dir", tmp_path / "c"),
+                       "unknown config key sac.actr_lr")
     _assert_user_error(train_in_process("--config", tmp_path / "missing.yaml", "--run-dir", tmp_path / "d"),
                        "config file not found")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "list.yaml", "unknown.yaml"]

@@ -2,8 +2,9 @@
 
 import pytest
 
-from launch.config import Config, build_config, load_run_config, to_dict
+from launch.config import Config, build_config, load_run_config
 from launch.errors import UserError
+from launch.overrides import to_dict
 
 
 def test_precedence_defaults_preset_file_flags_set(tmp_path):

@@ -6,8 +6,7 @@ import metaworld
 import numpy as np
 import pytest
 
-from envs import make_suite
-from envs import metaworld_suite
+from envs import make_suite, metaworld_suite
 from metrics import evallog
 from tests.conftest import scalars, train_in_process
 

@@ -11,7 +11,7 @@ import pytest
 from metrics.l2logger_io import export_run, read_l2logger, run_regimes
 from metrics.l2m import LIFETIME_METRICS, L2MSettings, l2m_metrics
 from metrics.runs import read_run
-from tests.conftest import REPO, run_train, scalars, train_many
+from tests.conftest import REPO, scalars, train_many
 
 REPORT = REPO / "launch" / "report.py"
 TASKS = "reach-e,reach-n"
@@ -29,8 +29,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     common = ["--suite", "pointmass", "--backend", "single", "--eval-every", 500, "--set", "eval.goals=10",
               "--set", "run.log_every=200", "--set", "run.threads=1"]
-    jobs = {f"mt{seed}": [*common, "--tasks", TASKS, "--steps", 2000, "--seed", seed, "--run-dir", root / f"mt-seed{seed}"]
-            for seed in (1, 2)}
+    jobs = {f"mt{seed}": [*common, "--tasks", TASKS, "--steps", 2000, "--seed", seed,
+                          "--run-dir", root / f"mt-seed{seed}"] for seed in (1, 2)}
     for task in TASKS.split(","):  # the same per-task budget as the multi-task runs' window
         jobs[task] = [*common, "--tasks", task, "--steps", 2000, "--seed", 0, "--run-dir", root / f"ref-{task}"]
     procs = train_many(jobs)
@@ -93,7 +93,8 @@ def test_round_trip_through_l2logger(runs, tmp_path):
     scenario = export_run(run, tmp_path / "l2log")
     back = read_l2logger(scenario, "success")
     assert [(r.block_num, r.block_type, r.task) for r in back] == [(r.block_num, r.block_type, r.task) for r in ours]
-    assert all(np.array_equal(a.values, b.values) and np.array_equal(a.exp_nums, b.exp_nums) for a, b in zip(ours, back))
+    assert all(np.array_equal(a.values, b.values) and np.array_equal(a.exp_nums, b.exp_nums)
+               for a, b in zip(ours, back))
     # test block, train block (one regime per task), test block
     assert [r.block_type for r in ours] == ["test", "test", "train", "train", "test", "test"]
     settings = L2MSettings()

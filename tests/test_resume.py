@@ -80,7 +80,8 @@ def test_resume_refills_the_replay_before_updating(tmp_path):
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--run-dir", run,
-                     "--set", "sac.critic_lr=100000000.0", "--set", "run.checkpoint_every=1000", "--set", "eval.goals=1")
+                            "--set", "sac.critic_lr=100000000.0", "--set", "run.checkpoint_every=1000",
+                            "--set", "eval.goals=1")
     assert proc.returncode == 3, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "training diverged" in lines[0] and "Traceback" not in proc.stderr

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from metrics import evallog
 from tests.conftest import REPO, TRAIN, run_train, scalars
 

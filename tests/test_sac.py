@@ -6,11 +6,12 @@ import torch.nn.functional as F
 from torch.distributions import Normal, TransformedDistribution
 from torch.distributions.transforms import TanhTransform
 
-from agents.networks import LOG_STD_MAX, LOG_STD_MIN, EnsembleLinear, EnsembleMLP, SquashedGaussianActor, TwinCritic
+from agents.layers import EnsembleLinear
+from agents.networks import LOG_STD_MAX, LOG_STD_MIN, SquashedGaussianActor, TaskNetwork, TwinCritic
 from agents.replay import Batch, MultiTaskReplay
 from agents.sac import SACConfig, SACLearner
 
-MLP = dict(hidden_sizes=(16, 16), head="multi", task_input=True, layer_norm=False)
+MLP = dict(hidden_sizes=(16, 16), head="multi", task_input=True)
 
 
 def test_ensemble_linear_equals_separate_linear_layers():
@@ -24,7 +25,7 @@ def test_ensemble_linear_equals_separate_linear_layers():
 
 def test_multi_head_uses_each_samples_own_task_head():
     torch.manual_seed(0)
-    net = EnsembleMLP(2, 3, 4, num_tasks=5, **MLP)
+    net = TaskNetwork(2, 3, 4, num_tasks=5, **MLP)
     x, task = torch.randn(6, 3), torch.tensor([0, 4, 2, 2, 1, 3])
     out = net(x, task)
     for i in range(6):  # evaluating sample i alone with its task gives the same output
@@ -57,7 +58,7 @@ def test_twin_critics_are_independent():
     q = critic(torch.randn(8, 3), torch.rand(8, 2), torch.zeros(8, dtype=torch.long))
     assert q.shape == (2, 8) and not torch.allclose(q[0], q[1])
     q[0].sum().backward()
-    first_layer_grad = critic.net.layers[0].weight.grad
+    first_layer_grad = critic.net.trunk.layers[0].weight.grad
     assert first_layer_grad[0].abs().sum() > 0 and first_layer_grad[1].abs().sum() == 0
 
 
@@ -100,8 +101,8 @@ def test_replay_state_dict_round_trip_keeps_filled_rows_only():
             np.testing.assert_array_equal(copy.buffers[t][field][:10], replay.buffers[t][field][:10])
     # The ring continues where it was: the next row overwrites the oldest one.
     for buffer in (replay, copy):
-        buffer.add(np.array([0]), np.array([[999.0]], np.float32), np.zeros((1, 1), np.float32), np.zeros(1, np.float32),
-                   np.zeros((1, 1), np.float32), np.zeros(1, np.float32))
+        one = np.zeros((1, 1), np.float32)
+        buffer.add(np.array([0]), one + 999, one, np.zeros(1, np.float32), one, np.zeros(1, np.float32))
     np.testing.assert_array_equal(copy.buffers[0]["obs"], replay.buffers[0]["obs"])
 
 
@@ -152,8 +153,9 @@ def test_target_critics_follow_by_polyak_averaging():
     learner = _learner(tau=0.5)
     replay = MultiTaskReplay(2, 100, 3, 2)
     n = 40
-    replay.add(np.repeat([0, 1], n // 2), np.random.randn(n, 3).astype(np.float32), np.random.rand(n, 2).astype(np.float32),
-               np.random.rand(n).astype(np.float32), np.random.randn(n, 3).astype(np.float32), np.zeros(n, np.float32))
+    replay.add(np.repeat([0, 1], n // 2), np.random.randn(n, 3).astype(np.float32),
+               np.random.rand(n, 2).astype(np.float32), np.random.rand(n).astype(np.float32),
+               np.random.randn(n, 3).astype(np.float32), np.zeros(n, np.float32))
     target_before = [p.clone() for p in learner.critic_target.parameters()]
     learner.update(replay.sample(8, np.random.default_rng(0)))
     for before, target, online in zip(target_before, learner.critic_target.parameters(), learner.critic.parameters()):
@@ -171,9 +173,9 @@ def test_learner_state_dict_round_trip_is_exact():
 # -- the SAC losses against a plain implementation ------------------------------------------------
 
 def _plain_forward(net, k, x, task):
-    """Member k of a multi-head, one-hot-input ReLU EnsembleMLP, written out layer by layer."""
+    """Member k of a multi-head, one-hot-input ReLU TaskNetwork, written out layer by layer."""
     h = torch.cat([x, F.one_hot(task, net.num_tasks).to(x.dtype)], -1)
-    for layer in net.layers:
+    for layer in net.trunk.layers:
         h = torch.relu(h @ layer.weight[k] + layer.bias[k, 0])
     heads = (h @ net.head.linear.weight[k] + net.head.linear.bias[k, 0]).view(len(x), net.num_tasks, -1)
     return heads[torch.arange(len(x)), task]
@@ -211,7 +213,7 @@ def _learner_with_distinct_targets():
 def test_critic_loss_matches_a_plain_soft_bellman_target():
     learner, batch = _learner_with_distinct_targets(), _sac_batch()
     torch.manual_seed(11)
-    loss, _ = learner.critic_loss(batch)
+    loss = learner.critic_loss(batch)[0].mean()
     with torch.no_grad():
         next_a, next_log_pi = _plain_sample(learner.actor, batch.next_obs, batch.task, seed=11)
         x_next = torch.cat([batch.next_obs, next_a], -1)
@@ -231,14 +233,16 @@ def test_critic_loss_matches_a_plain_soft_bellman_target():
     for wrong in (plain(torch.maximum(q1_t, q2_t) - alpha * next_log_pi),   # max for min
                   plain(torch.minimum(q1_t, q2_t) + alpha * next_log_pi),   # entropy sign
                   plain(torch.minimum(q1_t, q2_t) - alpha * next_log_pi, discount=1.0),  # no gamma
-                  plain(torch.minimum(q1_t, q2_t) - alpha * next_log_pi, mask=torch.ones_like(d))):  # bootstraps terminals
-        assert abs(float(wrong - loss.detach())) > 1e-2
+                  # bootstraps terminals:
+                  plain(torch.minimum(q1_t, q2_t) - alpha * next_log_pi, mask=torch.ones_like(d))):
+        assert abs(float(wrong.detach() - loss.detach())) > 1e-2
 
 
 def test_actor_and_temperature_losses_match_plain_sac():
     learner, batch = _learner_with_distinct_targets(), _sac_batch()
     torch.manual_seed(12)
-    loss, log_pi = learner.actor_loss(batch)
+    losses, _, log_pi = learner.actor_loss(batch)
+    loss = losses.mean()
     a, plain_log_pi = _plain_sample(learner.actor, batch.obs, batch.task, seed=12)
     x = torch.cat([batch.obs, a], -1)
     q1, q2 = (_plain_forward(learner.critic.net, k, x, batch.task)[:, 0] for k in (0, 1))
@@ -248,7 +252,7 @@ def test_actor_and_temperature_losses_match_plain_sac():
     assert abs(float((alpha * plain_log_pi - torch.maximum(q1, q2)).mean() - loss)) > 1e-2
     # Temperature: E[-log alpha_task * (log pi + target entropy)], target entropy -|A| = -2
     expected = (-learner.log_alpha[batch.task] * (plain_log_pi.detach() - 2.0)).mean()
-    torch.testing.assert_close(learner.temperature_loss(log_pi, batch.task), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(learner.temperature_loss(log_pi, batch.task).mean(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_terminal_transitions_do_not_bootstrap():
@@ -260,10 +264,10 @@ def test_terminal_transitions_do_not_bootstrap():
             p.fill_(1e3)
     terminal = batch.terminated.bool()
     only_terminal = Batch(*(x[terminal] for x in batch))
-    loss, _ = learner.critic_loss(only_terminal)
+    loss = learner.critic_loss(only_terminal)[0].mean()
     q = learner.critic(only_terminal.obs, only_terminal.action, only_terminal.task)
     torch.testing.assert_close(loss, ((q - only_terminal.reward) ** 2).mean(dim=1).sum())
-    loss_all, _ = learner.critic_loss(batch)
+    loss_all = learner.critic_loss(batch)[0].mean()
     assert float(loss_all) > 1e4  # the non-terminal rows do bootstrap from the (huge) targets
 
 
@@ -279,7 +283,7 @@ def test_simultaneous_order_takes_every_gradient_before_any_step():
     reference = _learner()  # the actor's gradient against the untouched critic, same draws
     torch.manual_seed(0)
     reference.critic_loss(_sac_batch())
-    loss, _ = reference.actor_loss(_sac_batch())
+    loss = reference.actor_loss(_sac_batch())[0].mean()
     expected = torch.cat([g.flatten() for g in torch.autograd.grad(loss, reference.params["actor"])])
     torch.testing.assert_close(grads["simultaneous"], expected)
     assert (grads["sequential"] - expected).abs().max() > 0.01

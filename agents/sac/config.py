@@ -8,16 +8,16 @@ from dataclasses import dataclass
 @dataclass
 class SACConfig:
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
-    head: str = "multi"              # output layer type: see agents.networks.HEADS
+    trunk: str = "mlp"               # the shared layers: see agents.trunks.TRUNKS (hyper: generated per task)
+    head: str = "multi"              # output layer type: see agents.heads.HEADS
     task_input: bool = True          # append a one-hot task id to the network input
     layer_norm: bool = False         # first layer Dense -> LayerNorm -> tanh (Continual World)
     activation: str = "relu"         # relu | leaky_relu (slope 0.2, TensorFlow's, as Continual World)
     log_std_min: float = -5.0        # the policy's log-std range ...
     log_std_max: float = 2.0
     log_std_mode: str = "tanh"       # ... reached by a rescaled tanh (CleanRL) or by clipping: clip (CW, Spinning Up)
-    hyper_embedding_dim: int = 16    # head=hyper: size of each task's learned embedding
-    hyper_hidden: int = 128          # head=hyper: hidden units of the hypernetwork
-    hyper_generates: str = "head"    # head=hyper: head (the output layer) | all (every layer; small nets)
+    hyper_embedding_dim: int = 16    # trunk/head=hyper: size of each task's learned embedding
+    hyper_hidden: int = 128          # trunk/head=hyper: hidden units of the hypernetwork
     gamma: float = 0.99
     tau: float = 0.005               # Polyak rate of the target critics
     actor_lr: float = 3e-4
@@ -28,6 +28,7 @@ class SACConfig:
     batch_size_per_task: int = 128   # every update sees this many transitions of each task
     warmup_steps_per_task: int = 5000  # uniform-random actions before learning starts
     updates_per_round: int = 1       # gradient updates per round (one step of every env)
+    balancer: str = "mean"           # how per-task losses make one gradient: see agents.balancers.BALANCERS
     update_order: str = "sequential"  # sequential: critic step, then the actor against the updated critic
                                       # (CleanRL, SB3); simultaneous: every gradient from the same networks,
                                       # then every step (Spinning Up, Continual World)

@@ -1,43 +1,39 @@
 """The SAC learner: state (networks, optimizers, temperatures) and one update step.
 
 The update reads like the paper (Haarnoja et al. 2018, with per-task temperatures as in
-multi-task SAC, Yu et al. 2019); names follow CleanRL's sac_continuous_action.py.
+multi-task SAC, Yu et al. 2019); names follow CleanRL's sac_continuous_action.py. Every loss is
+computed per task (`TaskLosses`, from the task-balanced batch) and turned into a gradient by a
+balancer; learner hooks and the synchronizer plug in at the points agents/hooks.py lists.
 
 Update order (`sac.update_order`):
   sequential    critic step, then the actor's loss against the updated critic, then the
                 temperatures (CleanRL, Stable-Baselines3);
   simultaneous  critic, actor and temperature gradients all from the networks as they were at
                 the start of the update, then every step (Spinning Up, Continual World).
-
-A continual-learning strategy plugs into each update at fixed points, per network:
-task-loss gradient -> strategy.observe_gradients -> + gradient of strategy.penalty ->
-gradient sync across learner ranks -> strategy.before_step -> optimizer step ->
-strategy.after_step. In simultaneous order, before_step/after_step see both networks at once.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from agents.networks import SquashedGaussianActor, TwinCritic, actor_options, mlp_options
+from agents.balancers import BALANCERS, TaskLosses
+from agents.hooks import LearnerHook, Synchronizer
+from agents.networks import SquashedGaussianActor, TwinCritic, actor_options, network_options
 from agents.replay import Batch
 from agents.sac.config import SACConfig
-from continual.strategies.base import NO_STRATEGY, Strategy
 
 
 class SACLearner:
     def __init__(self, cfg: SACConfig, obs_dim: int, action_dim: int, num_tasks: int,
-                 device: torch.device, sync_gradients: Callable[[list], None] | None = None):
-        """`sync_gradients(params)`: runs after backward, before the optimizer step (data-parallel
-        learners all-reduce there); None for a single learner."""
+                 device: torch.device, synchronizer: Synchronizer | None = None):
         self.cfg, self.device = cfg, device
-        self.sync_gradients = sync_gradients or (lambda params: None)
+        self.synchronizer = synchronizer or Synchronizer()
+        self.balancer = BALANCERS[cfg.balancer]()
         self.actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, **actor_options(cfg)).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, **mlp_options(cfg)).to(device)
+        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, **network_options(cfg)).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.full((num_tasks,), float(cfg.init_alpha), device=device).log()
         self.log_alpha.requires_grad_(True)
@@ -47,15 +43,27 @@ class SACLearner:
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
+        # What each network's optimizer trains: its parameters, and its hooks' (add_hook_parameters).
         self.params = {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters())}
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far was finite
 
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+    def add_hook_parameters(self, hooks: Sequence[LearnerHook]) -> None:
+        """Give the hooks' own parameters a param group in their network's optimizer."""
+        for network, optimizer in self.optimizers.items():
+            own = [p for hook in hooks for p in hook.parameters(network)]
+            if own:
+                optimizer.add_param_group({"params": own})
+                self.params[network] += own
+
+    # -- losses (per task) --------------------------------------------------------------------
+    def critic_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, dict]:
         """Regress both Q's onto the soft Bellman target
-            y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s')."""
+            y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s').
+        Returns the per-task losses, the critic trunk's features and logging values."""
         obs, action, reward, next_obs, terminated, task = batch
         alpha = self.log_alpha.detach().exp()[task]
         with torch.no_grad():
@@ -63,72 +71,91 @@ class SACLearner:
             qf_next_target = self.critic_target(next_obs, next_action, task)
             min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
             next_q_value = reward + (1.0 - terminated) * self.cfg.gamma * min_qf_next_target
-        qf1_a_values, qf2_a_values = self.critic(obs, action, task)
-        qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
-        qf2_loss = F.mse_loss(qf2_a_values, next_q_value)
-        return qf1_loss + qf2_loss, {"loss/qf1": qf1_loss.detach(), "loss/qf2": qf2_loss.detach(),
-                                     "q/mean": qf1_a_values.detach().mean()}
+        (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
+        losses = TaskLosses([(qf1_a_values - next_q_value) ** 2, (qf2_a_values - next_q_value) ** 2], task)
+        return losses, features, {"q/mean": qf1_a_values.detach().mean()}
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised; and log pi."""
+    def actor_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, torch.Tensor]:
+        """E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised; per task, with
+        the actor trunk's features and log pi."""
         obs, task = batch.obs, batch.task
-        pi, log_pi = self.actor.sample(obs, task)
+        pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
         min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
-        return (self.log_alpha.detach().exp()[task] * log_pi - min_qf_pi).mean(), log_pi
+        return TaskLosses([self.log_alpha.detach().exp()[task] * log_pi - min_qf_pi], task), features, log_pi
 
-    def temperature_loss(self, log_pi: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    def temperature_loss(self, log_pi: torch.Tensor, task: torch.Tensor) -> TaskLosses:
         """Each task's temperature keeps its policy's entropy near the target:
         E[-log alpha_task * (log pi + target entropy)]."""
-        return (-self.log_alpha[task] * (log_pi.detach() + self.target_entropy)).mean()
+        return TaskLosses([-self.log_alpha[task] * (log_pi.detach() + self.target_entropy)], task)
 
-    def _gradients(self, network: str, loss: torch.Tensor, strategy: Strategy) -> None:
-        """The network's .grad: its loss's gradient, the strategy's penalty's, synced across ranks."""
+    # -- one update ---------------------------------------------------------------------------
+    def _gradients(self, network: str, losses: TaskLosses, terms: dict, hooks: Sequence[LearnerHook]) -> None:
+        """The network's .grad: the balanced task losses' gradient, then the loss terms', synced."""
         params = self.params[network]
         self.optimizers[network].zero_grad(set_to_none=True)
-        loss.backward(inputs=params)  # only this network's parameters (the actor's loss reaches the critic)
-        strategy.observe_gradients(network)  # e.g. SI's path integral takes the task loss's own gradient
-        penalty = strategy.penalty(network)
-        if torch.is_tensor(penalty):
-            penalty.backward(inputs=[p for p in params if p.requires_grad])
-        self.sync_gradients(params)
+        self.balancer.backward(losses, params, network, retain_graph=bool(terms))
+        for hook in hooks:
+            hook.observe_gradients(network)
+        if terms:
+            sum(terms.values()).backward(inputs=[p for p in params if p.requires_grad])
+        self.synchronizer.after_backward(params)
 
-    def _step(self, networks: tuple[str, ...], strategy: Strategy) -> None:
-        strategy.before_step(networks)
+    def _step(self, networks: tuple[str, ...], hooks: Sequence[LearnerHook]) -> None:
+        for hook in hooks:
+            hook.before_step(networks)
         for network in networks:
             self.optimizers[network].step()
-        strategy.after_step(networks)
+        for hook in hooks:
+            hook.after_step(networks)
 
-    def update(self, batch: Batch, strategy: Strategy = NO_STRATEGY) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _terms(network: str, batch: Batch, features: torch.Tensor, hooks: Sequence[LearnerHook]) -> dict:
+        """Every hook's loss terms for `network`, as {"<name>/<network>": value}; terms of one name
+        from several hooks add up."""
+        terms: dict[str, torch.Tensor] = {}
+        for hook in hooks:
+            for name, value in hook.loss_terms(network, batch, features).items():
+                key = f"{name}/{network}"
+                terms[key] = terms[key] + value if key in terms else value
+        return terms
+
+    def update(self, batch: Batch, hooks: Sequence[LearnerHook] = ()) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperatures. Returns detached loss tensors."""
         batch = Batch(*(x.to(self.device, non_blocking=True) for x in batch))
+        qf_losses, critic_features, info = self.critic_loss(batch)
+        critic_terms = self._terms("critic", batch, critic_features, hooks)
         if self.cfg.update_order == "simultaneous":
-            qf_loss, info = self.critic_loss(batch)
-            actor_loss, log_pi = self.actor_loss(batch)
-            self._gradients("critic", qf_loss, strategy)
-            self._gradients("actor", actor_loss, strategy)
-            self._step(("critic", "actor"), strategy)
+            actor_losses, actor_features, log_pi = self.actor_loss(batch)
+            actor_terms = self._terms("actor", batch, actor_features, hooks)
+            self._gradients("critic", qf_losses, critic_terms, hooks)
+            self._gradients("actor", actor_losses, actor_terms, hooks)
+            self._step(("critic", "actor"), hooks)
         else:
-            qf_loss, info = self.critic_loss(batch)
-            self._gradients("critic", qf_loss, strategy)
-            self._step(("critic",), strategy)
-            actor_loss, log_pi = self.actor_loss(batch)
-            self._gradients("actor", actor_loss, strategy)
-            self._step(("actor",), strategy)
+            self._gradients("critic", qf_losses, critic_terms, hooks)
+            self._step(("critic",), hooks)
+            actor_losses, actor_features, log_pi = self.actor_loss(batch)
+            actor_terms = self._terms("actor", batch, actor_features, hooks)
+            self._gradients("actor", actor_losses, actor_terms, hooks)
+            self._step(("actor",), hooks)
 
-        alpha_loss = self.temperature_loss(log_pi, batch.task)
+        alpha_losses = self.temperature_loss(log_pi, batch.task)
         self.alpha_optimizer.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.sync_gradients([self.log_alpha])
+        self.balancer.backward(alpha_losses, [self.log_alpha], "alpha")
+        self.synchronizer.after_backward([self.log_alpha])
         self.alpha_optimizer.step()
 
         # Target critics track the critics: theta' <- (1 - tau) theta' + tau theta
         with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self.params["critic"], self.cfg.tau)
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
+            losses = torch.stack([qf_losses.mean(), actor_losses.mean(), alpha_losses.mean()]).detach()
             # No host sync here: the flag is read when the trainer checks for divergence.
-            self.all_finite &= torch.isfinite(torch.stack([qf_loss, actor_loss, alpha_loss])).all()
+            self.all_finite &= torch.isfinite(losses).all()
         self.num_updates += 1
-        return {**info, "loss/actor": actor_loss.detach(), "loss/alpha": alpha_loss.detach(),
-                "policy/entropy": -log_pi.detach().mean()}
+        self.synchronizer.after_update(self)
+        qf1, qf2 = (term.detach().mean() for term in qf_losses.terms)
+        out = {"loss/qf1": qf1, "loss/qf2": qf2, **info, "loss/actor": losses[1], "loss/alpha": losses[2],
+               "policy/entropy": -log_pi.detach().mean()}
+        return {**out, **{f"loss/{name}": value.detach() for name, value in {**critic_terms, **actor_terms}.items()}}
 
     def nonfinite(self) -> str | None:
         """Why the learner diverged (a non-finite loss since it was built, or non-finite weights),

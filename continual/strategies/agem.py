@@ -54,7 +54,8 @@ class AGEM(Strategy):
         out = []
         for net in networks:
             params = self.learner.params[net]
-            loss = self.learner.critic_loss(batch)[0] if net == "critic" else self.learner.actor_loss(batch)[0]
+            losses = self.learner.critic_loss(batch)[0] if net == "critic" else self.learner.actor_loss(batch)[0]
+            loss = losses.mean()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             out.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
         return out

@@ -1,14 +1,14 @@
 """The one interface every continual-learning strategy implements (Avalanche-style plugins).
 
-The trainer calls the task hooks; the SAC learner calls the loss and gradient hooks (see
-agents/sac/learning.py for their order within an update):
+A strategy is a learner hook (agents/hooks.py: the learner calls its gradient hooks at fixed
+points of every update, beside any other hooks) plus the task hooks the trainer calls:
 
     start_task(ctx)              a stage begins (fresh or after a resume: see `resumed`)
     on_progress(step, ctx)       every trainer iteration, with the env steps done in the stage
     end_task(ctx)                the stage's budget is spent; it may still train (ctx.train, PackNet's
                                  retraining) before the stage's final evaluation
     observe_gradients(network)   the network's .grad holds its task loss's gradient (no penalty yet)
-    penalty(network)             a term added to that network's loss
+    penalty(network)             a term added to that network's loss (its learner-hook loss term)
     before_step(networks)        gradients final, optimizer steps next: transform them
     after_step(networks)         optimizer steps done: repair weights that must not move
     eval_weights(flat, stage)    the policy weights to evaluate each task with
@@ -26,11 +26,13 @@ task in each update batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
+
+from agents.hooks import LearnerHook
 
 NETWORKS = {"actor": ("actor",), "critic": ("critic",), "both": ("critic", "actor")}
 
@@ -48,7 +50,7 @@ class TaskContext:
     train: Callable[[int], None] = lambda updates: None  # run this many extra learner updates on replay
 
 
-class Strategy:
+class Strategy(LearnerHook):
     """Fine-tuning: every hook does nothing. Subclasses override what they need."""
 
     rehearses = False
@@ -78,17 +80,12 @@ class Strategy:
     def end_task(self, ctx: TaskContext) -> None:
         pass
 
-    def observe_gradients(self, network: str) -> None:
-        pass
-
     def penalty(self, network: str) -> torch.Tensor | float:
         return 0.0
 
-    def before_step(self, networks: tuple[str, ...]) -> None:
-        pass
-
-    def after_step(self, networks: tuple[str, ...]) -> None:
-        pass
+    def loss_terms(self, network: str, batch, features) -> dict[str, torch.Tensor]:
+        penalty = self.penalty(network)
+        return {"penalty": penalty} if torch.is_tensor(penalty) else {}
 
     def eval_weights(self, flat: torch.Tensor, stage: int) -> torch.Tensor:
         """[P] (one policy for every task) or [T, P] (task t evaluated with row t)."""

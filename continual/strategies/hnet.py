@@ -1,14 +1,17 @@
-"""Hypernetwork output regularizer (von Oswald et al. 2020) for hypernetwork heads (sac.head=hyper):
+"""Hypernetwork output regularizer (von Oswald et al. 2020) for generated weights
+(sac.head=hyper and/or sac.trunk=hyper):
 
     L = L_task + beta / (T - 1) * sum_{t < T} || f_h(e_t, Theta) - f_h(e_t, Theta*) ||^2
 
-f_h(e_t, .) is what the hypernetwork generates for earlier task t (the output layer, or every
-layer with sac.hyper_generates=all; weights and biases, theta_0 included), Theta* the weights at the end of task t's stage (the generated layer is stored
-then), and e_t t's embedding, fixed once its stage is over (detached here). beta = 0.01 as in the
-reference code. The look-ahead term of the paper (Theta + Delta Theta) is left out: its simpler
-form, used here, is the one the paper reports as also working.
-Only generated weights are protected: with generated heads the shared trunk below them can still
-drift, so the whole policy is protected only with sac.hyper_generates=all.
+f_h(e_t, .) is what the network's hypernetworks generate for earlier task t (the head's output
+layer, the trunk's layers; weights and biases, theta_0 included), Theta* the weights at the end
+of task t's stage (the generated weights are stored then), and e_t t's embedding, fixed once its
+stage is over (detached here). beta = 0.01 as in the reference code. The look-ahead term of the
+paper (Theta + Delta Theta) is left out: its simpler form, used here, is the one the paper
+reports as also working. Only generated weights are protected: with a generated head over an
+ordinary trunk the trunk can still drift, so the whole policy is protected only with both
+sac.trunk=hyper and sac.head=hyper (von Oswald's setting; the trunk and the head then have a
+hypernetwork each, where von Oswald's has one for all layers).
 """
 
 from __future__ import annotations
@@ -25,16 +28,15 @@ class HypernetRegularizer(Strategy):
         super().__init__(*args, **kwargs)
         self.targets: dict[str, dict[int, torch.Tensor]] = {net: {} for net in self.networks}  # f_h(e_t, Theta*)
 
-    def generator(self, network: str):
-        """The network's hypernetwork: all its layers' (hyper_generates=all) or its head's."""
-        mlp = self.networks[network].net
-        return mlp.hyper if mlp.hyper is not None else mlp.head
+    def generators(self, network: str) -> list:
+        """The network's hypernetworks (agents/layers.py: Hypernetwork): its trunk's and its head's."""
+        net = self.networks[network].net
+        return [part.generator for part in (net.trunk, net.head) if hasattr(part, "generator")]
 
-    def generated(self, network: str, tasks: list[int]) -> list[torch.Tensor]:
+    def generated(self, network: str, tasks: list[int]) -> torch.Tensor:
         """f_h(e_t) for the given tasks, flattened per task: [len(tasks), n_generated]."""
-        hyper = self.generator(network)
-        layers = hyper.generate(hyper.embedding[tasks].detach())
-        return torch.cat([x.flatten(1) for layer in layers for x in layer], dim=1)
+        return torch.cat([x.flatten(1) for hyper in self.generators(network)
+                          for layer in hyper.generate(hyper.embedding[tasks].detach()) for x in layer], dim=1)
 
     @torch.no_grad()
     def end_task(self, ctx: TaskContext) -> None:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agents.replay import Batch  # noqa: E402
 from agents.sac import SACConfig, SACLearner  # noqa: E402
-from launch.distributed import init_from_env  # noqa: E402
+from launch.distributed import EveryStepSync, init_from_env  # noqa: E402
 
 NUM_TASKS, PER_TASK = 3, 16
 
@@ -44,7 +44,7 @@ def main():
     for name, share in (("weighted", len(own) / NUM_TASKS), ("unweighted", 1 / dist.world)):
         for p, grad in zip(params, critic_grad(mine)):
             p.grad = grad.clone()
-        dist.gradient_sync(share)(params)
+        EveryStepSync(dist, share).after_backward(params)
         results[name] = max(float((p.grad - e).abs().max()) for p, e in zip(params, expected))
     (Path(sys.argv[1]) / f"rank{dist.rank}.json").write_text(json.dumps(results))
     dist.close()

@@ -1,10 +1,11 @@
-"""The evaluation protocol: per task, one episode on each of the first `goals` fixed goals;
-an episode is a success if info["success"] was ever true. All tasks' envs run in lockstep
-so policy inference is batched."""
+"""Meta-World's evaluation protocol, for every suite: per task, one episode on each of the first
+`goals` fixed goals; an episode is a success if info["success"] was ever true. All tasks' envs
+run in lockstep so policy inference is batched. Any training loop (ours, RLlib's) evaluates
+with this function, so their results compare like for like."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np

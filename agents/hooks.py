@@ -1,0 +1,66 @@
+"""The seats the learner offers: learner hooks and the synchronizer.
+
+One SAC update, per network ("critic", then "actor"; both at once in simultaneous order), calls
+them in this order:
+
+    1. loss terms     every hook's `loss_terms(network, batch, features)`: extra losses (a
+                      continual penalty, an auxiliary task) that may read the batch and the
+                      trunk's features from the network's loss pass
+    2. balancer       `balancer.backward(task losses)`: the per-task losses' gradient
+                      (agents/balancers.py; the mean by default)
+    3. observe        every hook's `observe_gradients(network)`: .grad holds the task losses'
+                      gradient only (SI's path integral reads it here)
+    4. terms backward the loss terms' gradient is added
+    5. sync           `synchronizer.after_backward(params)`: data-parallel ranks combine gradients
+    6. before step    every hook's `before_step(networks)`: transform gradients (PackNet's mask,
+                      A-GEM's projection)
+    7. step           the optimizers step
+    8. after step     every hook's `after_step(networks)`: repair weights (PackNet's frozen ones)
+  then the temperatures (2, 5, 7) and the target critics, and once per update
+    9. sync           `synchronizer.after_update(learner)` (local SGD averages here)
+
+A hook may own parameters (`parameters(network)`): they join that network's optimizer as a
+param group of their own and are trained by its loss terms; they are never part of the policy
+vector sent to actors. Hooks compose: the learner calls every hook of its list at each point,
+in list order, so EWC, an auxiliary loss and a balancer work together without knowing of each
+other. A continual strategy is one such hook (continual/strategies/base.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LearnerHook:
+    """A no-op at every point; subclasses override what they need."""
+
+    def parameters(self, network: str) -> list[torch.nn.Parameter]:
+        return []
+
+    def loss_terms(self, network: str, batch, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{name: scalar loss} added to `network`'s loss; `features` [K, B, H] is the network's trunk
+        output in its loss pass (the critic's on (obs, action), the actor's on obs)."""
+        return {}
+
+    def observe_gradients(self, network: str) -> None:
+        pass
+
+    def before_step(self, networks: tuple[str, ...]) -> None:
+        pass
+
+    def after_step(self, networks: tuple[str, ...]) -> None:
+        pass
+
+
+class Synchronizer:
+    """Keeps data-parallel learners identical. This one is for a single learner: it does nothing.
+    launch/distributed.py implements it for torchrun ranks."""
+
+    def after_backward(self, params: list[torch.Tensor]) -> None:
+        """Gradients of `params` are computed: combine them across ranks."""
+
+    def after_update(self, learner) -> None:
+        """One whole update is done."""
+
+    def sync_point(self, learner) -> None:
+        """Before a checkpoint, an evaluation or the end: make every rank hold the same model."""
