@@ -19,7 +19,7 @@ def _pyplot():
     return plt
 
 
-def plot_successcurves(groups: dict[str, list[Run]], s: ReportSettings, path: Path) -> None:
+def plot_success_curves(groups: dict[str, list[Run]], s: ReportSettings, path: Path) -> None:
     plt = _pyplot()
     tasks = next(iter(groups.values()))[0].tasks
     cols = min(4, len(tasks))

@@ -9,7 +9,15 @@ import yaml
 from continual.strategies import METHODS
 from metrics import continual, evallog
 from metrics.runs import read_run
-from tests.conftest import checkpoint_steps, kill_after_checkpoint, run_train, scalars, start_train, train_many
+from tests.conftest import (
+    checkpoint_steps,
+    kill_after_checkpoint,
+    run_train,
+    scalars,
+    start_train,
+    train_in_process,
+    train_many,
+)
 
 CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-pull-v3",
         "handle-press-side-v3", "push-v3", "shelf-place-v3", "window-close-v3", "peg-unplug-side-v3"]
@@ -121,7 +129,8 @@ def test_continual_run_killed_at_a_boundary_and_mid_stage_resumes_as_if_never_st
 
 def test_single_task_reference_mode_writes_one_run_per_task(tmp_path):
     root = tmp_path / "refs"
-    result = run_train("--suite", "pointmass", "--sequence", "reach-e:400,reach-w,reach-e", "--steps-per-task", 300,
+    result = train_in_process("--suite", "pointmass", "--sequence", "reach-e:400,reach-w,reach-e",
+                              "--steps-per-task", 300,
                        "--mode", "single-task", "--backend", "single", "--run-dir", root,
                        "--set", "eval.every=200", "--set", "sac.warmup_steps_per_task=100")
     assert result.returncode == 0, result.stderr
@@ -141,11 +150,11 @@ def test_cw10_is_in_v3_names_and_a_short_metaworld_sequence_covers_every_stage(t
     assert metaworld_suite.SEQUENCES["CW10"] == CW10
     assert set(CW10) <= set(metaworld_suite._env_dict().ALL_V3_ENVIRONMENTS)
     run_dir = tmp_path / "cw3"
-    result = run_train("--suite", "metaworld", "--sequence", ",".join(CW10[:3]), "--steps-per-task", 30,
+    result = train_in_process("--suite", "metaworld", "--sequence", ",".join(CW10[:3]), "--steps-per-task", 30,
                        "--backend", "single", "--run-dir", run_dir, "--set", "eval.goals=1",
                        "--set", "eval.every=1000000", "--set", "sac.warmup_steps_per_task=10",
                        "--set", "sac.batch_size_per_task=8", "--set", "sac.hidden_sizes=[32,32]",
-                       "--set", "run.log_every=30", timeout=600)
+                       "--set", "run.log_every=30")
     assert result.returncode == 0, result.stderr
     run = read_run(run_dir)
     assert run.tasks == tuple(CW10[:3])

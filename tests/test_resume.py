@@ -12,7 +12,7 @@ from launch import checkpoint
 from metrics import evallog
 from tests.conftest import run_train, scalars, start_train, train_in_process
 
-STEPS, EVAL_EVERY, CKPT_EVERY = 6000, 400, 2000
+STEPS, EVAL_EVERY, CKPT_EVERY = 4000, 400, 1000
 
 
 def _eval_steps(run):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from metrics import evallog
-from tests.conftest import REPO, TRAIN, run_train, scalars
+from tests.conftest import REPO, TRAIN, run_train, scalars, train_in_process
 
 PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
 
@@ -81,8 +81,8 @@ def test_ray_actors_learn_survive_a_lost_actor_and_write_nothing_outside_temp_di
         home, tmp = Path(scratch) / "home", Path(scratch) / "t"
         home.mkdir(), tmp.mkdir()
         run = tmp_path / "run"
-        proc, lines = _start(["--suite", "pointmass", "--backend", "ray", "--actors", 2, "--steps", 10000,
-                              "--eval-every", 5000, "--seed", 1, "--run-dir", run, "--set", "eval.goals=20",
+        proc, lines = _start(["--suite", "pointmass", "--backend", "ray", "--actors", 2, "--steps", 8000,
+                              "--eval-every", 4000, "--seed", 1, "--run-dir", run, "--set", "eval.goals=20",
                               "--set", "run.log_every=500"], env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
         pid = _actor_pid(lines, 1)
         lines.wait_for(lambda s: s.startswith("step ") and " 0.0 updates/s" not in s)
@@ -139,8 +139,8 @@ def _updates(run) -> int:
 
 def test_torchrun_two_learner_ranks(tmp_path):
     run, single = tmp_path / "run", tmp_path / "single"
-    flags = ["--suite", "pointmass", "--backend", "single", "--steps", 3000, "--eval-every", 1500,
-             "--set", "eval.goals=2", "--set", "run.checkpoint_every=1500"]
+    flags = ["--suite", "pointmass", "--backend", "single", "--steps", 2000, "--eval-every", 1000,
+             "--set", "eval.goals=2", "--set", "run.checkpoint_every=1000"]
     proc = _torchrun(*flags, "--run-dir", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "learners.json").read_text())
@@ -150,9 +150,9 @@ def test_torchrun_two_learner_ranks(tmp_path):
     assert all(r["env_steps"] > 0 for r in summary["ranks"])
     assert summary["max_parameter_difference_across_ranks"] == 0.0
     # The update-to-data ratio does not depend on the ranks: one learner on the same global env
-    # steps does exactly as many updates ((3000 - 4 x 300 warm-up) / 4 envs = 450).
-    assert run_train(*flags, "--run-dir", single).returncode == 0
-    assert _updates(run) == _updates(single) == 450
+    # steps does exactly as many updates ((2000 - 4 x 300 warm-up) / 4 envs = 200).
+    assert train_in_process(*flags, "--run-dir", single).returncode == 0
+    assert _updates(run) == _updates(single) == 200
     # Rank 0 alone writes: one event file, one row per (step, task), rank 0's files only.
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
     rows = evallog.read(run / "evals.jsonl")
@@ -162,13 +162,13 @@ def test_torchrun_two_learner_ranks(tmp_path):
                                                      "learners.json", "tb"]
 
     # --resume works for the multi-rank run.
-    resumed = _torchrun("--resume", run, "--steps", 4500)
+    resumed = _torchrun("--resume", run, "--steps", 3000)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
     summary = json.loads((run / "learners.json").read_text())
-    assert summary["step"] >= 4500 and summary["max_parameter_difference_across_ranks"] == 0.0
+    assert summary["step"] >= 3000 and summary["max_parameter_difference_across_ranks"] == 0.0
     steps = sorted({r["step"] for r in evallog.read(run / "evals.jsonl")})
-    assert steps[0] == 0 and steps[-1] >= 4500 and len(steps) == len(set(steps))
+    assert steps[0] == 0 and steps[-1] >= 3000 and len(steps) == len(set(steps))
 
 
 def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_path):
@@ -185,7 +185,7 @@ def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_pa
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     run = tmp_path / "run"
-    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 6000,
+    proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 4000,
                           "--run-dir", run, "--set", "eval.goals=2", "--set", "run.log_every=500"])
     pid = _actor_pid(lines, 1)
     lines.wait_for(lambda s: s.startswith("step ") and "updates/s" in s and " 0.0 updates/s" not in s)
@@ -195,7 +195,7 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert proc.returncode == 0, proc.stderr.read()
     assert any(s.startswith("actor 1 died") for s in lines.lines)
     summary = json.loads((run / "learners.json").read_text())
-    assert summary["actor_restarts"] == 1 and summary["step"] >= 6000
+    assert summary["actor_restarts"] == 1 and summary["step"] >= 4000
     done = [s for s in lines.lines if s.startswith("done:")]
     assert len(done) == 1 and "actor restarts 1" in done[0]
     assert scalars(run / "tb", "actors/restarts")[-1][1] == 1

@@ -34,7 +34,7 @@ def main():
     params = learner.params["critic"]
 
     def critic_grad(rows):
-        loss, _ = learner.critic_loss(Batch(*(x[rows] for x in batch)))
+        loss = learner.critic_loss(Batch(*(x[rows] for x in batch)))[0].mean()
         return torch.autograd.grad(loss, params)
 
     expected = critic_grad(torch.ones(n, dtype=torch.bool))
