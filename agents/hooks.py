@@ -38,8 +38,9 @@ class LearnerHook:
         return []
 
     def loss_terms(self, network: str, batch, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{name: scalar loss} added to `network`'s loss; `features` [K, B, H] is the network's trunk
-        output in its loss pass (the critic's on (obs, action), the actor's on obs)."""
+        """{name: scalar loss} added to `network`'s loss (logged as loss/<name>); `features` [K, B, H]
+        is the network's trunk output in its loss pass (the critic's on (obs, action), the actor's
+        on obs)."""
         return {}
 
     def observe_gradients(self, network: str) -> None:
@@ -49,6 +50,13 @@ class LearnerHook:
         pass
 
     def after_step(self, networks: tuple[str, ...]) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the hook (tensors and plain types)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
         pass
 
 

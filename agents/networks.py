@@ -27,13 +27,30 @@ from agents.trunks import TRUNKS
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+def _trunk_options(sac, trunk: str) -> dict:
+    options = dict(activation=sac.activation, layer_norm=sac.layer_norm)
+    if trunk == "hyper":
+        options.update(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden)
+    if trunk in ("care", "moore"):
+        options["experts"] = sac.experts
+    return options
+
+
 def network_options(sac) -> dict:
-    """TaskNetwork keyword arguments from a SACConfig (one place for the actor, critic and copies)."""
-    hyper = dict(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden)
-    return dict(hidden_sizes=tuple(sac.hidden_sizes), trunk=sac.trunk, head=sac.head, task_input=sac.task_input,
-                trunk_options=dict(activation=sac.activation, layer_norm=sac.layer_norm,
-                                   **(hyper if sac.trunk == "hyper" else {})),
-                head_options=hyper if sac.head == "hyper" else {})
+    """TaskNetwork keyword arguments from a SACConfig (one place for the actor, critic and copies).
+    Behind a shared encoder the task reaches a network through the encoder (and its head)."""
+    task = dict(task_input=sac.task_input, task_embedding_dim=sac.task_embedding_dim) if not sac.encoder else \
+        dict(task_input=False, task_embedding_dim=0)
+    return dict(hidden_sizes=tuple(sac.hidden_sizes), trunk=sac.trunk, head=sac.head, **task,
+                trunk_options=_trunk_options(sac, sac.trunk),
+                head_options=dict(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden)
+                if sac.head == "hyper" else {})
+
+
+def encoder_options(sac) -> dict:
+    """SharedEncoder keyword arguments from a SACConfig (sac.encoder set)."""
+    return dict(trunk=sac.encoder, hidden_sizes=tuple(sac.encoder_sizes), task_input=sac.task_input,
+                task_embedding_dim=sac.task_embedding_dim, trunk_options=_trunk_options(sac, sac.encoder))
 
 
 def actor_options(sac) -> dict:
@@ -42,24 +59,68 @@ def actor_options(sac) -> dict:
                 log_std_mode=sac.log_std_mode)
 
 
+class TaskInput(nn.Module):
+    """What a network's input carries about the task: a one-hot (`task_input`) and/or a learned
+    task embedding, L2-normalised (BRC's: e / ||e||, initialised N(0, 1/d))."""
+
+    def __init__(self, num_tasks: int, one_hot: bool, embedding_dim: int):
+        super().__init__()
+        self.one_hot = one_hot
+        self.size = (num_tasks if one_hot else 0) + embedding_dim
+        self.register_buffer("task_codes", torch.eye(num_tasks), persistent=False)  # one-hot rows
+        self.embedding = nn.Parameter(torch.randn(num_tasks, embedding_dim) / embedding_dim ** 0.5) \
+            if embedding_dim else None
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        parts = [x]
+        if self.one_hot:
+            parts.append(self.task_codes[task].to(x.dtype))
+        if self.embedding is not None:
+            e = self.embedding[task]
+            parts.append(e / e.norm(dim=-1, keepdim=True))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else x
+
+
+class SharedEncoder(nn.Module):
+    """One trunk (sac.encoder) on the observation whose features feed the actor and the critic
+    (mtrl's and SAC-AE's pattern): the critic owns it and its loss (and auxiliary losses) train it;
+    the actor reads it detached. (obs [B, d], task [B]) -> [B, H]."""
+
+    def __init__(self, obs_dim: int, num_tasks: int, trunk: str, hidden_sizes: tuple[int, ...], task_input: bool,
+                 task_embedding_dim: int = 0, trunk_options: dict | None = None):
+        super().__init__()
+        self.task_input = TaskInput(num_tasks, task_input, task_embedding_dim)
+        self.trunk = TRUNKS[trunk](1, obs_dim + self.task_input.size, tuple(hidden_sizes), num_tasks,
+                                   **(trunk_options or {}))
+        self.out_features = self.trunk.out_features
+
+    def forward(self, obs: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.task_input(obs, task), task)[0]
+
+    def named_shared_parameters(self):
+        for name, p in self.named_parameters():
+            if name == "task_input.embedding" or (name.startswith("trunk.")
+                                                  and self.trunk.task_specific(name.removeprefix("trunk."))):
+                continue
+            yield name, p
+
+
 class TaskNetwork(nn.Module):
     """K task-conditioned networks evaluated together: (x[B, in], task[B]) -> [K, B, out]."""
 
     def __init__(self, ensemble: int, in_features: int, out_features: int, num_tasks: int,
                  hidden_sizes: tuple[int, ...], trunk: str = "mlp", head: str = "multi", task_input: bool = True,
-                 trunk_options: dict | None = None, head_options: dict | None = None):
+                 task_embedding_dim: int = 0, trunk_options: dict | None = None, head_options: dict | None = None):
         super().__init__()
-        self.ensemble, self.num_tasks, self.task_input = ensemble, num_tasks, task_input
-        self.trunk = TRUNKS[trunk](ensemble, in_features + (num_tasks if task_input else 0), tuple(hidden_sizes),
+        self.ensemble, self.num_tasks = ensemble, num_tasks
+        self.task_input = TaskInput(num_tasks, task_input, task_embedding_dim)
+        self.trunk = TRUNKS[trunk](ensemble, in_features + self.task_input.size, tuple(hidden_sizes),
                                    num_tasks, **(trunk_options or {}))
         self.head = HEADS[head](ensemble, self.trunk.out_features, out_features, num_tasks, **(head_options or {}))
-        self.register_buffer("task_codes", torch.eye(num_tasks), persistent=False)  # one-hot rows
 
     def features(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """The trunk's output [K, B, H]: what the head, and auxiliary losses, read."""
-        if self.task_input:
-            x = torch.cat([x, self.task_codes[task].to(x.dtype)], dim=-1)
-        return self.trunk(x, task)
+        return self.trunk(self.task_input(x, task), task)
 
     def forward(self, x: torch.Tensor, task: torch.Tensor, with_features: bool = False):
         features = self.features(x, task)
@@ -69,7 +130,7 @@ class TaskNetwork(nn.Module):
     def named_shared_parameters(self):
         """(name, parameter) of what every task uses: not per-task heads, not task embeddings."""
         for name, p in self.named_parameters():
-            if name.startswith("head.") and self.head.per_task:
+            if (name.startswith("head.") and self.head.per_task) or name == "task_input.embedding":
                 continue
             if name.startswith("trunk.") and self.trunk.task_specific(name.removeprefix("trunk.")):
                 continue
@@ -83,10 +144,22 @@ class SquashedGaussianActor(nn.Module):
     Continual World's, with [-20, 2])."""
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, log_std_min: float = LOG_STD_MIN,
-                 log_std_max: float = LOG_STD_MAX, log_std_mode: str = "tanh", **network_kwargs):
+                 log_std_max: float = LOG_STD_MAX, log_std_mode: str = "tanh", encoder: SharedEncoder | None = None,
+                 **network_kwargs):
+        """encoder: a SharedEncoder the actor reads detached (its parameters are part of the policy
+        vector actors receive, but the actor's loss never trains them: `own_parameters`)."""
         super().__init__()
-        self.net = TaskNetwork(1, obs_dim, 2 * action_dim, num_tasks, **network_kwargs)
+        self.encoder = encoder
+        in_features = encoder.out_features if encoder is not None else obs_dim
+        self.net = TaskNetwork(1, in_features, 2 * action_dim, num_tasks, **network_kwargs)
         self.log_std_min, self.log_std_max, self.log_std_mode = log_std_min, log_std_max, log_std_mode
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        """What the actor's loss trains: everything but a shared encoder."""
+        return list(self.net.parameters())
+
+    def _input(self, obs: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        return obs if self.encoder is None else self.encoder(obs, task).detach()
 
     def _gaussian(self, out: torch.Tensor):
         mean, log_std = out[0].chunk(2, dim=-1)
@@ -98,12 +171,12 @@ class SquashedGaussianActor(nn.Module):
 
     def forward(self, obs: torch.Tensor, task: torch.Tensor):
         """(mean, log_std) of the Gaussian before the tanh."""
-        return self._gaussian(self.net(obs, task))
+        return self._gaussian(self.net(self._input(obs, task), task))
 
     def sample(self, obs: torch.Tensor, task: torch.Tensor, with_features: bool = False):
         """Reparameterised sample a = tanh(u), u ~ N(mean, std), and its log-probability (and the
         trunk's features [1, B, H] with_features)."""
-        out, features = self.net(obs, task, with_features=True)
+        out, features = self.net(self._input(obs, task), task, with_features=True)
         mean, log_std = self._gaussian(out)
         u = mean + log_std.exp() * torch.randn_like(mean)
         log_prob = (-0.5 * ((u - mean) / log_std.exp()).pow(2) - log_std
@@ -129,15 +202,36 @@ class SquashedGaussianActor(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q1(s, a, task) and Q2(s, a, task), fused: returns [2, B] (and the trunk's features [2, B, H])."""
+    """Q1(s, a, task) and Q2(s, a, task), fused: returns [2, B] (and the trunk's features [2, B, H]).
+    With a shared encoder the critic owns it: Q(s, a) = net([encoder(s), a]), trained by its loss."""
 
-    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, **network_kwargs):
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, encoder: SharedEncoder | None = None,
+                 **network_kwargs):
         super().__init__()
-        self.net = TaskNetwork(2, obs_dim + action_dim, 1, num_tasks, **network_kwargs)
+        self.encoder = encoder
+        in_features = encoder.out_features if encoder is not None else obs_dim
+        self.net = TaskNetwork(2, in_features + action_dim, 1, num_tasks, **network_kwargs)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, task: torch.Tensor, with_features: bool = False):
-        out = self.net(torch.cat([obs, action], dim=-1), task, with_features=with_features)
+        state = obs if self.encoder is None else self.encoder(obs, task)
+        out = self.net(torch.cat([state, action], dim=-1), task, with_features=with_features)
         return (out[0].squeeze(-1), out[1]) if with_features else out.squeeze(-1)
 
     def named_shared_parameters(self):
-        return ((f"net.{n}", p) for n, p in self.net.named_shared_parameters())
+        encoder = self.encoder.named_shared_parameters() if self.encoder is not None else ()
+        return [*((f"encoder.{n}", p) for n, p in encoder),
+                *((f"net.{n}", p) for n, p in self.net.named_shared_parameters())]
+
+
+def build_actor_and_critic(sac, obs_dim: int, action_dim: int, num_tasks: int):
+    """The SAC networks of a config: (actor, twin critic), sharing an encoder if sac.encoder is set."""
+    encoder = SharedEncoder(obs_dim, num_tasks, **encoder_options(sac)) if sac.encoder else None
+    actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, encoder=encoder, **actor_options(sac))
+    return actor, TwinCritic(obs_dim, action_dim, num_tasks, encoder=encoder, **network_options(sac))
+
+
+def build_policy(sac, obs_dim: int, action_dim: int, num_tasks: int) -> SquashedGaussianActor:
+    """A policy to act with (actors, evaluator): the actor and, if any, its own copy of the encoder;
+    `parameters()` match the learner's actor's, in order, so a flat weight vector fits."""
+    encoder = SharedEncoder(obs_dim, num_tasks, **encoder_options(sac)) if sac.encoder else None
+    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, encoder=encoder, **actor_options(sac))

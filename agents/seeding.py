@@ -21,6 +21,8 @@ PURPOSES = {
     "agem-memory": 6,   # A-GEM: which transitions are kept, which are drawn for the reference gradient
     "bc-memory": 7,     # behaviour-cloning replay: drawing from the kept states
     "learner": 8,       # the learner's torch stream (SAC's sampled actions), per rank
+    "pvn-indicators": 9,  # the frozen random networks of the proto-value-network auxiliary task
+    "pvn-actions": 10,  # the proto-value-network's uniformly drawn next actions
 }
 
 

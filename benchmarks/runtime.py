@@ -30,10 +30,11 @@ def collection(args) -> None:
     """Env-steps/s per core: raw Meta-World stepping (random actions, no policy, one process)
     vs local actor processes stepping MT10 with batched policy inference (MT10 default nets),
     streaming chunks to a learner that only drains them."""
+    from agents.networks import build_policy
     from agents.sac.config import SACConfig
     from benchmarks.raw_metaworld import raw_steps_per_s
     from envs import make_suite
-    from launch.actor import ActorSpec, build_policy
+    from launch.actor import ActorSpec
     from launch.local_actors import LocalActorPool
 
     suite = make_suite("metaworld", "MT10", 0)

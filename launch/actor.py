@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agents import seeding
-from agents.networks import SquashedGaussianActor, actor_options
+from agents.networks import SquashedGaussianActor, build_policy
 from agents.sac.config import SACConfig
 from envs import make_suite
 from envs.pool import EnvPool, Episode
@@ -60,10 +60,6 @@ class Chunk:
         return Chunk(self.actor_id, self.policy_version, self.task[:rows], self.obs[:rows], self.action[:rows],
                      self.reward[:rows], self.next_obs[:rows], self.terminated[:rows],
                      [self.episodes[i] for i in keep], [self.episode_ends[i] for i in keep])
-
-
-def build_policy(sac: SACConfig, obs_dim: int, action_dim: int, num_tasks: int) -> SquashedGaussianActor:
-    return SquashedGaussianActor(obs_dim, action_dim, num_tasks, **actor_options(sac))
 
 
 class Actor:

@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.auxiliary import AuxConfig
 from agents.sac.config import SACConfig
 from launch.errors import UserError
 from launch.overrides import merge, parse_override, read_yaml, set_key
@@ -96,6 +97,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
 
 
 def build_config(suite: str | None = None, config_file: str | None = None,
@@ -191,6 +193,8 @@ def validate(cfg: Config) -> None:
     from agents.balancers import BALANCERS
     from agents.heads import HEADS
     from agents.trunks import ACTIVATIONS, TRUNKS
+    if cfg.sac.encoder and cfg.sac.encoder not in TRUNKS:
+        raise UserError(f"unknown sac.encoder {cfg.sac.encoder!r}; valid: {', '.join(TRUNKS)} (or empty: none)")
     for key, value, registry in (("sac.trunk", cfg.sac.trunk, TRUNKS), ("sac.head", cfg.sac.head, HEADS),
                                  ("sac.activation", cfg.sac.activation, ACTIVATIONS),
                                  ("sac.balancer", cfg.sac.balancer, BALANCERS)):
@@ -206,9 +210,34 @@ def validate(cfg: Config) -> None:
             raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
     if not cfg.sac.log_std_min < cfg.sac.log_std_max:
         raise UserError("sac.log_std_min must be below sac.log_std_max")
+    if cfg.sac.encoder and (not cfg.sac.encoder_sizes or min(cfg.sac.encoder_sizes) <= 0):
+        raise UserError("sac.encoder_sizes must be a non-empty list of positive sizes")
+    if cfg.sac.experts < 1 or cfg.sac.task_embedding_dim < 0:
+        raise UserError("sac.experts must be positive and sac.task_embedding_dim >= 0")
+    if "bronet" in (cfg.sac.trunk, cfg.sac.encoder):
+        sizes = cfg.sac.encoder_sizes if cfg.sac.encoder == "bronet" else cfg.sac.hidden_sizes
+        if len(set(sizes)) != 1:
+            raise UserError("a bronet trunk has one width: its sizes must repeat it, e.g. [512, 512, 512] "
+                            "(a first layer and two residual blocks)")
+    validate_aux(cfg)
     if cfg.sac.trunk == "hyper" and cfg.sac.layer_norm:
         raise UserError("sac.trunk=hyper generates every trunk layer and has no LayerNorm: set sac.layer_norm=false")
     validate_continual(cfg)
+
+
+def validate_aux(cfg: Config) -> None:
+    from agents.auxiliary import NAMES
+    a = cfg.aux
+    for name in NAMES:
+        if getattr(a, name) < 0:
+            raise UserError(f"aux.{name} is a loss weight and must be >= 0, got {getattr(a, name)}")
+    if a.on not in ("", "encoder", "actor"):
+        raise UserError(f"unknown aux.on {a.on!r}; valid: encoder, actor (or empty: the encoder if there is one)")
+    if a.on == "encoder" and not cfg.sac.encoder:
+        raise UserError("aux.on=encoder needs a shared encoder: set sac.encoder (e.g. mlp)")
+    if a.hidden < 1 or a.pvn_tasks < 1 or a.pvn_actions < 1 or not 0 < a.pvn_rate < 1 or not 0 < a.pvn_tau <= 1:
+        raise UserError("aux.hidden, aux.pvn_tasks and aux.pvn_actions must be positive, aux.pvn_rate in (0, 1), "
+                        "aux.pvn_tau in (0, 1]")
 
 
 def validate_continual(cfg: Config) -> None:

@@ -15,9 +15,9 @@ import torch
 import torch.multiprocessing as mp
 
 from agents import seeding
+from agents.networks import build_policy
 from agents.sac.config import SACConfig
 from envs.evaluation import evaluate
-from launch.actor import build_policy
 from launch.local_actors import sigint_ignored_by_children
 
 

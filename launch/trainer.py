@@ -18,8 +18,8 @@ start once the stage's warm-up is over and every task the stage collects has at 
 min(warmup_steps_per_task, replay capacity) transitions (and a batch) in replay: after a
 resume without a checkpointed replay, the buffer refills with the restored policy first.
 
-Learner hooks (agents/hooks.py): the continual strategy is one hook of `self.hooks`; other
-hooks (auxiliary losses) join the same list and are called at the same points.
+Learner hooks (agents/hooks.py): the continual strategy and the auxiliary tasks
+(agents/auxiliary.py) are the hooks of `self.hooks`, called at the same points of every update.
 
 Resume contract: a checkpoint at step S holds everything logged at steps <= S (pending
 evaluations are awaited and TensorBoard flushed before it is written). On resume from S, the run
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from agents import seeding
+from agents.auxiliary import make_auxiliary_tasks
 from agents.replay import MultiTaskReplay
 from agents.sac import SACLearner
 from continual.schedule import Schedule, Stage, stage_at
@@ -92,7 +93,8 @@ class Trainer:
         self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim)
         task_stage = [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(num_tasks)]
         self.strategy = make_strategy(cfg.continual, self.learner, task_stage, seed)
-        self.hooks = [self.strategy]
+        self.auxiliary = make_auxiliary_tasks(cfg.aux, self.learner, suite.obs_dim, suite.action_dim, seed)
+        self.hooks = [self.strategy, *self.auxiliary]
         self.learner.add_hook_parameters(self.hooks)
         self.losses: dict = {}
         self.step = self.local_step = 0  # env steps: all ranks / this rank
@@ -200,6 +202,8 @@ class Trainer:
             if "replay" in loaded:
                 self.replay.load_state_dict(loaded["replay"])
             self.strategy.load_state_dict(to_device(loaded.get("strategy", {}), self.device))
+            for task, state in zip(self.auxiliary, loaded.get("auxiliary", []), strict=True):
+                task.load_state_dict(to_device(state, self.device))
             rng = loaded["rng"][self.dist.rank]
             torch.set_rng_state(rng["torch"])
             if rng.get("cuda") and torch.cuda.is_available():
@@ -246,7 +250,7 @@ class Trainer:
         state = {"learner": self.learner.state_dict(), "rank_steps": [g[0] for g in gathered],
                  "rng": [g[1] for g in gathered],
                  "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()},
-                 "strategy": self.strategy.state_dict()}
+                 "strategy": self.strategy.state_dict(), "auxiliary": [t.state_dict() for t in self.auxiliary]}
         if self.cfg.replay.save_in_checkpoint:
             state["replay"] = self.replay.state_dict()
         checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.run.keep_checkpoints)

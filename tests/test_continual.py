@@ -191,7 +191,7 @@ def test_hypernetwork_regularizer_keeps_earlier_generated_weights_within_toleran
 
 def _features(net, obs, task):
     """Input of the output layer (the trunk's last activation) of a TaskNetwork, by hand."""
-    h = torch.cat([obs, net.task_codes[task]], -1).expand(net.ensemble, *obs.shape[:-1], -1)
+    h = torch.cat([obs, net.task_input.task_codes[task]], -1).expand(net.ensemble, *obs.shape[:-1], -1)
     for layer in net.trunk.layers:
         h = torch.relu(layer(h))
     return h

@@ -8,9 +8,15 @@ from dataclasses import dataclass
 @dataclass
 class SACConfig:
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
-    trunk: str = "mlp"               # the shared layers: see agents.trunks.TRUNKS (hyper: generated per task)
+    trunk: str = "mlp"               # each network's layers below its head: agents.trunks.TRUNKS
+                                     # (mlp | hyper | care | moore | bronet)
     head: str = "multi"              # output layer type: see agents.heads.HEADS
     task_input: bool = True          # append a one-hot task id to the network input
+    task_embedding_dim: int = 0      # > 0: also append a learned, L2-normalised task embedding (BRC)
+    encoder: str = ""                # a shared encoder (a TRUNKS name) on the observation, feeding actor and
+                                     # critic; the critic's loss trains it, the actor reads it detached ("": none)
+    encoder_sizes: tuple[int, ...] = (256,)  # its layer sizes (its features: the last)
+    experts: int = 4                 # care / moore: number of experts (MOORE: 4 for MT10, 6 for MT50)
     layer_norm: bool = False         # first layer Dense -> LayerNorm -> tanh (Continual World)
     activation: str = "relu"         # relu | leaky_relu (slope 0.2, TensorFlow's, as Continual World)
     log_std_min: float = -5.0        # the policy's log-std range ...

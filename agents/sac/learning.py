@@ -21,7 +21,7 @@ import torch
 
 from agents.balancers import BALANCERS, TaskLosses
 from agents.hooks import LearnerHook, Synchronizer
-from agents.networks import SquashedGaussianActor, TwinCritic, actor_options, network_options
+from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.config import SACConfig
 
@@ -32,19 +32,19 @@ class SACLearner:
         self.cfg, self.device = cfg, device
         self.synchronizer = synchronizer or Synchronizer()
         self.balancer = BALANCERS[cfg.balancer]()
-        self.actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, **actor_options(cfg)).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, num_tasks, **network_options(cfg)).to(device)
+        actor, critic = build_actor_and_critic(cfg, obs_dim, action_dim, num_tasks)
+        self.actor, self.critic = actor.to(device), critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.full((num_tasks,), float(cfg.init_alpha), device=device).log()
         self.log_alpha.requires_grad_(True)
         self.target_entropy = (-float(action_dim) if cfg.target_entropy is None
                                else float(cfg.target_entropy))
         # fused: one kernel per optimizer step (on CPU, Adam's default is a per-tensor loop).
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
+        self.actor_optimizer = torch.optim.Adam(self.actor.own_parameters(), lr=cfg.actor_lr, fused=True)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
         # What each network's optimizer trains: its parameters, and its hooks' (add_hook_parameters).
-        self.params = {"actor": list(self.actor.parameters()), "critic": list(self.critic.parameters())}
+        self.params = {"actor": self.actor.own_parameters(), "critic": list(self.critic.parameters())}
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
@@ -110,13 +110,12 @@ class SACLearner:
 
     @staticmethod
     def _terms(network: str, batch: Batch, features: torch.Tensor, hooks: Sequence[LearnerHook]) -> dict:
-        """Every hook's loss terms for `network`, as {"<name>/<network>": value}; terms of one name
-        from several hooks add up."""
+        """Every hook's loss terms for `network`, {name: value} (logged as loss/<name>); terms of one
+        name from several hooks add up."""
         terms: dict[str, torch.Tensor] = {}
         for hook in hooks:
             for name, value in hook.loss_terms(network, batch, features).items():
-                key = f"{name}/{network}"
-                terms[key] = terms[key] + value if key in terms else value
+                terms[name] = terms[name] + value if name in terms else value
         return terms
 
     def update(self, batch: Batch, hooks: Sequence[LearnerHook] = ()) -> dict[str, torch.Tensor]:

@@ -85,7 +85,7 @@ class Strategy(LearnerHook):
 
     def loss_terms(self, network: str, batch, features) -> dict[str, torch.Tensor]:
         penalty = self.penalty(network)
-        return {"penalty": penalty} if torch.is_tensor(penalty) else {}
+        return {f"penalty/{network}": penalty} if torch.is_tensor(penalty) else {}
 
     def eval_weights(self, flat: torch.Tensor, stage: int) -> torch.Tensor:
         """[P] (one policy for every task) or [T, P] (task t evaluated with row t)."""
