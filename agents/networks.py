@@ -36,12 +36,13 @@ def _trunk_options(sac, trunk: str) -> dict:
     return options
 
 
-def network_options(sac) -> dict:
+def network_options(sac, critic: bool = False) -> dict:
     """TaskNetwork keyword arguments from a SACConfig (one place for the actor, critic and copies).
     Behind a shared encoder the task reaches a network through the encoder (and its head)."""
     task = dict(task_input=sac.task_input, task_embedding_dim=sac.task_embedding_dim) if not sac.encoder else \
         dict(task_input=False, task_embedding_dim=0)
-    return dict(hidden_sizes=tuple(sac.hidden_sizes), trunk=sac.trunk, head=sac.head, **task,
+    sizes = sac.critic_hidden_sizes if critic and sac.critic_hidden_sizes else sac.hidden_sizes
+    return dict(hidden_sizes=tuple(sizes), trunk=sac.trunk, head=sac.head, **task,
                 trunk_options=_trunk_options(sac, sac.trunk),
                 head_options=dict(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden)
                 if sac.head == "hyper" else {})
@@ -227,7 +228,7 @@ def build_actor_and_critic(sac, obs_dim: int, action_dim: int, num_tasks: int):
     """The SAC networks of a config: (actor, twin critic), sharing an encoder if sac.encoder is set."""
     encoder = SharedEncoder(obs_dim, num_tasks, **encoder_options(sac)) if sac.encoder else None
     actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, encoder=encoder, **actor_options(sac))
-    return actor, TwinCritic(obs_dim, action_dim, num_tasks, encoder=encoder, **network_options(sac))
+    return actor, TwinCritic(obs_dim, action_dim, num_tasks, encoder=encoder, **network_options(sac, critic=True))
 
 
 def build_policy(sac, obs_dim: int, action_dim: int, num_tasks: int) -> SquashedGaussianActor:

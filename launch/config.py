@@ -186,6 +186,8 @@ def validate(cfg: Config) -> None:
     if cfg.replay.capacity_per_task < cfg.sac.batch_size_per_task:
         raise UserError(f"replay.capacity_per_task ({cfg.replay.capacity_per_task}) must hold at least one batch "
                         f"(sac.batch_size_per_task = {cfg.sac.batch_size_per_task})")
+    if cfg.sac.critic_hidden_sizes and min(cfg.sac.critic_hidden_sizes) <= 0:
+        raise UserError("sac.critic_hidden_sizes must be positive sizes (or empty: sac.hidden_sizes)")
     if not cfg.sac.hidden_sizes or min(cfg.sac.hidden_sizes) <= 0:
         raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
@@ -214,9 +216,10 @@ def validate(cfg: Config) -> None:
         raise UserError("sac.encoder_sizes must be a non-empty list of positive sizes")
     if cfg.sac.experts < 1 or cfg.sac.task_embedding_dim < 0:
         raise UserError("sac.experts must be positive and sac.task_embedding_dim >= 0")
-    if "bronet" in (cfg.sac.trunk, cfg.sac.encoder):
-        sizes = cfg.sac.encoder_sizes if cfg.sac.encoder == "bronet" else cfg.sac.hidden_sizes
-        if len(set(sizes)) != 1:
+    bronet = ([cfg.sac.encoder_sizes] if cfg.sac.encoder == "bronet" else []) + \
+        ([cfg.sac.hidden_sizes, cfg.sac.critic_hidden_sizes] if cfg.sac.trunk == "bronet" else [])
+    for sizes in bronet:
+        if len(set(sizes)) > 1:
             raise UserError("a bronet trunk has one width: its sizes must repeat it, e.g. [512, 512, 512] "
                             "(a first layer and two residual blocks)")
     validate_aux(cfg)

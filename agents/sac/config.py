@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class SACConfig:
     hidden_sizes: tuple[int, ...] = (400, 400, 400)
+    critic_hidden_sizes: tuple[int, ...] = ()  # the critic's, if it differs (a wider critic); (): hidden_sizes
     trunk: str = "mlp"               # each network's layers below its head: agents.trunks.TRUNKS
                                      # (mlp | hyper | care | moore | bronet)
     head: str = "multi"              # output layer type: see agents.heads.HEADS
