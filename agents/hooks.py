@@ -7,7 +7,8 @@ them in this order:
                       continual penalty, an auxiliary task) that may read the batch and the
                       trunk's features from the network's loss pass
     2. balancer       `balancer.backward(task losses)`: the per-task losses' gradient
-                      (agents/balancers.py; the mean by default)
+                      (agents/balancers/; the mean by default; a gradient combiner gathers
+                      every rank's per-task rows through `synchronizer.gather_rows`)
     3. observe        every hook's `observe_gradients(network)`: .grad holds the task losses'
                       gradient only (SI's path integral reads it here)
     4. terms backward the loss terms' gradient is added
@@ -16,7 +17,8 @@ them in this order:
                       A-GEM's projection)
     7. step           the optimizers step
     8. after step     every hook's `after_step(networks)`: repair weights (PackNet's frozen ones)
-  then the temperatures (2, 5, 7) and the target critics, and once per update
+  then the balancer's `after_step` (FAMO's and GradNorm's weight updates), the temperatures
+  (2, 5, 7) and the target critics, and once per update
     9. sync           `synchronizer.after_update(learner)` (local SGD averages here)
 
 A hook may own parameters (`parameters(network)`): they join that network's optimizer as a
@@ -69,6 +71,11 @@ class Synchronizer:
 
     def after_update(self, learner) -> None:
         """One whole update is done."""
+
+    def gather_rows(self, rows: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Per-task rows [m_r, n] of this rank -> every rank's rows in task order [M, n] (a
+        gradient-combining balancer needs every task's gradient). One learner: the rows."""
+        return rows
 
     def sync_point(self, learner) -> None:
         """Before a checkpoint, an evaluation or the end: make every rank hold the same model."""

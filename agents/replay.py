@@ -4,6 +4,10 @@ Memory is taken as it is used: a task's ring buffer starts small, doubles as it 
 `capacity_per_task` rows) and is freed when the task is cleared. A transition of Meta-World
 costs (39 + 39 + 4 + 1 + 1) x 4 = 336 bytes, so a full 1M-row task buffer is 336 MB; a
 continual run that resets replay at every stage holds one such buffer at a time.
+
+Reward normalisation (`normalize_rewards`, Kurin et al. 2022's): rewards are stored raw; a
+sampled reward is divided by its task's standard deviation over every reward ever added,
+sqrt(E[r^2] - E[r]^2 + 1e-8) (the mean is not subtracted), as their code does.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ class MultiTaskReplay:
     FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
     FIRST_ROWS = 4096  # a task's first allocation; it doubles from there
 
-    def __init__(self, num_tasks: int, capacity_per_task: int, obs_dim: int, action_dim: int):
-        self.num_tasks, self.capacity = num_tasks, capacity_per_task
+    def __init__(self, num_tasks: int, capacity_per_task: int, obs_dim: int, action_dim: int,
+                 normalize_rewards: bool = False):
+        self.num_tasks, self.capacity, self.normalize_rewards = num_tasks, capacity_per_task, normalize_rewards
+        self.reward_stats = np.zeros((num_tasks, 3))  # per task: count, sum r, sum r^2 of every reward added
         self.shapes = {"obs": (obs_dim,), "action": (action_dim,), "reward": (), "next_obs": (obs_dim,),
                        "terminated": ()}
         self.buffers: list[dict[str, np.ndarray] | None] = [None] * num_tasks
@@ -61,7 +67,10 @@ class MultiTaskReplay:
         """Add a batch of transitions; `task` is an int array giving each row's task."""
         columns = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated}
         for t in np.unique(task):  # rows of one task go to consecutive ring positions
-            rows = np.flatnonzero(task == t)[-self.capacity:]  # more than a ring's worth: the newest
+            every = np.flatnonzero(task == t)
+            r = reward[every].astype(np.float64)
+            self.reward_stats[t] += (len(r), r.sum(), (r * r).sum())
+            rows = every[-self.capacity:]  # more than a ring's worth: the newest
             self._reserve(t, int(self.size[t]) + len(rows))
             slots = (self.cursor[t] + np.arange(len(rows))) % self.capacity
             for f in self.FIELDS:
@@ -93,7 +102,14 @@ class MultiTaskReplay:
             part = slice(k * per_task, (k + 1) * per_task)
             for f in self.FIELDS:
                 out[f][part] = self.buffers[t][f][rows[part]]
+            if self.normalize_rewards:
+                out["reward"][part] /= self.reward_std(t)
         return Batch(*(torch.from_numpy(out[f]) for f in self.FIELDS), torch.from_numpy(task_col))
+
+    def reward_std(self, task: int) -> float:
+        count, total, squares = self.reward_stats[task]
+        mean = total / max(count, 1)
+        return float(np.sqrt(max(squares / max(count, 1) - mean * mean, 0.0) + 1e-8))
 
     # -- state: filled rows only, as tensors (loadable with weights_only=True) -----------------
     def task_state(self, task: int) -> dict:
@@ -111,10 +127,12 @@ class MultiTaskReplay:
         self.size[task], self.cursor[task] = size, int(state["cursor"])
 
     def state_dict(self) -> dict:
-        return {"tasks": [self.task_state(t) for t in range(self.num_tasks)]}
+        return {"tasks": [self.task_state(t) for t in range(self.num_tasks)],
+                "reward_stats": torch.from_numpy(self.reward_stats.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["tasks"]) != self.num_tasks:
             raise ValueError(f"replay state holds {len(state['tasks'])} tasks, this run has {self.num_tasks}")
         for t, task_state in enumerate(state["tasks"]):
             self.load_task_state(t, task_state)
+        self.reward_stats[:] = state["reward_stats"].numpy()

@@ -23,6 +23,7 @@ PURPOSES = {
     "learner": 8,       # the learner's torch stream (SAC's sampled actions), per rank
     "pvn-indicators": 9,  # the frozen random networks of the proto-value-network auxiliary task
     "pvn-actions": 10,  # the proto-value-network's uniformly drawn next actions
+    "balancer": 11,     # a gradient combiner's own draws (PCGrad's task order), per network, the same on every rank
 }
 
 

@@ -71,6 +71,20 @@ class InlineActors:
         self.actor.close()
 
 
+def actor_specs(cfg, own_tasks: list[int], rank: int, num_tasks: int, step: int) -> list[ActorSpec]:
+    """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
+    (runtime.envs_per_actor overrides the count); one actor for the single backend."""
+    rt = cfg.runtime
+    actors = 1 if rt.backend == "single" else rt.actors
+    specs = []
+    for a in range(actors):
+        tasks = tuple(own_tasks[a::actors]) or (own_tasks[a % len(own_tasks)],)
+        specs.append(ActorSpec(actor_id=rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks, seed=cfg.run.seed,
+                               task_indices=tasks, num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
+                               sac=cfg.sac, num_tasks=num_tasks, start_step=step))
+    return specs
+
+
 def make_actor_source(runtime, specs: list[ActorSpec], policy: torch.nn.Module, log=print):
     """The actor source of `runtime.backend` for these actor specs (one spec for `single`)."""
     if runtime.backend == "single":

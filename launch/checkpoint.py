@@ -15,7 +15,7 @@ import torch
 
 from launch.errors import UserError
 
-FORMAT_VERSION = 2  # 2: replay saved as filled rows per task; eval.policy
+FORMAT_VERSION = 3  # 2: replay saved as filled rows per task; eval.policy. 3: balancers, reward statistics
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 

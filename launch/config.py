@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.auxiliary import AuxConfig
+from agents.balancers import BalanceConfig
 from agents.sac.config import SACConfig
 from launch.errors import UserError
 from launch.overrides import merge, parse_override, read_yaml, set_key
@@ -28,6 +29,7 @@ class EnvConfig:
 class ReplayConfig:
     capacity_per_task: int = 200_000
     save_in_checkpoint: bool = False  # also checkpoint the replay buffer (large)
+    normalize_rewards: bool = False   # divide sampled rewards by their task's reward std (Kurin et al.); stored raw
 
 
 EVAL_POLICIES = ("mean", "sample")
@@ -98,6 +100,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     aux: AuxConfig = field(default_factory=AuxConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
 
 
 def build_config(suite: str | None = None, config_file: str | None = None,
@@ -192,14 +195,14 @@ def validate(cfg: Config) -> None:
         raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
         raise UserError(f"unknown backend {cfg.runtime.backend!r}; valid: {', '.join(BACKENDS)}")
-    from agents.balancers import BALANCERS
+    from agents.balancers import BALANCERS, NETWORKS, POSITIVE_LOSSES_ONLY
     from agents.heads import HEADS
     from agents.trunks import ACTIVATIONS, TRUNKS
     if cfg.sac.encoder and cfg.sac.encoder not in TRUNKS:
         raise UserError(f"unknown sac.encoder {cfg.sac.encoder!r}; valid: {', '.join(TRUNKS)} (or empty: none)")
     for key, value, registry in (("sac.trunk", cfg.sac.trunk, TRUNKS), ("sac.head", cfg.sac.head, HEADS),
                                  ("sac.activation", cfg.sac.activation, ACTIVATIONS),
-                                 ("sac.balancer", cfg.sac.balancer, BALANCERS)):
+                                 ("balance.method", cfg.balance.method, BALANCERS)):
         if value not in registry:
             raise UserError(f"unknown {key} {value!r}; valid: {', '.join(registry)}")
     if not 0 < cfg.sac.tau <= 1 or not 0 <= cfg.sac.gamma <= 1:
@@ -223,6 +226,19 @@ def validate(cfg: Config) -> None:
             raise UserError("a bronet trunk has one width: its sizes must repeat it, e.g. [512, 512, 512] "
                             "(a first layer and two residual blocks)")
     validate_aux(cfg)
+    b = cfg.balance
+    if set(b.networks) - set(NETWORKS):
+        raise UserError(f"balance.networks must name some of {', '.join(NETWORKS)}, got {list(b.networks)}")
+    if b.method in POSITIVE_LOSSES_ONLY and set(b.networks) - {"critic"}:
+        raise UserError(f"balance.method {b.method} weights log-losses or loss ratios, defined for the critic's "
+                        f"positive loss only (SAC's actor and temperature losses take any sign): "
+                        f"balance.networks=[critic]")
+    if min(b.lr, b.gradnorm_alpha, b.nashmtl_max_norm, b.nashmtl_update_every) <= 0 or min(b.famo_decay,
+                                                                                          b.cagrad_c) < 0:
+        raise UserError("balance.lr, gradnorm_alpha, nashmtl_max_norm and nashmtl_update_every must be positive; "
+                        "famo_decay and cagrad_c >= 0")
+    if cfg.sac.actor_weight_decay < 0 or cfg.sac.max_grad_norm < 0:
+        raise UserError("sac.actor_weight_decay and sac.max_grad_norm must be >= 0")
     if cfg.sac.trunk == "hyper" and cfg.sac.layer_norm:
         raise UserError("sac.trunk=hyper generates every trunk layer and has no LayerNorm: set sac.layer_norm=false")
     validate_continual(cfg)

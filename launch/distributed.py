@@ -84,6 +84,26 @@ class EveryStepSync(Synchronizer):
 
     def __init__(self, dist_: Dist, share: float):
         self.dist, self.share = dist_, share
+        self.bytes_gathered = 0  # per-task gradient rows received from other ranks (gradient combiners)
+
+    def gather_rows(self, rows: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Every rank's per-task rows, in task order (padded to the largest shard for all_gather).
+        The combined gradient is then the same on every rank; after_backward's share-weighted sum
+        (shares add up to 1) leaves it as it is and adds up the hooks' per-rank loss terms."""
+        if self.dist.world == 1:
+            return rows
+        count = torch.tensor([len(rows)], device=rows.device)  # nccl gathers device tensors only
+        counts = [torch.empty_like(count) for _ in range(self.dist.world)]
+        dist.all_gather(counts, count)
+        most = int(max(counts))
+        padded = torch.zeros(most, rows.shape[1] + 1, dtype=rows.dtype, device=rows.device)
+        padded[:len(rows), 0] = task_ids.to(rows.dtype)
+        padded[:len(rows), 1:] = rows
+        gathered = [torch.empty_like(padded) for _ in range(self.dist.world)]
+        dist.all_gather(gathered, padded)
+        self.bytes_gathered += padded.numel() * padded.element_size() * (self.dist.world - 1)
+        table = torch.cat([g[:int(c)] for g, c in zip(gathered, counts)])
+        return table[table[:, 0].argsort(), 1:]
 
     def after_backward(self, params: list[torch.Tensor]) -> None:
         if self.dist.world == 1:

@@ -47,6 +47,8 @@ def parse_args(argv):
     p.add_argument("--mode", choices=("continual", "single-task"), default="continual",
                    help="with --sequence: train the sequence (default), or one single-task reference run "
                         "per task of it, in subdirectories of the run dir")
+    p.add_argument("--balancer", help="multi-task loss balancing: mean (default), uncertainty, gradnorm, famo, "
+                                      "pcgrad, cagrad, mgda, nashmtl, upgrad")
     p.add_argument("--seed")
     p.add_argument("--eval-every", help="env steps between evaluations")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
@@ -66,12 +68,12 @@ def _flag_values(args) -> dict:
     """Named flags as config keys; values go through the same type checks as --set."""
     raw = {"env.tasks": args.tasks, "run.steps": args.steps, "run.seed": args.seed,
            "continual.sequence": args.sequence, "continual.steps_per_task": args.steps_per_task,
-           "continual.method": args.method,
+           "continual.method": args.method, "balance.method": args.balancer,
            "eval.every": args.eval_every, "run.device": args.device, "runtime.backend": args.backend,
            "runtime.actors": args.actors, "runtime.envs_per_actor": args.envs_per_actor,
            "runtime.ray_address": args.ray_address}
     as_text = {"env.tasks", "runtime.backend", "runtime.ray_address", "run.device", "continual.sequence",
-               "continual.method"}
+               "continual.method", "balance.method"}
     return {k: (yaml.safe_load(v) if k not in as_text and v is not None else v) for k, v in raw.items()}
 
 
@@ -81,7 +83,7 @@ def resolve(args) -> tuple[Config, object, Path, bool]:
     if args.resume:
         run_dir = Path(args.resume)
         changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every,
-                   args.sequence, args.steps_per_task, args.method, args.mode != "continual"]
+                   args.sequence, args.steps_per_task, args.method, args.balancer, args.mode != "continual"]
         if any(changed):
             raise UserError("--resume continues a run with its saved config; only --steps, --device and "
                             "the runtime flags (--backend, --actors, --envs-per-actor, --ray-address) may change")

@@ -43,14 +43,15 @@ import torch
 
 from agents import seeding
 from agents.auxiliary import make_auxiliary_tasks
+from agents.balancers import NEEDS_EVERY_TASK
 from agents.replay import MultiTaskReplay
 from agents.sac import SACLearner
 from continual.schedule import Schedule, Stage, stage_at
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint
-from launch.actor import ActorSpec, Chunk
-from launch.backends import make_actor_source, make_evaluator, resolve_device, to_device
+from launch.actor import Chunk
+from launch.backends import actor_specs, make_actor_source, make_evaluator, resolve_device, to_device
 from launch.config import Config
 from launch.distributed import Dist, EveryStepSync
 from launch.errors import TrainingDiverged, UserError
@@ -84,13 +85,17 @@ class Trainer:
         self.device = resolve_device(cfg.run.device, dist.local_rank)
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
         share = len(self.own_tasks) / num_tasks  # this rank's fraction of every global batch
+        if cfg.balance.method in NEEDS_EVERY_TASK and dist.world > 1:
+            raise UserError(f"balance.method {cfg.balance.method} reads every task's losses in one place; it "
+                            f"needs a single learner rank (the gradient combiners work across ranks)")
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
-                                  synchronizer=EveryStepSync(dist, share))
+                                  synchronizer=EveryStepSync(dist, share), balance=cfg.balance, seed=seed)
         for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
             dist.broadcast_module_state(module)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
         self.rng = seeding.rng(seed, "replay", rank)
-        self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim)
+        self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim,
+                                      normalize_rewards=cfg.replay.normalize_rewards)
         task_stage = [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(num_tasks)]
         self.strategy = make_strategy(cfg.continual, self.learner, task_stage, seed)
         self.auxiliary = make_auxiliary_tasks(cfg.aux, self.learner, suite.obs_dim, suite.action_dim, seed)
@@ -152,7 +157,8 @@ class Trainer:
             self.restarts_before += self.source.restarts
             self.source.close()
         self.version = 0
-        self.source = make_actor_source(self.cfg.runtime, self._actor_specs(), self.learner.actor, log=self.log)
+        specs = actor_specs(self.cfg, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
+        self.source = make_actor_source(self.cfg.runtime, specs, self.learner.actor, log=self.log)
 
     def restarts(self) -> int:
         """Actor restarts over the whole run (every stage has its own actors)."""
@@ -167,20 +173,6 @@ class Trainer:
             for t in self.stage_context.tasks:
                 checkpoint.write_atomic(checkpoint.rehearsal_path(self.run_dir / "checkpoints", t),
                                         {"format_version": checkpoint.FORMAT_VERSION, **self.replay.task_state(t)})
-
-    def _actor_specs(self) -> list[ActorSpec]:
-        """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
-        (runtime.envs_per_actor overrides the count)."""
-        cfg, rt = self.cfg, self.cfg.runtime
-        actors = 1 if rt.backend == "single" else rt.actors
-        specs = []
-        for a in range(actors):
-            tasks = tuple(self.own_tasks[a::actors]) or (self.own_tasks[a % len(self.own_tasks)],)
-            specs.append(ActorSpec(actor_id=self.dist.rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks,
-                                   seed=cfg.run.seed, task_indices=tasks,
-                                   num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
-                                   sac=cfg.sac, num_tasks=len(self.suite.tasks), start_step=self.step))
-        return specs
 
     # -- checkpoints --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -201,6 +193,7 @@ class Trainer:
             self.learner.load_state_dict(loaded["learner"])
             if "replay" in loaded:
                 self.replay.load_state_dict(loaded["replay"])
+            self.replay.reward_stats[:] = loaded["reward_stats"][self.dist.rank].numpy()
             self.strategy.load_state_dict(to_device(loaded.get("strategy", {}), self.device))
             for task, state in zip(self.auxiliary, loaded.get("auxiliary", []), strict=True):
                 task.load_state_dict(to_device(state, self.device))
@@ -240,7 +233,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        gathered = self.dist.gather_objects((self.local_step, rng, dict(self.steps_by_actor)))  # every rank
+        stats = torch.from_numpy(self.replay.reward_stats.copy())  # small: kept even when replay is not
+        gathered = self.dist.gather_objects((self.local_step, rng, dict(self.steps_by_actor), stats))  # every rank
         if not self.dist.is_main:
             return
         # Evaluations asked for at steps <= S are logged before S's checkpoint: one that falls
@@ -250,6 +244,7 @@ class Trainer:
         state = {"learner": self.learner.state_dict(), "rank_steps": [g[0] for g in gathered],
                  "rng": [g[1] for g in gathered],
                  "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()},
+                 "reward_stats": [g[3] for g in gathered],
                  "strategy": self.strategy.state_dict(), "auxiliary": [t.state_dict() for t in self.auxiliary]}
         if self.cfg.replay.save_in_checkpoint:
             state["replay"] = self.replay.state_dict()
@@ -374,7 +369,8 @@ class Trainer:
         ranks = self.dist.gather_objects({
             "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
             "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
-            "actor_restarts": self.restarts(), "params": params})
+            "actor_restarts": self.restarts(), "params": params,
+            "gradient_rows_bytes_received": getattr(learner.synchronizer, "bytes_gathered", 0)})
         if not self.dist.is_main:
             return
         self._write_evals(self.evaluator.wait())

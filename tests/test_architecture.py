@@ -117,9 +117,12 @@ class RecordingHook(LearnerHook):
 
 
 class RecordingBalancer(Balancer):
-    def backward(self, losses, params, network, retain_graph=False):
+    def backward(self, losses, params, network, retain_graph=False, gather=None):
         CALLS.append(f"balancer.backward({network}, {losses.num_tasks} tasks)")
         super().backward(losses, params, network, retain_graph)
+
+    def after_step(self, network, losses):
+        CALLS.append(f"balancer.after_step({network})")
 
 
 class RecordingSync(Synchronizer):
@@ -160,7 +163,8 @@ def _learner_and_batch(order="sequential", **sac):
 @pytest.mark.parametrize("order", ["sequential", "simultaneous"])
 def test_hooks_balancer_and_synchronizer_are_called_in_the_documented_order(order):
     learner, batch = _learner_and_batch(order)
-    learner.balancer, learner.synchronizer = RecordingBalancer(), RecordingSync()
+    learner.balancers = {net: RecordingBalancer() for net in learner.balancers}
+    learner.synchronizer = RecordingSync()
     hooks = [RecordingHook("a"), RecordingHook("b")]
     learner.add_hook_parameters(hooks)
     CALLS.clear()
@@ -174,7 +178,8 @@ def test_hooks_balancer_and_synchronizer_are_called_in_the_documented_order(orde
 
     def step(networks):
         return [f"a.before_step({networks})", f"b.before_step({networks})",
-                f"a.after_step({networks})", f"b.after_step({networks})"]
+                f"a.after_step({networks})", f"b.after_step({networks})",
+                *(f"balancer.after_step({net})" for net in networks.split(","))]
     critic_params = len(list(learner.critic.parameters())) + 2  # + each hook's own parameter
     actor_params = len(list(learner.actor.parameters()))
     if order == "sequential":
@@ -183,7 +188,8 @@ def test_hooks_balancer_and_synchronizer_are_called_in_the_documented_order(orde
     else:
         expected = (critic + actor + gradients("critic", critic_params) + gradients("actor", actor_params)
                     + step("critic,actor"))
-    expected += ["balancer.backward(alpha, 2 tasks)", "sync.after_backward(1 tensors)", "sync.after_update"]
+    expected += ["balancer.backward(alpha, 2 tasks)", "sync.after_backward(1 tensors)", "balancer.after_step(alpha)",
+                 "sync.after_update"]
     assert CALLS == expected
     # The hooks' own parameters were trained by their loss terms, in the critic's optimizer.
     assert all(float(h.extra.detach()) != 1.0 for h in hooks)
@@ -193,7 +199,7 @@ def test_hooks_balancer_and_synchronizer_are_called_in_the_documented_order(orde
 
 
 def test_the_mean_balancer_is_the_mean_over_tasks_and_what_the_learner_uses_by_default():
-    assert BALANCERS["mean"] is Balancer and isinstance(_learner_and_batch()[0].balancer, Balancer)
+    assert all(type(b) is Balancer for b in _learner_and_batch()[0].balancers.values()) and "mean" in BALANCERS
     terms = [torch.tensor([1.0, 3.0, 10.0, 20.0]), torch.tensor([2.0, 2.0, 0.0, 4.0])]
     losses = TaskLosses(terms, torch.tensor([0, 0, 1, 1]))
     torch.testing.assert_close(losses.per_task(), torch.tensor([2.0 + 2.0, 15.0 + 2.0]))

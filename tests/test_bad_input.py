@@ -40,6 +40,11 @@ def _assert_user_error(proc, *fragments):
     (["--suite", "pointmass", "--set", "eval.policy=greedy"], ["unknown eval.policy 'greedy'", "mean, sample"]),
     (["--suite", "pointmass", "--set", "sac.update_order=random"], ["unknown sac.update_order"]),
     (["--suite", "pointmass", "--set", "sac.actor_lr=1e-3x"], ["sac.actor_lr expects float"]),
+    (["--suite", "pointmass", "--balancer", "pcgard"], ["unknown balance.method 'pcgard'", "pcgrad", "famo"]),
+    (["--suite", "pointmass", "--balancer", "famo", "--set", "balance.networks=[critic,actor]"],
+     ["balance.method famo", "balance.networks=[critic]"]),
+    (["--suite", "pointmass", "--set", "balance.networks=[policy]"], ["balance.networks must name some of"]),
+    (["--suite", "pointmass", "--set", "balance.cagrad_c=-1"], ["cagrad_c >= 0"]),
 ])
 def test_bad_flags(tmp_path, capsys, args, fragments):
     """In-process (the CLI's main, as `python launch/train.py` runs it): one line, exit 2."""

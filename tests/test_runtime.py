@@ -173,7 +173,8 @@ def test_torchrun_two_learner_ranks(tmp_path):
 
 def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_path):
     """3 tasks on 2 ranks (2 + 1): the synced gradient equals one process's gradient of the mean
-    over all tasks; plain averaging of the ranks' means would weight task 1 twice as much."""
+    over all tasks; plain averaging of the ranks' means would weight task 1 twice as much.
+    Then PCGrad under the same shards (see the script)."""
     proc = _torchrun(tmp_path, script=REPO / "tests" / "scripts" / "torchrun_gradient.py", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
@@ -181,6 +182,12 @@ def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_pa
     for r in results:
         assert r["weighted"] < 1e-5, r
         assert r["unweighted"] > 1e-2, r  # the check can tell the two apart
+    # PCGrad: each rank combines every task's gathered gradient rows: the ranks stay identical
+    # after every update and equal the single-process PCGrad updates on the whole batch.
+    assert results[0]["pcgrad_params"] == results[1]["pcgrad_params"]
+    for r in results:
+        assert r["pcgrad_error"] < 1e-5 and r["pcgrad_bytes"] > 0, r
+        assert r["averaged_error"] > 1e-4, r  # not gathering would be caught
 
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):

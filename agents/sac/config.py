@@ -35,7 +35,9 @@ class SACConfig:
     batch_size_per_task: int = 128   # every update sees this many transitions of each task
     warmup_steps_per_task: int = 5000  # uniform-random actions before learning starts
     updates_per_round: int = 1       # gradient updates per round (one step of every env)
-    balancer: str = "mean"           # how per-task losses make one gradient: see agents.balancers.BALANCERS
+    shared_temperature: bool = False  # one temperature for every task (Kurin et al., BRC); default: one per task
+    actor_weight_decay: float = 0.0  # Adam's L2 term on the actor (Kurin et al.: 3e-4)
+    max_grad_norm: float = 0.0       # clip each network's gradient norm before its step; 0: off
     update_order: str = "sequential"  # sequential: critic step, then the actor against the updated critic
                                       # (CleanRL, SB3); simultaneous: every gradient from the same networks,
                                       # then every step (Spinning Up, Continual World)

@@ -2,14 +2,20 @@
 
 The update reads like the paper (Haarnoja et al. 2018, with per-task temperatures as in
 multi-task SAC, Yu et al. 2019); names follow CleanRL's sac_continuous_action.py. Every loss is
-computed per task (`TaskLosses`, from the task-balanced batch) and turned into a gradient by a
-balancer; learner hooks and the synchronizer plug in at the points agents/hooks.py lists.
+computed per task (`TaskLosses`, from the task-balanced batch) and turned into a gradient by the
+network's balancer (agents/balancers: the mean by default); learner hooks and the synchronizer
+plug in at the points agents/hooks.py lists.
 
 Update order (`sac.update_order`):
   sequential    critic step, then the actor's loss against the updated critic, then the
                 temperatures (CleanRL, Stable-Baselines3);
   simultaneous  critic, actor and temperature gradients all from the networks as they were at
                 the start of the update, then every step (Spinning Up, Continual World).
+
+Stabilizers (Kurin et al. 2022's, all off by default): `sac.actor_weight_decay` (Adam's L2 term
+on the actor), `sac.max_grad_norm` (each network's gradient clipped just before its step),
+`sac.shared_temperature` (one temperature for every task), and per-task reward normalisation
+when replay samples (agents/replay.py).
 """
 
 from __future__ import annotations
@@ -19,45 +25,64 @@ from collections.abc import Sequence
 
 import torch
 
-from agents.balancers import BALANCERS, TaskLosses
+from agents.balancers import BalanceConfig, TaskLosses, make_balancers
 from agents.hooks import LearnerHook, Synchronizer
 from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.config import SACConfig
 
 
+def _last_shared_matrix(module) -> torch.Tensor:
+    return [p for _, p in module.named_shared_parameters() if p.dim() >= 2][-1]
+
+
 class SACLearner:
     def __init__(self, cfg: SACConfig, obs_dim: int, action_dim: int, num_tasks: int,
-                 device: torch.device, synchronizer: Synchronizer | None = None):
+                 device: torch.device, synchronizer: Synchronizer | None = None,
+                 balance: BalanceConfig | None = None, seed: int = 0):
         self.cfg, self.device = cfg, device
         self.synchronizer = synchronizer or Synchronizer()
-        self.balancer = BALANCERS[cfg.balancer]()
         actor, critic = build_actor_and_critic(cfg, obs_dim, action_dim, num_tasks)
         self.actor, self.critic = actor.to(device), critic.to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.full((num_tasks,), float(cfg.init_alpha), device=device).log()
+        temperatures = 1 if cfg.shared_temperature else num_tasks
+        self.log_alpha = torch.full((temperatures,), float(cfg.init_alpha), device=device).log()
         self.log_alpha.requires_grad_(True)
         self.target_entropy = (-float(action_dim) if cfg.target_entropy is None
                                else float(cfg.target_entropy))
         # fused: one kernel per optimizer step (on CPU, Adam's default is a per-tensor loop).
-        self.actor_optimizer = torch.optim.Adam(self.actor.own_parameters(), lr=cfg.actor_lr, fused=True)
+        self.actor_optimizer = torch.optim.Adam(self.actor.own_parameters(), lr=cfg.actor_lr, fused=True,
+                                                weight_decay=cfg.actor_weight_decay)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
-        # What each network's optimizer trains: its parameters, and its hooks' (add_hook_parameters).
-        self.params = {"actor": self.actor.own_parameters(), "critic": list(self.critic.parameters())}
-        self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer}
+        # What each optimizer trains: its network's parameters, and its hooks' and balancer's own.
+        self.params = {"actor": self.actor.own_parameters(), "critic": list(self.critic.parameters()),
+                       "alpha": [self.log_alpha]}
+        self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer,
+                           "alpha": self.alpha_optimizer}
+        self.balancers = make_balancers(balance or BalanceConfig(), num_tasks, seed, device,
+                                        {"actor": _last_shared_matrix(self.actor),
+                                         "critic": _last_shared_matrix(self.critic)})
+        self._add_param_groups({net: b.parameters(net) for net, b in self.balancers.items()})
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far was finite
 
+    def _add_param_groups(self, own: dict[str, list]) -> None:
+        for network, params in own.items():
+            if params:
+                self.optimizers[network].add_param_group({"params": params})
+                self.params[network] += params
+
     def add_hook_parameters(self, hooks: Sequence[LearnerHook]) -> None:
         """Give the hooks' own parameters a param group in their network's optimizer."""
-        for network, optimizer in self.optimizers.items():
-            own = [p for hook in hooks for p in hook.parameters(network)]
-            if own:
-                optimizer.add_param_group({"params": own})
-                self.params[network] += own
+        self._add_param_groups({net: [p for hook in hooks for p in hook.parameters(net)]
+                                for net in ("actor", "critic")})
+
+    def alpha(self, task: torch.Tensor) -> torch.Tensor:
+        """The temperature log-parameters of each row's task (one shared, with sac.shared_temperature)."""
+        return self.log_alpha[torch.zeros_like(task) if self.cfg.shared_temperature else task]
 
     # -- losses (per task) --------------------------------------------------------------------
     def critic_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, dict]:
@@ -65,48 +90,69 @@ class SACLearner:
             y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s').
         Returns the per-task losses, the critic trunk's features and logging values."""
         obs, action, reward, next_obs, terminated, task = batch
-        alpha = self.log_alpha.detach().exp()[task]
+        alpha = self.alpha(task).detach().exp()
         with torch.no_grad():
             next_action, next_log_pi = self.actor.sample(next_obs, task)
             qf_next_target = self.critic_target(next_obs, next_action, task)
             min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
             next_q_value = reward + (1.0 - terminated) * self.cfg.gamma * min_qf_next_target
         (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
-        losses = TaskLosses([(qf1_a_values - next_q_value) ** 2, (qf2_a_values - next_q_value) ** 2], task)
+
+        def recompute():  # the same batch and target through the (updated) critic: FAMO's second pass
+            q = self.critic(obs, action, task)
+            return TaskLosses([(q[0] - next_q_value) ** 2, (q[1] - next_q_value) ** 2], task).per_task()
+        losses = TaskLosses([(qf1_a_values - next_q_value) ** 2, (qf2_a_values - next_q_value) ** 2], task, recompute)
         return losses, features, {"q/mean": qf1_a_values.detach().mean()}
 
     def actor_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, torch.Tensor]:
         """E[alpha * log pi(a|s) - min_j Q_j(s, a)],  a ~ pi(.|s) reparameterised; per task, with
         the actor trunk's features and log pi."""
         obs, task = batch.obs, batch.task
+        draws = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
         pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
         min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
-        return TaskLosses([self.log_alpha.detach().exp()[task] * log_pi - min_qf_pi], task), features, log_pi
+        alpha = self.alpha(task).detach().exp()
+
+        def recompute():  # the same draws through the (updated) actor: FAMO's second pass
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.set_rng_state(draws[0])
+                if draws[1] is not None:
+                    torch.cuda.set_rng_state_all(draws[1])
+                a, lp = self.actor.sample(obs, task)
+                return TaskLosses([alpha * lp - self.critic(obs, a, task).min(dim=0).values], task).per_task()
+        return TaskLosses([alpha * log_pi - min_qf_pi], task, recompute), features, log_pi
 
     def temperature_loss(self, log_pi: torch.Tensor, task: torch.Tensor) -> TaskLosses:
         """Each task's temperature keeps its policy's entropy near the target:
         E[-log alpha_task * (log pi + target entropy)]."""
-        return TaskLosses([-self.log_alpha[task] * (log_pi.detach() + self.target_entropy)], task)
+        def loss():
+            return -self.alpha(task) * (log_pi.detach() + self.target_entropy)
+        return TaskLosses([loss()], task, lambda: TaskLosses([loss()], task).per_task())
 
     # -- one update ---------------------------------------------------------------------------
     def _gradients(self, network: str, losses: TaskLosses, terms: dict, hooks: Sequence[LearnerHook]) -> None:
         """The network's .grad: the balanced task losses' gradient, then the loss terms', synced."""
         params = self.params[network]
         self.optimizers[network].zero_grad(set_to_none=True)
-        self.balancer.backward(losses, params, network, retain_graph=bool(terms))
+        self.balancers[network].backward(losses, params, network, retain_graph=bool(terms),
+                                         gather=self.synchronizer.gather_rows)
         for hook in hooks:
             hook.observe_gradients(network)
         if terms:
             sum(terms.values()).backward(inputs=[p for p in params if p.requires_grad])
         self.synchronizer.after_backward(params)
 
-    def _step(self, networks: tuple[str, ...], hooks: Sequence[LearnerHook]) -> None:
+    def _step(self, networks: tuple[str, ...], hooks: Sequence[LearnerHook], losses: dict) -> None:
         for hook in hooks:
             hook.before_step(networks)
         for network in networks:
+            if self.cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.params[network], self.cfg.max_grad_norm)
             self.optimizers[network].step()
         for hook in hooks:
             hook.after_step(networks)
+        for network in networks:
+            self.balancers[network].after_step(network, losses[network])
 
     @staticmethod
     def _terms(network: str, batch: Batch, features: torch.Tensor, hooks: Sequence[LearnerHook]) -> dict:
@@ -121,38 +167,38 @@ class SACLearner:
     def update(self, batch: Batch, hooks: Sequence[LearnerHook] = ()) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperatures. Returns detached loss tensors."""
         batch = Batch(*(x.to(self.device, non_blocking=True) for x in batch))
-        qf_losses, critic_features, info = self.critic_loss(batch)
+        losses = {}
+        losses["critic"], critic_features, info = self.critic_loss(batch)
         critic_terms = self._terms("critic", batch, critic_features, hooks)
         if self.cfg.update_order == "simultaneous":
-            actor_losses, actor_features, log_pi = self.actor_loss(batch)
+            losses["actor"], actor_features, log_pi = self.actor_loss(batch)
             actor_terms = self._terms("actor", batch, actor_features, hooks)
-            self._gradients("critic", qf_losses, critic_terms, hooks)
-            self._gradients("actor", actor_losses, actor_terms, hooks)
-            self._step(("critic", "actor"), hooks)
+            self._gradients("critic", losses["critic"], critic_terms, hooks)
+            self._gradients("actor", losses["actor"], actor_terms, hooks)
+            self._step(("critic", "actor"), hooks, losses)
         else:
-            self._gradients("critic", qf_losses, critic_terms, hooks)
-            self._step(("critic",), hooks)
-            actor_losses, actor_features, log_pi = self.actor_loss(batch)
+            self._gradients("critic", losses["critic"], critic_terms, hooks)
+            self._step(("critic",), hooks, losses)
+            losses["actor"], actor_features, log_pi = self.actor_loss(batch)
             actor_terms = self._terms("actor", batch, actor_features, hooks)
-            self._gradients("actor", actor_losses, actor_terms, hooks)
-            self._step(("actor",), hooks)
+            self._gradients("actor", losses["actor"], actor_terms, hooks)
+            self._step(("actor",), hooks, losses)
 
-        alpha_losses = self.temperature_loss(log_pi, batch.task)
-        self.alpha_optimizer.zero_grad(set_to_none=True)
-        self.balancer.backward(alpha_losses, [self.log_alpha], "alpha")
-        self.synchronizer.after_backward([self.log_alpha])
+        losses["alpha"] = self.temperature_loss(log_pi, batch.task)
+        self._gradients("alpha", losses["alpha"], {}, ())
         self.alpha_optimizer.step()
+        self.balancers["alpha"].after_step("alpha", losses["alpha"])
 
         # Target critics track the critics: theta' <- (1 - tau) theta' + tau theta
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
-            losses = torch.stack([qf_losses.mean(), actor_losses.mean(), alpha_losses.mean()]).detach()
+            means = torch.stack([losses[net].mean() for net in ("critic", "actor", "alpha")]).detach()
             # No host sync here: the flag is read when the trainer checks for divergence.
-            self.all_finite &= torch.isfinite(losses).all()
+            self.all_finite &= torch.isfinite(means).all()
         self.num_updates += 1
         self.synchronizer.after_update(self)
-        qf1, qf2 = (term.detach().mean() for term in qf_losses.terms)
-        out = {"loss/qf1": qf1, "loss/qf2": qf2, **info, "loss/actor": losses[1], "loss/alpha": losses[2],
+        qf1, qf2 = (term.detach().mean() for term in losses["critic"].terms)
+        out = {"loss/qf1": qf1, "loss/qf2": qf2, **info, "loss/actor": means[1], "loss/alpha": means[2],
                "policy/entropy": -log_pi.detach().mean()}
         return {**out, **{f"loss/{name}": value.detach() for name, value in {**critic_terms, **actor_terms}.items()}}
 
@@ -170,7 +216,7 @@ class SACLearner:
 
     def reset_optimizers(self) -> None:
         """Fresh optimizer state (Continual World does this at every new task)."""
-        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+        for optimizer in self.optimizers.values():
             optimizer.state.clear()
 
     def state_dict(self) -> dict:
@@ -180,6 +226,7 @@ class SACLearner:
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "alpha_optimizer": self.alpha_optimizer.state_dict(), "num_updates": self.num_updates,
+            "balancers": {net: b.state_dict() for net, b in self.balancers.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -192,3 +239,5 @@ class SACLearner:
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.num_updates = state["num_updates"]
+        for net, balancer in self.balancers.items():
+            balancer.load_state_dict(state.get("balancers", {}).get(net, {}))

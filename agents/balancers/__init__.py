@@ -1,0 +1,78 @@
+"""Multi-task loss balancing: how per-task losses become one gradient, one flag away
+(`--balancer`, config section `balance`). A new method is one class (base.py: the interface)
+plus one line in `BALANCERS`.
+
+    mean         unitary scalarization: the mean of the task losses (default; Kurin et al. 2022)
+    uncertainty  learned per-task log variances (Kendall et al. 2018)          weighting.py
+    gradnorm     gradient-norm balancing (Chen et al. 2018)                    weighting.py
+    famo         fast adaptive multitask optimization (Liu et al. 2023)        weighting.py
+    pcgrad, cagrad, mgda, nashmtl, upgrad   gradient combination (torchjd)     gradients.py
+
+`balance.networks` says which losses a method balances; the others use the mean. Its default:
+critic, actor and temperature for the gradient combiners (as mtrl applies PCGrad and CAGrad),
+the critic only for the loss weightings (as FAMO's Meta-World code): they read log L_i or
+L_i / L_i(0), defined for positive losses, and SAC's actor and temperature losses take any sign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents.balancers.base import Balancer, Gather, TaskLosses, no_gather
+from agents.balancers.gradients import cagrad, mgda, nashmtl, pcgrad, upgrad
+from agents.balancers.weighting import FAMO, GradNorm, UncertaintyWeighting
+
+
+@dataclass
+class BalanceConfig:
+    method: str = "mean"              # see BALANCERS
+    networks: tuple[str, ...] = ()    # the losses it balances (the rest: the mean); (): the method's default
+    lr: float = 0.025                 # learning rate of GradNorm's weights and FAMO's logits (FAMO: 0.025)
+    famo_decay: float = 0.01          # FAMO: weight decay gamma of its logits (its MT10 script)
+    gradnorm_alpha: float = 1.5       # GradNorm: asymmetry alpha (the paper: 1.5 on NYUv2)
+    cagrad_c: float = 0.9             # CAGrad: c (its paper: 0.9 on MT10, 0.5 on MT50)
+    nashmtl_max_norm: float = 1.0     # Nash-MTL: the update's norm is clipped to this (authors' default)
+    nashmtl_update_every: int = 1     # Nash-MTL: solve for its weights every this many updates (authors' default)
+
+
+BALANCERS = {
+    "mean": lambda **_: Balancer(),
+    "uncertainty": lambda **kw: UncertaintyWeighting(**kw),
+    "gradnorm": lambda **kw: GradNorm(**kw),
+    "famo": lambda **kw: FAMO(**kw),
+    "pcgrad": pcgrad, "cagrad": cagrad, "mgda": mgda, "nashmtl": nashmtl, "upgrad": upgrad,
+}
+NEEDS_EVERY_TASK = ("gradnorm", "famo")  # their updates read every task's losses: one learner rank only
+NETWORKS = ("critic", "actor", "alpha")
+POSITIVE_LOSSES_ONLY = ("uncertainty", "gradnorm", "famo")  # the critic's loss only (see above)
+
+
+def balanced_networks(cfg: BalanceConfig) -> tuple[str, ...]:
+    """The networks whose task losses `cfg.method` combines."""
+    if cfg.networks:
+        return tuple(cfg.networks)
+    return ("critic",) if cfg.method in POSITIVE_LOSSES_ONLY else NETWORKS
+
+
+def make_balancers(cfg: BalanceConfig, num_tasks: int, seed: int, device: torch.device,
+                   shared_layers: dict[str, torch.Tensor]) -> dict[str, Balancer]:
+    """One balancer per network (each keeps its own state); the mean where `cfg` does not apply.
+    shared_layers: per network, its last shared weight matrix (GradNorm's W)."""
+    out = {}
+    for network in NETWORKS:
+        if network not in balanced_networks(cfg) or cfg.method == "mean":
+            out[network] = Balancer()
+        elif cfg.method == "gradnorm" and network not in shared_layers:
+            out[network] = Balancer()  # the temperatures share no layer: GradNorm has nothing to balance
+        else:
+            out[network] = BALANCERS[cfg.method](
+                num_tasks=num_tasks, seed=seed, network=network, device=device, layer=shared_layers.get(network),
+                lr=cfg.lr, famo_decay=cfg.famo_decay, gradnorm_alpha=cfg.gradnorm_alpha, cagrad_c=cfg.cagrad_c,
+                nashmtl_max_norm=cfg.nashmtl_max_norm, nashmtl_update_every=cfg.nashmtl_update_every)
+    return out
+
+
+__all__ = ["BALANCERS", "BalanceConfig", "Balancer", "Gather", "NEEDS_EVERY_TASK", "NETWORKS", "POSITIVE_LOSSES_ONLY",
+           "TaskLosses", "balanced_networks", "make_balancers", "no_gather"]

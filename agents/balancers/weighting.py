@@ -1,0 +1,144 @@
+"""Loss-weighting balancers: the gradient of a weighted combination of the task losses, with the
+weights learned alongside. Weights are kept per task of the whole suite (a continual stage
+trains a subset) and indexed by the batch's tasks.
+
+Uncertainty weighting (Kendall et al. 2018), as in FAMO's Meta-World code (mtrl_files/uw.py):
+    loss = mean_i 0.5 (exp(-s_i) L_i + s_i),   s_i learned (init 0) by the network's optimizer
+  Deviation: the mean over tasks instead of their sum (a constant factor T, so that penalties and
+  auxiliary losses keep their weight relative to the task losses; Adam is scale-free otherwise).
+  At its optimum s_i = log L_i.
+
+GradNorm (Chen et al. 2018), as the paper defines it:
+    loss = mean_i w_i L_i (w_i init 1); after the step, with W the last shared layer,
+    G_i = w_i ||d L_i / d W||,  r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0)),
+    L_grad = sum_i |G_i - mean_j(G_j) r_i^alpha|  (the target held constant),
+    w <- Adam step on dL_grad/dw (= sign(.) ||d L_i / d W||), then w renormalised to sum to T.
+  L_i(0) is task i's first loss, kept for the whole run (mtrl overwrites it every step and its
+  renormalisation has no effect: not copied). Deviation: mean instead of sum (as above).
+
+FAMO (Liu et al. 2023), as its reference class (Cranial-XIX/FAMO, famo.py):
+    z = softmax(xi), D_i = L_i - min_i + 1e-8 (min_i = 0), c = sum_i z_i / D_i (constant),
+    loss = sum_i z_i log D_i / c;  after the step, on the same batch and draws (one extra forward
+    pass, `TaskLosses.recompute`): delta_i = log D_i(before) - log D_i(after),
+    xi <- Adam(lr, weight decay gamma) step with gradient (d softmax(xi) / d xi)^T delta.
+  Defaults w_lr 0.025, gamma 0.01 (its MT10 script). Its Meta-World agent multiplies by c where
+  the class divides (FAMO issue #14); the class's rule is used here.
+FAMO and GradNorm need every task's losses at once: with several learner ranks they are refused
+(launch/config.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from agents.balancers.base import Balancer, Gather, TaskLosses, no_gather
+
+
+class UncertaintyWeighting(Balancer):
+    def __init__(self, num_tasks: int, device: torch.device = torch.device("cpu"), **_):
+        self.log_var = torch.nn.Parameter(torch.zeros(num_tasks, device=device))
+
+    def parameters(self, network: str) -> list[torch.nn.Parameter]:
+        return [self.log_var]
+
+    def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
+        s = self.log_var[losses.task_ids()]
+        (0.5 * (torch.exp(-s) * losses.per_task() + s)).mean().backward(
+            inputs=[*params, self.log_var], retain_graph=retain_graph)
+
+    def state_dict(self) -> dict:
+        return {"log_var": self.log_var.detach()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.log_var.copy_(state["log_var"])
+
+
+class GradNorm(Balancer):
+    def __init__(self, num_tasks: int, layer: torch.Tensor, lr: float = 0.025, gradnorm_alpha: float = 1.5, **_):
+        """layer: the last shared weight matrix, whose gradient norms GradNorm balances."""
+        self.layer, self.alpha = layer, gradnorm_alpha
+        self.weights = torch.nn.Parameter(torch.ones(num_tasks, device=layer.device))
+        self.initial = torch.full((num_tasks,), float("nan"), device=layer.device)  # L_i(0), at a task's first update
+        self.optimizer = torch.optim.Adam([self.weights], lr=lr)
+        self._norms: tuple | None = None
+
+    def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
+        ids = losses.task_ids()
+        per_task = losses.per_task()
+        w = self.weights.detach()[ids]
+        layer = self.layer
+        # ||d L_i / d W|| per task: one batched backward over the tasks' rows
+        grads = torch.autograd.grad(per_task, layer, grad_outputs=torch.eye(len(ids), device=per_task.device),
+                                    is_grads_batched=True, retain_graph=True)[0]
+        self._norms = (ids, per_task.detach(), grads.flatten(1).norm(dim=1).detach())
+        (w * per_task).mean().backward(inputs=params, retain_graph=retain_graph)
+
+    def after_step(self, network, losses):
+        ids, loss, norm = self._norms
+        fresh = torch.isnan(self.initial[ids])
+        self.initial[ids[fresh]] = loss[fresh]
+        w = self.weights[ids]
+        ratio = loss / self.initial[ids]
+        rate = ratio / ratio.mean()
+        g = w.detach() * norm
+        target = g.mean() * rate ** self.alpha
+        self.optimizer.zero_grad()
+        self.weights.grad = torch.zeros_like(self.weights)
+        self.weights.grad[ids] = torch.sign(g - target) * norm  # d/dw_i of |w_i n_i - target_i|
+        self.optimizer.step()
+        with torch.no_grad():  # renormalise the batch's weights to sum to their count
+            self.weights[ids] = self.weights[ids].clamp_min(1e-6) * len(ids) / self.weights[ids].clamp_min(1e-6).sum()
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.detach(), "initial": self.initial, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.weights.copy_(state["weights"])
+        self.initial = state["initial"].clone().to(self.weights.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class FAMO(Balancer):
+    EPS = 1e-8
+
+    def __init__(self, num_tasks: int, lr: float = 0.025, famo_decay: float = 0.01,
+                 device: torch.device = torch.device("cpu"), **_):
+        self.logits = torch.nn.Parameter(torch.zeros(num_tasks, device=device))
+        self.optimizer = torch.optim.Adam([self.logits], lr=lr, weight_decay=famo_decay)
+        self._before: tuple | None = None
+
+    def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
+        ids = losses.task_ids()
+        per_task = losses.per_task()
+        z = F.softmax(self.logits.detach()[ids], dim=-1)
+        d = per_task + self.EPS  # min_losses = 0, as FAMO's experiments
+        c = (z / d).sum().detach()
+        (z * d.log() / c).sum().backward(inputs=params, retain_graph=retain_graph)
+        self._before = (ids, per_task.detach())
+
+    def after_step(self, network, losses):
+        ids, before = self._before
+        with torch.no_grad():
+            after = losses.recompute()  # the same batch and draws, through the updated network
+        delta = (before + self.EPS).log() - (after + self.EPS).log()
+        with torch.enable_grad():
+            logits = self.logits[ids]
+            (grad,) = torch.autograd.grad(F.softmax(logits, dim=-1), logits, grad_outputs=delta)
+        self.optimizer.zero_grad()
+        self.logits.grad = torch.zeros_like(self.logits)
+        self.logits.grad[ids] = grad
+        self.optimizer.step()
+
+    def weights(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.logits.detach()[ids], dim=-1)
+
+    def state_dict(self) -> dict:
+        return {"logits": self.logits.detach(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        self.optimizer.load_state_dict(state["optimizer"])
