@@ -11,6 +11,7 @@ from scipy.optimize import minimize
 
 from agents.balancers import BalanceConfig, TaskLosses
 from agents.balancers.gradients import cagrad, mgda, nashmtl, pcgrad, upgrad
+from agents.balancers.jacobian import task_jacobian
 from agents.balancers.weighting import FAMO, GradNorm, UncertaintyWeighting
 from agents.replay import Batch, MultiTaskReplay
 from agents.sac import SACConfig, SACLearner
@@ -126,6 +127,26 @@ def test_pcgrad_wiring_every_critic_parameter_and_each_tasks_bellman_loss():
     assert not torch.allclose(ours, (g1 + g2) / 2, atol=1e-3)
 
 
+@pytest.mark.parametrize("sac", [{}, {"layer_norm": True, "task_input": False}, {"trunk": "care", "task_input": False},
+                                 {"trunk": "moore"}, {"trunk": "bronet", "task_embedding_dim": 4},
+                                 {"trunk": "hyper", "head": "hyper"}, {"encoder": "mlp", "encoder_sizes": (8,)}],
+                         ids=["mlp", "cw", "care", "moore", "bronet", "hyper", "encoder"])
+def test_one_backward_jacobian_equals_torchjds(sac):
+    """The per-task gradients from one backward (linear layers) + jac (the rest) equal torchjd's
+    Jacobian of every parameter, for the critic's and the actor's losses, on every trunk."""
+    from torchjd.autojac import jac
+    learner = _tiny_learner("pcgrad", **sac)
+    batch = _batch(tasks=2)
+    critic, _, _ = learner.critic_loss(batch)
+    actor, _, _ = learner.actor_loss(batch)
+    for losses, params in ((critic, learner.params["critic"]), (actor, learner.params["actor"])):
+        assert losses.calls or sac.get("trunk") == "hyper"  # the linear layers were recorded (hyper: none)
+        ours = task_jacobian(losses.per_task(), losses.task, params, losses.calls, retain_graph=True)
+        plain = torch.cat([j.flatten(1) for j in jac(losses.per_task(), params, retain_graph=True)], dim=1)
+        assert ours.shape == plain.shape and torch.allclose(ours, plain, atol=1e-5, rtol=1e-4)
+        assert plain.abs().sum() > 0
+
+
 class _Penalty:
     """A hook's loss term (as a continual penalty): k |theta|^2 on the critic."""
 
@@ -187,13 +208,40 @@ def test_uncertainty_weights_converge_to_the_log_loss():
     task = torch.arange(2).repeat_interleave(3)
     fixed = torch.tensor([4.0, 0.25]).repeat_interleave(3)
     theta = torch.zeros(1, requires_grad=True)  # the network: the losses do not depend on it
-    balancer = UncertaintyWeighting(num_tasks=2)
-    optimizer = torch.optim.Adam(balancer.parameters("critic"), lr=0.05)
+    balancer = UncertaintyWeighting(num_tasks=2, lr=0.05)
     for _ in range(1500):
-        optimizer.zero_grad()
-        balancer.backward(TaskLosses([fixed + 0 * theta], task), [theta], "critic")
-        optimizer.step()
+        losses = TaskLosses([fixed + 0 * theta], task)
+        balancer.backward(losses, [theta], "critic")
+        balancer.after_step("critic", losses)
     assert torch.allclose(balancer.log_var.detach(), torch.tensor([4.0, 0.25]).log(), atol=0.02)
+
+
+@pytest.mark.parametrize("make", [lambda: UncertaintyWeighting(num_tasks=3),
+                                  lambda: FAMO(num_tasks=3),
+                                  lambda: GradNorm(num_tasks=3, layer=torch.nn.Parameter(torch.ones(2, 2)))])
+def test_weights_of_tasks_not_in_the_batch_stay_put(make):
+    """A continual stage trains tasks {0, 1}; task 2's weight must not drift (Adam momentum, decay)."""
+    balancer = make()
+    learned = next(v for v in balancer.state_dict().values() if isinstance(v, torch.Tensor) and v.numel() == 3)
+    with torch.no_grad():
+        learned.copy_(torch.tensor([0.5, 1.0, 1.5]))
+    layer = getattr(balancer, "layer", torch.nn.Parameter(torch.ones(2, 2)))
+    for step in range(6):
+        tasks = [0, 1, 2] if step == 0 else [0, 1]
+        task = torch.tensor(tasks).repeat_interleave(2)
+        per_row = (layer.sum() * torch.arange(1.0, len(task) + 1)) ** 2 / 10
+        losses = TaskLosses([per_row], task, recompute=lambda n=len(tasks): torch.full((n,), 0.5))
+        balancer.backward(losses, [layer], "critic")
+        balancer.after_step("critic", losses)
+        if step == 0:
+            third = float(learned[2])
+    assert float(learned[2]) == third and not torch.allclose(learned[:2], torch.tensor([0.5, 1.0]))
+
+
+def test_gradnorm_balances_the_last_shared_weight_matrix():
+    learner = _tiny_learner("gradnorm")
+    layer = learner.balancers["critic"].layer
+    assert layer is learner.critic.net.trunk.layers[-1].weight and layer.shape[-2:] == (16, 16)
 
 
 def test_famo_weights_follow_its_update_rule_on_a_hand_made_sequence():
@@ -258,6 +306,7 @@ def test_rewards_are_normalised_per_task_when_sampled_and_stored_raw():
 def test_kurin_preset_is_their_setting():
     cfg = build_config("metaworld", "launch/presets/mt10-kurin.yaml")
     assert cfg.balance.method == "mean" and cfg.sac.head == "single" and cfg.sac.shared_temperature
+    assert not cfg.sac.task_input and cfg.sac.log_std_min == -20 and cfg.sac.warmup_steps_per_task == 1500
     assert cfg.sac.actor_weight_decay == 3e-4 and cfg.replay.normalize_rewards
     assert cfg.env.tasks == "MT10" and cfg.replay.capacity_per_task == 400_000 and cfg.run.steps == 20_000_000
 

@@ -10,8 +10,9 @@ plus one line in `BALANCERS`.
 
 `balance.networks` says which losses a method balances; the others use the mean. Its default:
 critic, actor and temperature for the gradient combiners (as mtrl applies PCGrad and CAGrad),
-the critic only for the loss weightings (as FAMO's Meta-World code): they read log L_i or
-L_i / L_i(0), defined for positive losses, and SAC's actor and temperature losses take any sign.
+the critic only for the loss weightings (as FAMO's Meta-World code for FAMO; its uncertainty
+weighting also weights the actor): they read log L_i, L_i / L_i(0) or exp(-s_i) L_i, defined for
+positive losses, and SAC's actor and temperature losses take any sign.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from agents.balancers.weighting import FAMO, GradNorm, UncertaintyWeighting
 class BalanceConfig:
     method: str = "mean"              # see BALANCERS
     networks: tuple[str, ...] = ()    # the losses it balances (the rest: the mean); (): the method's default
-    lr: float = 0.025                 # learning rate of GradNorm's weights and FAMO's logits (FAMO: 0.025)
+    lr: float = 0.025                 # Adam lr of the learned weights: uncertainty's s, GradNorm's w, FAMO's logits
     famo_decay: float = 0.01          # FAMO: weight decay gamma of its logits (its MT10 script)
     gradnorm_alpha: float = 1.5       # GradNorm: asymmetry alpha (the paper: 1.5 on NYUv2)
     cagrad_c: float = 0.9             # CAGrad: c (its paper: 0.9 on MT10, 0.5 on MT50)
@@ -59,12 +60,12 @@ def balanced_networks(cfg: BalanceConfig) -> tuple[str, ...]:
 def make_balancers(cfg: BalanceConfig, num_tasks: int, seed: int, device: torch.device,
                    shared_layers: dict[str, torch.Tensor]) -> dict[str, Balancer]:
     """One balancer per network (each keeps its own state); the mean where `cfg` does not apply.
-    shared_layers: per network, its last shared weight matrix (GradNorm's W)."""
+    shared_layers: per network, its last shared weight matrix (GradNorm's W), if it has one."""
     out = {}
     for network in NETWORKS:
         if network not in balanced_networks(cfg) or cfg.method == "mean":
             out[network] = Balancer()
-        elif cfg.method == "gradnorm" and network not in shared_layers:
+        elif cfg.method == "gradnorm" and shared_layers.get(network) is None:
             out[network] = Balancer()  # the temperatures share no layer: GradNorm has nothing to balance
         else:
             out[network] = BALANCERS[cfg.method](

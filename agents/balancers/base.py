@@ -35,8 +35,9 @@ class TaskLosses:
     the same batch and draws, without gradients (FAMO's extra forward pass after a step)."""
 
     def __init__(self, terms: list[torch.Tensor], task: torch.Tensor,
-                 recompute: Callable[[], torch.Tensor] | None = None):
+                 recompute: Callable[[], torch.Tensor] | None = None, calls: list = ()):
         self.terms, self.task, self.recompute = terms, task, recompute
+        self.calls = calls  # the linear layers the forward pass ran through (agents/balancers/jacobian.py)
 
     @property
     def num_tasks(self) -> int:
@@ -61,6 +62,8 @@ class TaskLosses:
 
 class Balancer:
     """Unitary scalarization: the gradient of the mean of the task losses (the default)."""
+
+    per_task_gradients = False  # does it read each task's gradient (then the learner records `calls`)
 
     def parameters(self, network: str) -> list[torch.nn.Parameter]:
         return []

@@ -1,6 +1,7 @@
-"""Gradient-combining balancers: per-task gradients of the network's parameters (one batched
-Jacobian, torchjd.autojac.jac: no Python loop of backward passes), combined by an aggregator of
-torchjd (torchjd.org; 0.18), which implements them from their papers:
+"""Gradient-combining balancers: per-task gradients of the network's parameters (jacobian.py:
+about one backward pass for the linear layers, torchjd's batched `jac` for the rest; no Python
+loop of backward passes), combined by an aggregator of torchjd (torchjd.org; 0.18), which
+implements them from their papers:
 
     pcgrad   PCGrad (Yu et al. 2020): each task's gradient, in random order, projected off every
              other task's gradient it conflicts with; torchjd sums them, polytask takes the mean
@@ -46,12 +47,7 @@ import torch
 
 from agents import seeding
 from agents.balancers.base import Balancer, Gather, TaskLosses, no_gather
-
-
-def task_jacobian(per_task: torch.Tensor, params: list[torch.Tensor], retain_graph: bool) -> torch.Tensor:
-    """[T, n]: row i is the gradient of task i's loss with respect to every parameter, flattened."""
-    from torchjd.autojac import jac
-    return torch.cat([j.flatten(1) for j in jac(per_task, params, retain_graph=retain_graph)], dim=1)
+from agents.balancers.jacobian import task_jacobian
 
 
 def write_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
@@ -63,7 +59,7 @@ def write_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
 
 
 class GradientCombiner(Balancer):
-    scale_name = ""
+    per_task_gradients = True
 
     def __init__(self, aggregator, seed: int = 0, network: str = "", scale: float = 1.0, per_task_scale=False):
         self.aggregator, self.scale, self.per_task_scale = aggregator, scale, per_task_scale
@@ -77,7 +73,7 @@ class GradientCombiner(Balancer):
         return combined * (self.scale / len(jacobian) if self.per_task_scale else self.scale)
 
     def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
-        rows = task_jacobian(losses.per_task(), params, retain_graph)
+        rows = task_jacobian(losses.per_task(), losses.task, params, losses.calls, retain_graph)
         write_grad(params, self.combine(gather(rows, losses.task_ids())))
 
     def state_dict(self) -> dict:

@@ -3,10 +3,12 @@ weights learned alongside. Weights are kept per task of the whole suite (a conti
 trains a subset) and indexed by the batch's tasks.
 
 Uncertainty weighting (Kendall et al. 2018), as in FAMO's Meta-World code (mtrl_files/uw.py):
-    loss = mean_i 0.5 (exp(-s_i) L_i + s_i),   s_i learned (init 0) by the network's optimizer
-  Deviation: the mean over tasks instead of their sum (a constant factor T, so that penalties and
-  auxiliary losses keep their weight relative to the task losses; Adam is scale-free otherwise).
-  At its optimum s_i = log L_i.
+    loss = mean_i 0.5 (exp(-s_i) L_i + s_i),   s_i learned (init 0) by its own Adam (lr balance.lr)
+  At its optimum s_i = log L_i. Deviations: the mean over tasks instead of their sum (a constant
+  factor T, so that penalties and auxiliary losses keep their weight relative to the task
+  losses); the critic only by default (uw.py also weights the actor's per-task losses, but SAC's
+  actor loss takes any sign, and for L_i < 0 the objective has no minimum in s_i); lr 0.025
+  (uw.py's default; its yaml: 0.01).
 
 GradNorm (Chen et al. 2018), as the paper defines it:
     loss = mean_i w_i L_i (w_i init 1); after the step, with W the last shared layer,
@@ -14,7 +16,9 @@ GradNorm (Chen et al. 2018), as the paper defines it:
     L_grad = sum_i |G_i - mean_j(G_j) r_i^alpha|  (the target held constant),
     w <- Adam step on dL_grad/dw (= sign(.) ||d L_i / d W||), then w renormalised to sum to T.
   L_i(0) is task i's first loss, kept for the whole run (mtrl overwrites it every step and its
-  renormalisation has no effect: not copied). Deviation: mean instead of sum (as above).
+  renormalisation has no effect: not copied). Deviations: mean instead of sum (as above); w's
+  own Adam with lr balance.lr (LibMTL: the network's optimizer; LibMTL also keeps w = T softmax(.),
+  takes L_i(0) as the first epoch's mean and norms over every shared parameter).
 
 FAMO (Liu et al. 2023), as its reference class (Cranial-XIX/FAMO, famo.py):
     z = softmax(xi), D_i = L_i - min_i + 1e-8 (min_i = 0), c = sum_i z_i / D_i (constant),
@@ -24,7 +28,8 @@ FAMO (Liu et al. 2023), as its reference class (Cranial-XIX/FAMO, famo.py):
   Defaults w_lr 0.025, gamma 0.01 (its MT10 script). Its Meta-World agent multiplies by c where
   the class divides (FAMO issue #14); the class's rule is used here.
 FAMO and GradNorm need every task's losses at once: with several learner ranks they are refused
-(launch/config.py).
+(launch/config.py). In a continual stage only the batch's tasks are weighted; the weights of the
+other tasks are kept as they are (not moved by Adam's momentum or weight decay).
 """
 
 from __future__ import annotations
@@ -33,29 +38,47 @@ import torch
 import torch.nn.functional as F
 
 from agents.balancers.base import Balancer, Gather, TaskLosses, no_gather
+from agents.balancers.jacobian import task_jacobian
+
+
+def _step_present(optimizer: torch.optim.Optimizer, weights: torch.Tensor, ids: torch.Tensor) -> None:
+    """One step of `optimizer` that moves the batch's tasks' entries of `weights` only."""
+    kept = weights.detach().clone()
+    optimizer.step()
+    with torch.no_grad():
+        absent = torch.ones_like(kept, dtype=torch.bool)
+        absent[ids] = False
+        weights[absent] = kept[absent]
 
 
 class UncertaintyWeighting(Balancer):
-    def __init__(self, num_tasks: int, device: torch.device = torch.device("cpu"), **_):
+    def __init__(self, num_tasks: int, lr: float = 0.025, device: torch.device = torch.device("cpu"), **_):
         self.log_var = torch.nn.Parameter(torch.zeros(num_tasks, device=device))
-
-    def parameters(self, network: str) -> list[torch.nn.Parameter]:
-        return [self.log_var]
+        self.optimizer = torch.optim.Adam([self.log_var], lr=lr)
+        self._ids: torch.Tensor | None = None
 
     def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
-        s = self.log_var[losses.task_ids()]
+        self._ids = losses.task_ids()
+        s = self.log_var[self._ids]
+        self.log_var.grad = None
         (0.5 * (torch.exp(-s) * losses.per_task() + s)).mean().backward(
             inputs=[*params, self.log_var], retain_graph=retain_graph)
 
+    def after_step(self, network, losses):
+        _step_present(self.optimizer, self.log_var, self._ids)
+
     def state_dict(self) -> dict:
-        return {"log_var": self.log_var.detach()}
+        return {"log_var": self.log_var.detach(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.log_var.copy_(state["log_var"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class GradNorm(Balancer):
+    per_task_gradients = True  # of its layer only
+
     def __init__(self, num_tasks: int, layer: torch.Tensor, lr: float = 0.025, gradnorm_alpha: float = 1.5, **_):
         """layer: the last shared weight matrix, whose gradient norms GradNorm balances."""
         self.layer, self.alpha = layer, gradnorm_alpha
@@ -68,11 +91,9 @@ class GradNorm(Balancer):
         ids = losses.task_ids()
         per_task = losses.per_task()
         w = self.weights.detach()[ids]
-        layer = self.layer
-        # ||d L_i / d W|| per task: one batched backward over the tasks' rows
-        grads = torch.autograd.grad(per_task, layer, grad_outputs=torch.eye(len(ids), device=per_task.device),
-                                    is_grads_batched=True, retain_graph=True)[0]
-        self._norms = (ids, per_task.detach(), grads.flatten(1).norm(dim=1).detach())
+        # ||d L_i / d W|| per task, from one backward to W's output (agents/balancers/jacobian.py)
+        grads = task_jacobian(per_task, losses.task, [self.layer], losses.calls, retain_graph=True)
+        self._norms = (ids, per_task.detach(), grads.norm(dim=1).detach())
         (w * per_task).mean().backward(inputs=params, retain_graph=retain_graph)
 
     def after_step(self, network, losses):
@@ -87,7 +108,7 @@ class GradNorm(Balancer):
         self.optimizer.zero_grad()
         self.weights.grad = torch.zeros_like(self.weights)
         self.weights.grad[ids] = torch.sign(g - target) * norm  # d/dw_i of |w_i n_i - target_i|
-        self.optimizer.step()
+        _step_present(self.optimizer, self.weights, ids)
         with torch.no_grad():  # renormalise the batch's weights to sum to their count
             self.weights[ids] = self.weights[ids].clamp_min(1e-6) * len(ids) / self.weights[ids].clamp_min(1e-6).sum()
 
@@ -130,7 +151,7 @@ class FAMO(Balancer):
         self.optimizer.zero_grad()
         self.logits.grad = torch.zeros_like(self.logits)
         self.logits.grad[ids] = grad
-        self.optimizer.step()
+        _step_present(self.optimizer, self.logits, ids)
 
     def weights(self, ids: torch.Tensor) -> torch.Tensor:
         return F.softmax(self.logits.detach()[ids], dim=-1)

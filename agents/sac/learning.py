@@ -20,20 +20,25 @@ when replay samples (agents/replay.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 
 import torch
 
 from agents.balancers import BalanceConfig, TaskLosses, make_balancers
+from agents.balancers.jacobian import LinearRecorder
 from agents.hooks import LearnerHook, Synchronizer
 from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.config import SACConfig
 
 
-def _last_shared_matrix(module) -> torch.Tensor:
-    return [p for _, p in module.named_shared_parameters() if p.dim() >= 2][-1]
+def last_shared_matrix(module) -> torch.Tensor | None:
+    """GradNorm's W: the network's last shared weight matrix (biases are [K, 1, out]: skipped)."""
+    matrices = [p for name, p in module.named_shared_parameters()
+                if name.endswith("weight") and p.dim() >= 2 and min(p.shape[-2:]) > 1]
+    return matrices[-1] if matrices else None
 
 
 class SACLearner:
@@ -61,9 +66,13 @@ class SACLearner:
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer,
                            "alpha": self.alpha_optimizer}
         self.balancers = make_balancers(balance or BalanceConfig(), num_tasks, seed, device,
-                                        {"actor": _last_shared_matrix(self.actor),
-                                         "critic": _last_shared_matrix(self.critic)})
+                                        {"actor": last_shared_matrix(self.actor),
+                                         "critic": last_shared_matrix(self.critic)})
         self._add_param_groups({net: b.parameters(net) for net, b in self.balancers.items()})
+        # A gradient combiner reads each task's gradient: record the linear layers' inputs and
+        # outputs of the losses' forward passes (agents/balancers/jacobian.py).
+        self.record = {net: b.per_task_gradients for net, b in self.balancers.items()}
+        self.recorder = LinearRecorder(self.actor, self.critic) if any(self.record.values()) else None
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
@@ -96,12 +105,14 @@ class SACLearner:
             qf_next_target = self.critic_target(next_obs, next_action, task)
             min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
             next_q_value = reward + (1.0 - terminated) * self.cfg.gamma * min_qf_next_target
-        (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
+        with self._recording("critic") as calls:
+            (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
 
         def recompute():  # the same batch and target through the (updated) critic: FAMO's second pass
             q = self.critic(obs, action, task)
             return TaskLosses([(q[0] - next_q_value) ** 2, (q[1] - next_q_value) ** 2], task).per_task()
-        losses = TaskLosses([(qf1_a_values - next_q_value) ** 2, (qf2_a_values - next_q_value) ** 2], task, recompute)
+        losses = TaskLosses([(qf1_a_values - next_q_value) ** 2, (qf2_a_values - next_q_value) ** 2], task, recompute,
+                            calls)
         return losses, features, {"q/mean": qf1_a_values.detach().mean()}
 
     def actor_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, torch.Tensor]:
@@ -109,7 +120,8 @@ class SACLearner:
         the actor trunk's features and log pi."""
         obs, task = batch.obs, batch.task
         draws = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
-        pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
+        with self._recording("actor") as calls:
+            pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
         min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
         alpha = self.alpha(task).detach().exp()
 
@@ -120,7 +132,7 @@ class SACLearner:
                     torch.cuda.set_rng_state_all(draws[1])
                 a, lp = self.actor.sample(obs, task)
                 return TaskLosses([alpha * lp - self.critic(obs, a, task).min(dim=0).values], task).per_task()
-        return TaskLosses([alpha * log_pi - min_qf_pi], task, recompute), features, log_pi
+        return TaskLosses([alpha * log_pi - min_qf_pi], task, recompute, calls), features, log_pi
 
     def temperature_loss(self, log_pi: torch.Tensor, task: torch.Tensor) -> TaskLosses:
         """Each task's temperature keeps its policy's entropy near the target:
@@ -128,6 +140,10 @@ class SACLearner:
         def loss():
             return -self.alpha(task) * (log_pi.detach() + self.target_entropy)
         return TaskLosses([loss()], task, lambda: TaskLosses([loss()], task).per_task())
+
+    def _recording(self, network: str):
+        """Record the linear layers this block runs through, if the network's balancer needs it."""
+        return self.recorder.recording() if self.record[network] else contextlib.nullcontext([])
 
     # -- one update ---------------------------------------------------------------------------
     def _gradients(self, network: str, losses: TaskLosses, terms: dict, hooks: Sequence[LearnerHook]) -> None:
