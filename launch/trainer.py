@@ -395,7 +395,8 @@ class Trainer:
             return
         step = self.step
         steps_per_s, updates_per_s = progress.rates(step, self.learner.num_updates)
-        alphas = self.learner.log_alpha.detach().exp().cpu().numpy()
+        every_task = torch.arange(len(self.suite.tasks), device=self.device)
+        alphas = self.learner.alpha(every_task).detach().exp().cpu().numpy()  # one shared, or one per task
         restarts = sum(g[1] for g in gathered)
         lags = [lag for g in gathered for lag in g[3]]
         scalars = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s, **self.losses,

@@ -328,3 +328,21 @@ def test_actor_weight_decay_and_gradient_clipping_act():
         for optimizer in (learners[name].critic_optimizer, learners[name].actor_optimizer):
             norm = flat(s["exp_avg"] for s in optimizer.state.values()).norm()
             assert norm <= bound if bound else norm > 1e-2
+
+
+def test_a_run_with_every_stabilizer_and_a_combiner(tmp_path):
+    """End to end on pointmass: PCGrad with Kurin's stabilizers (one shared temperature, reward
+    normalisation, actor weight decay, clipping) trains, logs one temperature for every task and
+    checkpoints the reward statistics."""
+    from launch import checkpoint
+    from tests.conftest import scalars, train_in_process
+    run = tmp_path / "run"
+    proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 1500, "--balancer", "pcgrad",
+                            "--eval-every", 0, "--run-dir", run, "--set", "sac.shared_temperature=true",
+                            "--set", "replay.normalize_rewards=true", "--set", "sac.actor_weight_decay=3e-4",
+                            "--set", "sac.max_grad_norm=10", "--set", "run.log_every=500")
+    assert proc.returncode == 0, proc.stderr
+    alphas = {scalars(run / "tb", f"alpha/{t}")[-1][1] for t in ("reach-e", "reach-n", "reach-w", "reach-s")}
+    assert len(alphas) == 1 and alphas != {1.0}  # one temperature, and it moved
+    state = checkpoint.load_latest(run / "checkpoints")
+    assert state["reward_stats"][0][:, 0].sum() == 1500 and state["learner"]["num_updates"] > 0
