@@ -69,7 +69,7 @@ def task_jacobian(per_task: torch.Tensor, task: torch.Tensor, params: list[torch
             if dy is None:
                 continue
             k = layer.weight.shape[0]
-            x = x.expand(k, *x.shape[1:]).reshape(k, num_tasks, rows // num_tasks, -1)
+            x = x.detach().expand(k, *x.shape[1:]).reshape(k, num_tasks, rows // num_tasks, -1)
             dy = dy.reshape(k, num_tasks, rows // num_tasks, -1)
             for p, g in ((layer.weight, torch.einsum("ktni,ktno->tkio", x, dy)),
                          (layer.bias, dy.sum(dim=2, keepdim=True).transpose(0, 1))):
