@@ -4,9 +4,8 @@ The SAC losses come as `TaskLosses`: elementwise terms over a batch that holds t
 of rows of each task, contiguous per task. For each network it balances, the learner calls
 
     backward(losses, params, network, retain_graph, gather)   leave the gradient in params' .grad
-    after_step(network, losses)                                the optimizer has stepped (FAMO, GradNorm)
-    parameters(network)                                        its own learned weights, if any: they join
-                                                               the network's optimizer (uncertainty's s)
+    after_step(network, losses)                                the optimizer has stepped: update its own
+                                                               learned weights (uncertainty, GradNorm, FAMO)
 
 `retain_graph`: hooks' loss terms will still backpropagate through the same forward pass.
 `gather(rows, task_ids)`: with data-parallel learner ranks, the rows of every rank in task order
@@ -64,9 +63,6 @@ class Balancer:
     """Unitary scalarization: the gradient of the mean of the task losses (the default)."""
 
     per_task_gradients = False  # does it read each task's gradient (then the learner records `calls`)
-
-    def parameters(self, network: str) -> list[torch.nn.Parameter]:
-        return []
 
     def backward(self, losses: TaskLosses, params: list[torch.Tensor], network: str,
                  retain_graph: bool = False, gather: Gather = no_gather) -> None:

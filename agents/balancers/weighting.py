@@ -41,20 +41,39 @@ from agents.balancers.base import Balancer, Gather, TaskLosses, no_gather
 from agents.balancers.jacobian import task_jacobian
 
 
-def _step_present(optimizer: torch.optim.Optimizer, weights: torch.Tensor, ids: torch.Tensor) -> None:
-    """One step of `optimizer` that moves the batch's tasks' entries of `weights` only."""
-    kept = weights.detach().clone()
-    optimizer.step()
-    with torch.no_grad():
-        absent = torch.ones_like(kept, dtype=torch.bool)
-        absent[ids] = False
-        weights[absent] = kept[absent]
+class LearnedTaskWeights(Balancer):
+    """One learned value per task of the suite (`learned`), trained by an Adam of its own; a step
+    moves the batch's tasks' values only."""
+
+    def __init__(self, init: torch.Tensor, lr: float, weight_decay: float = 0.0):
+        self.learned = torch.nn.Parameter(init)
+        self.optimizer = torch.optim.Adam([self.learned], lr=lr, weight_decay=weight_decay)
+
+    def step(self, ids: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+        """One optimizer step; `grad`: the batch's tasks' gradient (None: already in .grad)."""
+        if grad is not None:
+            self.learned.grad = torch.zeros_like(self.learned)
+            self.learned.grad[ids] = grad
+        kept = self.learned.detach().clone()  # Adam's momentum and weight decay would move the others
+        self.optimizer.step()
+        with torch.no_grad():
+            absent = torch.ones_like(kept, dtype=torch.bool)
+            absent[ids] = False
+            self.learned[absent] = kept[absent]
+
+    def state_dict(self) -> dict:
+        return {"learned": self.learned.detach(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.learned.copy_(state["learned"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
-class UncertaintyWeighting(Balancer):
+class UncertaintyWeighting(LearnedTaskWeights):
     def __init__(self, num_tasks: int, lr: float = 0.025, device: torch.device = torch.device("cpu"), **_):
-        self.log_var = torch.nn.Parameter(torch.zeros(num_tasks, device=device))
-        self.optimizer = torch.optim.Adam([self.log_var], lr=lr)
+        super().__init__(torch.zeros(num_tasks, device=device), lr)
+        self.log_var = self.learned  # s
         self._ids: torch.Tensor | None = None
 
     def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
@@ -65,26 +84,17 @@ class UncertaintyWeighting(Balancer):
             inputs=[*params, self.log_var], retain_graph=retain_graph)
 
     def after_step(self, network, losses):
-        _step_present(self.optimizer, self.log_var, self._ids)
-
-    def state_dict(self) -> dict:
-        return {"log_var": self.log_var.detach(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.log_var.copy_(state["log_var"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.step(self._ids)
 
 
-class GradNorm(Balancer):
+class GradNorm(LearnedTaskWeights):
     per_task_gradients = True  # of its layer only
 
     def __init__(self, num_tasks: int, layer: torch.Tensor, lr: float = 0.025, gradnorm_alpha: float = 1.5, **_):
         """layer: the last shared weight matrix, whose gradient norms GradNorm balances."""
-        self.layer, self.alpha = layer, gradnorm_alpha
-        self.weights = torch.nn.Parameter(torch.ones(num_tasks, device=layer.device))
+        super().__init__(torch.ones(num_tasks, device=layer.device), lr)
+        self.weights, self.layer, self.alpha = self.learned, layer, gradnorm_alpha
         self.initial = torch.full((num_tasks,), float("nan"), device=layer.device)  # L_i(0), at a task's first update
-        self.optimizer = torch.optim.Adam([self.weights], lr=lr)
         self._norms: tuple | None = None
 
     def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
@@ -105,30 +115,25 @@ class GradNorm(Balancer):
         rate = ratio / ratio.mean()
         g = w.detach() * norm
         target = g.mean() * rate ** self.alpha
-        self.optimizer.zero_grad()
-        self.weights.grad = torch.zeros_like(self.weights)
-        self.weights.grad[ids] = torch.sign(g - target) * norm  # d/dw_i of |w_i n_i - target_i|
-        _step_present(self.optimizer, self.weights, ids)
+        self.step(ids, torch.sign(g - target) * norm)  # d/dw_i of |w_i n_i - target_i|
         with torch.no_grad():  # renormalise the batch's weights to sum to their count
             self.weights[ids] = self.weights[ids].clamp_min(1e-6) * len(ids) / self.weights[ids].clamp_min(1e-6).sum()
 
     def state_dict(self) -> dict:
-        return {"weights": self.weights.detach(), "initial": self.initial, "optimizer": self.optimizer.state_dict()}
+        return {**super().state_dict(), "initial": self.initial}
 
     def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.weights.copy_(state["weights"])
+        super().load_state_dict(state)
         self.initial = state["initial"].clone().to(self.weights.device)
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
-class FAMO(Balancer):
+class FAMO(LearnedTaskWeights):
     EPS = 1e-8
 
     def __init__(self, num_tasks: int, lr: float = 0.025, famo_decay: float = 0.01,
                  device: torch.device = torch.device("cpu"), **_):
-        self.logits = torch.nn.Parameter(torch.zeros(num_tasks, device=device))
-        self.optimizer = torch.optim.Adam([self.logits], lr=lr, weight_decay=famo_decay)
+        super().__init__(torch.zeros(num_tasks, device=device), lr, weight_decay=famo_decay)
+        self.logits = self.learned  # xi
         self._before: tuple | None = None
 
     def backward(self, losses: TaskLosses, params, network, retain_graph=False, gather: Gather = no_gather):
@@ -148,18 +153,4 @@ class FAMO(Balancer):
         with torch.enable_grad():
             logits = self.logits[ids]
             (grad,) = torch.autograd.grad(F.softmax(logits, dim=-1), logits, grad_outputs=delta)
-        self.optimizer.zero_grad()
-        self.logits.grad = torch.zeros_like(self.logits)
-        self.logits.grad[ids] = grad
-        _step_present(self.optimizer, self.logits, ids)
-
-    def weights(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.logits.detach()[ids], dim=-1)
-
-    def state_dict(self) -> dict:
-        return {"logits": self.logits.detach(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.logits.copy_(state["logits"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.step(ids, grad)

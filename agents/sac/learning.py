@@ -60,7 +60,7 @@ class SACLearner:
                                                 weight_decay=cfg.actor_weight_decay)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
-        # What each optimizer trains: its network's parameters, and its hooks' and balancer's own.
+        # What each optimizer trains: its network's parameters, and its hooks' own.
         self.params = {"actor": self.actor.own_parameters(), "critic": list(self.critic.parameters()),
                        "alpha": [self.log_alpha]}
         self.optimizers = {"actor": self.actor_optimizer, "critic": self.critic_optimizer,
@@ -68,7 +68,6 @@ class SACLearner:
         self.balancers = make_balancers(balance or BalanceConfig(), num_tasks, seed, device,
                                         {"actor": last_shared_matrix(self.actor),
                                          "critic": last_shared_matrix(self.critic)})
-        self._add_param_groups({net: b.parameters(net) for net, b in self.balancers.items()})
         # A gradient combiner reads each task's gradient: record the linear layers' inputs and
         # outputs of the losses' forward passes (agents/balancers/jacobian.py).
         self.record = {net: b.per_task_gradients for net, b in self.balancers.items()}
