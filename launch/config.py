@@ -51,6 +51,7 @@ class RunConfig:
     checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
     log_every: int = 10_000       # env steps between progress lines / training scalars
+    engine: str = "polytask"      # polytask (our actor/learner loop) | rllib (RLlib's, launch/rllib_engine.py)
 
 
 @dataclass
@@ -90,6 +91,22 @@ class RuntimeConfig:
     ray_address: str = ""         # join this Ray cluster; "": start a private local one
 
 
+ENGINES = ("polytask", "rllib")
+RLLIB_ALGOS = ("sac", "ppo")
+
+
+@dataclass
+class RLlibConfig:
+    """run.engine=rllib: RLlib's own knobs. The rest of the tree maps onto RLlib's settings
+    (launch/rllib_engine.py says how); runtime.actors is the number of remote env runners."""
+    algo: str = "sac"                  # sac | ppo
+    envs_per_runner: int = 0           # envs each env runner steps; 0: every task's env.envs_per_task over the runners
+    rollout_fragment_length: int = 0   # env steps per env per sample call; 0: runtime.chunk_steps / envs_per_runner
+    ppo_batch_size: int = 4000         # PPO: env steps per training iteration (RLlib's train_batch_size_per_learner)
+    ppo_minibatch_size: int = 128
+    ppo_epochs: int = 10
+
+
 @dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -101,6 +118,7 @@ class Config:
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     aux: AuxConfig = field(default_factory=AuxConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    rllib: RLlibConfig = field(default_factory=RLlibConfig)
 
 
 def build_config(suite: str | None = None, config_file: str | None = None,
@@ -174,7 +192,8 @@ def validate(cfg: Config) -> None:
                 "run.checkpoint_every": cfg.run.checkpoint_every, "run.log_every": cfg.run.log_every,
                 "env.envs_per_task": cfg.env.envs_per_task, "run.keep_checkpoints": cfg.run.keep_checkpoints,
                 "replay.capacity_per_task": cfg.replay.capacity_per_task,
-                "sac.batch_size_per_task": cfg.sac.batch_size_per_task, "runtime.actors": cfg.runtime.actors,
+                "sac.batch_size_per_task": cfg.sac.batch_size_per_task,
+                "runtime.actors": cfg.runtime.actors + (cfg.run.engine == "rllib"),  # rllib: 0 = sample in the driver
                 "runtime.chunk_steps": cfg.runtime.chunk_steps, "runtime.max_policy_lag": cfg.runtime.max_policy_lag,
                 "runtime.publish_every": cfg.runtime.publish_every}
     for key, value in positive.items():
@@ -242,6 +261,14 @@ def validate(cfg: Config) -> None:
     if cfg.sac.trunk == "hyper" and cfg.sac.layer_norm:
         raise UserError("sac.trunk=hyper generates every trunk layer and has no LayerNorm: set sac.layer_norm=false")
     validate_continual(cfg)
+    if cfg.run.engine not in ENGINES:
+        raise UserError(f"unknown engine {cfg.run.engine!r}; valid: {', '.join(ENGINES)}")
+    if cfg.rllib.algo not in RLLIB_ALGOS:
+        raise UserError(f"unknown RLlib algorithm {cfg.rllib.algo!r}; valid: {', '.join(RLLIB_ALGOS)}")
+    if min(cfg.rllib.envs_per_runner, cfg.rllib.rollout_fragment_length) < 0 or min(
+            cfg.rllib.ppo_batch_size, cfg.rllib.ppo_minibatch_size, cfg.rllib.ppo_epochs) <= 0:
+        raise UserError("rllib.envs_per_runner and rllib.rollout_fragment_length must be >= 0; "
+                        "rllib.ppo_batch_size, ppo_minibatch_size and ppo_epochs positive")
 
 
 def validate_aux(cfg: Config) -> None:

@@ -49,6 +49,8 @@ def parse_args(argv):
                         "per task of it, in subdirectories of the run dir")
     p.add_argument("--balancer", help="multi-task loss balancing: mean (default), uncertainty, gradnorm, famo, "
                                       "pcgrad, cagrad, mgda, nashmtl, upgrad")
+    p.add_argument("--engine", help="polytask (our actor/learner loop, default) or rllib (RLlib's new API stack)")
+    p.add_argument("--algo", help="with --engine rllib: sac (default) or ppo")
     p.add_argument("--seed")
     p.add_argument("--eval-every", help="env steps between evaluations")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
@@ -71,9 +73,9 @@ def _flag_values(args) -> dict:
            "continual.method": args.method, "balance.method": args.balancer,
            "eval.every": args.eval_every, "run.device": args.device, "runtime.backend": args.backend,
            "runtime.actors": args.actors, "runtime.envs_per_actor": args.envs_per_actor,
-           "runtime.ray_address": args.ray_address}
+           "runtime.ray_address": args.ray_address, "run.engine": args.engine, "rllib.algo": args.algo}
     as_text = {"env.tasks", "runtime.backend", "runtime.ray_address", "run.device", "continual.sequence",
-               "continual.method", "balance.method"}
+               "continual.method", "balance.method", "run.engine", "rllib.algo"}
     return {k: (yaml.safe_load(v) if k not in as_text and v is not None else v) for k, v in raw.items()}
 
 
@@ -83,7 +85,8 @@ def resolve(args) -> tuple[Config, object, Path, bool]:
     if args.resume:
         run_dir = Path(args.resume)
         changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every,
-                   args.sequence, args.steps_per_task, args.method, args.balancer, args.mode != "continual"]
+                   args.sequence, args.steps_per_task, args.method, args.balancer, args.mode != "continual",
+                   args.engine, args.algo]
         if any(changed):
             raise UserError("--resume continues a run with its saved config; only --steps, --device and "
                             "the runtime flags (--backend, --actors, --envs-per-actor, --ray-address) may change")
@@ -101,8 +104,16 @@ def resolve(args) -> tuple[Config, object, Path, bool]:
                         "(--tasks and --steps are for multi-task runs)")
     if args.mode == "single-task" and not args.sequence:
         raise UserError("--mode single-task needs --sequence (it trains one reference run per task of it)")
+    if args.algo and args.engine != "rllib":
+        raise UserError("--algo chooses RLlib's algorithm: it needs --engine rllib")
+    if args.engine == "rllib" and (args.mode != "continual" or args.backend):
+        raise UserError("--engine rllib samples with RLlib's env runners (--actors of them) and trains one sequence: "
+                        "--backend and --mode single-task do not apply")
     cfg = build_config(args.suite, args.config, _flag_values(args), args.set)
     schedule = plan_schedule(cfg)
+    if cfg.run.engine == "rllib":
+        from launch.rllib_engine import check_supported
+        check_supported(cfg)
     what = cfg.continual.sequence if cfg.continual.sequence else (cfg.env.tasks or "default")
     if cfg.continual.sequence:
         what += f"-{cfg.continual.method}" if args.mode == "continual" else "-single-task"
@@ -131,7 +142,12 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist) -> None:
             created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
         log = print if dist.is_main else (lambda *a, **k: print(f"[rank {dist.rank}]", *a, **k))
-        trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log, schedule=schedule)
+        if cfg.run.engine == "rllib":
+            from launch.rllib_engine import RLlibRun, check_supported
+            check_supported(cfg, dist.world)
+            trainer = RLlibRun(cfg, suite, schedule, run_dir, resume, log=log)
+        else:
+            trainer = Trainer(cfg, suite, run_dir, resume, dist, log=log, schedule=schedule)
         if dist.is_main:
             write_config(run_dir, to_dict(cfg), schedule.records() if schedule else None)
             created = False  # from here on the directory is a real run
@@ -139,8 +155,10 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist) -> None:
                 print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
             what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
                     else suite.name)
+            where = (f"RLlib {cfg.rllib.algo.upper()}, {cfg.runtime.actors} env runners" if cfg.run.engine == "rllib"
+                     else f"{trainer.device}, backend {cfg.runtime.backend}")
             print(f"polytask: training {what} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
-                  f"env steps on {trainer.device}, backend {cfg.runtime.backend}"
+                  f"env steps on {where}"
                   f"{f', {dist.world} learner ranks' if dist.world > 1 else ''}; run dir {run_dir}", flush=True)
         trainer.run()
     except BaseException:
@@ -185,7 +203,8 @@ def main(argv=None) -> int:
         return 3
     except KeyboardInterrupt:
         from launch.checkpoint import list_checkpoints
-        if run_dir is not None and list_checkpoints(run_dir / "checkpoints"):
+        if run_dir is not None and (list_checkpoints(run_dir / "checkpoints")
+                                    or any((run_dir / "rllib_checkpoints").glob("step-*"))):
             sys.stderr.write(f"\ntrain.py: interrupted; continue with --resume {run_dir}\n")
         else:
             sys.stderr.write("\ntrain.py: interrupted before the first checkpoint; nothing to resume\n")

@@ -18,8 +18,10 @@ from agents.sac import SACConfig, SACLearner
 from agents.trunks import TRUNKS
 from tests.conftest import REPO, train_in_process
 
-# Who may import whom: launch -> continual -> agents / metrics / envs; metrics reads logs only.
-ALLOWED = {"launch": {"launch", "continual", "agents", "metrics", "envs"},
+# Who may import whom: launch -> integrations -> continual -> agents / metrics / envs; metrics reads
+# logs only.
+ALLOWED = {"launch": {"launch", "integrations", "continual", "agents", "metrics", "envs"},
+           "integrations": {"integrations", "continual", "agents", "envs"},
            "continual": {"continual", "agents", "envs"},
            "agents": {"agents"}, "envs": {"envs"}, "metrics": {"metrics"}}
 
