@@ -64,7 +64,13 @@ class LearnerHook:
 
 class Synchronizer:
     """Keeps data-parallel learners identical. This one is for a single learner: it does nothing.
-    launch/distributed.py implements it for torchrun ranks."""
+    launch/distributed.py and launch/local_sgd.py implement it for torchrun ranks."""
+
+    local_optimizer_state = False  # True: ranks' optimizer states differ (each checkpoints its own)
+
+    def stats(self) -> dict:
+        """What it communicated so far (all-reduces, bytes), for learners.json."""
+        return {}
 
     def after_backward(self, params: list[torch.Tensor]) -> None:
         """Gradients of `params` are computed: combine them across ranks."""

@@ -91,6 +91,20 @@ class RuntimeConfig:
     ray_address: str = ""         # join this Ray cluster; "": start a private local one
 
 
+SYNC_MODES = ("step", "local", "qsr")
+
+
+@dataclass
+class SyncConfig:
+    """How torchrun's learner ranks stay in agreement (launch/distributed.py, launch/local_sgd.py)."""
+    mode: str = "step"            # step: all-reduce gradients every step | local: average parameters every
+                                  # `period` updates | qsr: every H = max(period_min, (qsr_alpha / lr)^2) updates
+    period: int = 4               # local: H
+    period_min: int = 2           # qsr: H_min (its H_base)
+    qsr_alpha: float = 6e-4       # qsr: alpha; with the default rates (3e-4) H = 4 until they decay
+    average_optimizer_state: bool = False  # local / qsr: also average Adam's moments (default: each rank its own)
+
+
 ENGINES = ("polytask", "rllib")
 RLLIB_ALGOS = ("sac", "ppo")
 
@@ -119,6 +133,7 @@ class Config:
     aux: AuxConfig = field(default_factory=AuxConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     rllib: RLlibConfig = field(default_factory=RLlibConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
 
 
 def build_config(suite: str | None = None, config_file: str | None = None,
@@ -245,6 +260,7 @@ def validate(cfg: Config) -> None:
             raise UserError("a bronet trunk has one width: its sizes must repeat it, e.g. [512, 512, 512] "
                             "(a first layer and two residual blocks)")
     validate_aux(cfg)
+    validate_schedule(cfg)
     b = cfg.balance
     if set(b.networks) - set(NETWORKS):
         raise UserError(f"balance.networks must name some of {', '.join(NETWORKS)}, got {list(b.networks)}")
@@ -269,6 +285,21 @@ def validate(cfg: Config) -> None:
             cfg.rllib.ppo_batch_size, cfg.rllib.ppo_minibatch_size, cfg.rllib.ppo_epochs) <= 0:
         raise UserError("rllib.envs_per_runner and rllib.rollout_fragment_length must be >= 0; "
                         "rllib.ppo_batch_size, ppo_minibatch_size and ppo_epochs positive")
+
+
+def validate_schedule(cfg: Config) -> None:
+    """The learning-rate schedule and the learner ranks' synchronization."""
+    from agents.sac.schedule import SCHEDULES
+    sac, sync = cfg.sac, cfg.sync
+    if sac.lr_schedule not in SCHEDULES:
+        raise UserError(f"unknown sac.lr_schedule {sac.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if min(sac.lr_warmup_updates, sac.lr_schedule_updates) < 0 or not 0 <= sac.lr_final_fraction <= 1:
+        raise UserError("sac.lr_warmup_updates and sac.lr_schedule_updates must be >= 0, "
+                        "sac.lr_final_fraction in [0, 1]")
+    if sync.mode not in SYNC_MODES:
+        raise UserError(f"unknown sync.mode {sync.mode!r}; valid: {', '.join(SYNC_MODES)}")
+    if min(sync.period, sync.period_min) < 1 or sync.qsr_alpha <= 0:
+        raise UserError("sync.period and sync.period_min must be >= 1 and sync.qsr_alpha positive")
 
 
 def validate_aux(cfg: Config) -> None:
@@ -319,8 +350,8 @@ def load_run_config(path: Path) -> Config:
     """The resolved config saved in a run directory (the `versions` and `schedule` sections are
     informational: the schedule follows from continual.sequence)."""
     tree = read_yaml(path)
-    tree.pop("versions", None)
-    tree.pop("schedule", None)
+    for informational in ("versions", "schedule", "launch"):
+        tree.pop(informational, None)
     cfg = Config()
     merge(cfg, tree)
     validate(cfg)

@@ -9,8 +9,15 @@ task-balanced mean loss over the global batch, for any number of ranks, even whe
 not divide evenly. Per-task parameters (heads, temperatures) are slices of shared tensors, so
 every parameter takes part in every all-reduce: there are no unused parameters to trip over.
 
-The combination is a Synchronizer (the seat agents/hooks.py defines): `EveryStepSync` is
-today's rule; local SGD and its kin are other synchronizers behind the same three calls.
+The combination is a Synchronizer (the seat agents/hooks.py defines): `EveryStepSync` here
+(`--sync step`, the default); local SGD and the Quadratic Synchronization Rule (`--sync local`,
+`--sync qsr`) in launch/local_sgd.py. Both count their all-reduces and bytes (learners.json).
+
+Failures: collectives time out after `--dist-timeout` seconds (a peer that hangs); a peer that
+dies closes its connections and the others' collectives fail at once. Either way the rank exits
+with one line (launch/train.py) and torchrun's agent restarts the group if `--max-restarts`
+allows (every rank then resumes from the latest checkpoint). At start every rank checks that
+all were launched with the same arguments and versions (`check_same_launch`).
 
 Update credit is global: every rank counts the env steps of all ranks (`sync_counts`) and does
 the updates they earn, so W ranks do as many updates as one learner on the same global steps.
@@ -19,13 +26,16 @@ Only rank 0 writes to the run dir.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from agents.hooks import Synchronizer
+from launch.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -41,16 +51,18 @@ class Dist:
     def shard(self, num_tasks: int) -> list[int]:
         return list(range(self.rank, num_tasks, self.world))
 
-    def sync_counts(self, local_steps: int, ready: bool, finite: bool) -> tuple[int, bool, bool]:
+    def sync_counts(self, local_steps: int, ready: bool, finite: bool, stop: bool) -> tuple[int, bool, bool, bool]:
         """(global env steps = sum over ranks, every rank ready to update, every rank's losses
-        finite): one small all-gather per trainer iteration, so all ranks decide alike."""
+        finite, some rank asked to stop (SIGTERM)): one small all-gather per trainer iteration,
+        so all ranks decide alike."""
         if self.world == 1:
-            return local_steps, ready, finite
-        t = torch.tensor([local_steps, int(ready), int(finite)], dtype=torch.int64)
+            return local_steps, ready, finite, stop
+        t = torch.tensor([local_steps, int(ready), int(finite), int(stop)], dtype=torch.int64)
         gathered = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(gathered, t)
         stacked = torch.stack(gathered)
-        return int(stacked[:, 0].sum()), bool(stacked[:, 1].min()), bool(stacked[:, 2].min())
+        return (int(stacked[:, 0].sum()), bool(stacked[:, 1].min()), bool(stacked[:, 2].min()),
+                bool(stacked[:, 3].max()))
 
     def broadcast_module_state(self, module: torch.nn.Module) -> None:
         if self.world > 1:
@@ -73,6 +85,20 @@ class Dist:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    def check_same_launch(self, launch: str) -> None:
+        """Every rank's `launch` text (its arguments and versions) must be the same: a node started
+        with other flags or another polytask would train a different run in lockstep."""
+        if self.world == 1:
+            return
+        digest = hashlib.sha256(launch.encode()).hexdigest()[:16]
+        digests = [None] * self.world
+        dist.all_gather_object(digests, digest)
+        odd = [r for r, d in enumerate(digests) if d != digests[0]]
+        if odd:
+            raise UserError(f"learner ranks were started with different arguments or versions (rank(s) "
+                                 f"{', '.join(map(str, odd))} differ from rank 0): start every node with the "
+                                 f"same train.py command and the same install")
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -85,6 +111,11 @@ class EveryStepSync(Synchronizer):
     def __init__(self, dist_: Dist, share: float):
         self.dist, self.share = dist_, share
         self.bytes_gathered = 0  # per-task gradient rows received from other ranks (gradient combiners)
+        self.allreduces = self.bytes_sent = 0  # gradient all-reduces and their buffers' bytes
+
+    def stats(self) -> dict:
+        return {"allreduces": self.allreduces, "bytes_sent": self.bytes_sent,
+                "gradient_rows_bytes_received": self.bytes_gathered}
 
     def gather_rows(self, rows: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """Every rank's per-task rows, in task order (padded to the largest shard for all_gather).
@@ -111,6 +142,8 @@ class EveryStepSync(Synchronizer):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads]) * self.share
         dist.all_reduce(flat)
+        self.allreduces += 1
+        self.bytes_sent += flat.numel() * flat.element_size()
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
@@ -118,18 +151,23 @@ class EveryStepSync(Synchronizer):
             offset += n
 
 
-SYNCHRONIZERS = {"step": EveryStepSync}
-
-
-def init_from_env() -> Dist:
+def init_from_env(timeout_s: float = 1800.0) -> Dist:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR, ...), if any.
-    CPU tensors go through gloo and, where CUDA exists, CUDA tensors through nccl."""
+    CPU tensors go through gloo and, where CUDA exists, CUDA tensors through nccl; a collective
+    waiting longer than `timeout_s` for its peers fails."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
+    timeout = timedelta(seconds=timeout_s)
+    # torchrun's agent keeps one TCP store for every restart of the group (shared with its
+    # rendezvous) and its workers add no prefix of their own: keys left by the failed attempt's
+    # process group would meet the new one's (we saw restarted gloo groups hang). One prefix
+    # per attempt keeps them apart.
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"polytask/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("cpu:gloo,cuda:nccl")
+        dist.init_process_group("cpu:gloo,cuda:nccl", store=store, rank=rank, world_size=world, timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

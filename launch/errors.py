@@ -9,3 +9,8 @@ class UserError(Exception):
 
 class TrainingDiverged(Exception):
     pass
+
+
+class Preempted(Exception):
+    """SIGTERM (a cluster's preemption): the run stopped after its current update round with a
+    checkpoint at the current step. The CLI prints one line and exits with code 143."""

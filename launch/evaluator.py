@@ -3,7 +3,9 @@
 `InlineEvaluator` evaluates on the spot (single-process backend). `EvaluatorWorker` runs in its
 own process beside the learner, so evaluation does not stall training; results come back
 tagged with the learner step and weight version they were asked for. Both have one interface:
-submit(step, version, flat_weights), results() (what is done, non-blocking), wait() (all).
+submit(step, version, flat_weights), results() (what is done, non-blocking), wait() (all),
+unfinished() (the requests not yet answered: a preempted run checkpoints them and submits them
+again when it resumes, instead of waiting out an evaluation in its grace period).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from agents import seeding
 from agents.networks import build_policy
 from agents.sac.config import SACConfig
 from envs.evaluation import evaluate
-from launch.local_actors import sigint_ignored_by_children
+from launch.local_actors import signals_ignored_by_children
 
 
 class _Evaluation:
@@ -77,6 +79,9 @@ class InlineEvaluator:
 
     wait = results
 
+    def unfinished(self) -> list[tuple]:
+        return []
+
     def close(self) -> None:
         self.evaluation.close()
 
@@ -101,15 +106,16 @@ class EvaluatorWorker:
         self.process = ctx.Process(target=_evaluator_main, daemon=True, name="polytask-evaluator",
                                    args=((suite_name, tasks, seed, sac, goals, policy),
                                          child_requests, child_replies))
-        with sigint_ignored_by_children():
+        with signals_ignored_by_children():
             self.process.start()
         child_requests.close()
         child_replies.close()
         self.pending: deque = deque()
 
     def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
-        self.requests.send((step, version, flat.clone()))
-        self.pending.append(step)
+        request = (step, version, flat.clone())
+        self.requests.send(request)
+        self.pending.append(request)
 
     def _collect(self, block: bool) -> list[list[dict]]:
         done = []
@@ -126,6 +132,11 @@ class EvaluatorWorker:
 
     def wait(self) -> list[list[dict]]:
         return self._collect(block=True)
+
+    def unfinished(self) -> list[tuple]:
+        """(step, version, weights) of every request not answered yet (answer or not, the
+        worker is closed next)."""
+        return list(self.pending)
 
     def close(self) -> None:
         try:

@@ -42,15 +42,17 @@ READY = "ready"
 
 
 @contextlib.contextmanager
-def sigint_ignored_by_children():
-    """Processes started inside ignore SIGINT from birth (an ignored signal stays ignored across
-    exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C is the learner's to
-    handle, and a worker still importing when it arrives prints no traceback."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def signals_ignored_by_children():
+    """Processes started inside ignore SIGINT and SIGTERM from birth (an ignored signal stays
+    ignored across exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C and a
+    cluster's preemption are the learner's to handle (it stops its workers with SIGKILL), and a
+    worker still importing when one arrives prints no traceback."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _actor_main(spec: ActorSpec, weights: SharedWeights, conn, go, stop, chunk_steps: int,
@@ -105,7 +107,7 @@ class LocalActorPool:
         process = self.ctx.Process(target=_actor_main, daemon=True, name=f"polytask-actor-{spec.actor_id}",
                                    args=(spec, self.weights, writer, self.go, self.stop, self.chunk_steps,
                                          self.max_policy_lag))
-        with sigint_ignored_by_children():
+        with signals_ignored_by_children():
             process.start()
         writer.close()  # only the child writes: its death then reads as EOF here
         self.workers[spec.actor_id] = _Worker(spec, process, reader)

@@ -28,9 +28,11 @@ episodes.jsonl (the env's per-episode records via integrations/rllib/callbacks.p
 learners.json (per-task env steps per stage), so launch/report.py reads it like any run.
 
 Not supported (one line, exit 2): --balancer other than mean, the Kurin stabilizers, torchrun,
-continual methods beyond none/l2/ewc/online-ewc/mas/packnet (SI needs the loss's gradient before
-its penalty; A-GEM, replay, bc and hnet need our replay or update path), PPO with auxiliary
-losses or a continual sequence, --mode single-task. Differences in the update itself are listed
+--sync local/qsr and learning-rate schedules, continual methods beyond
+none/l2/ewc/online-ewc/mas/packnet (SI needs the loss's gradient before its penalty; A-GEM,
+replay, bc and hnet need our replay or update path), PPO with auxiliary losses or a continual
+sequence, --mode single-task. SIGTERM (preemption) stops an RLlib run at once, as RLlib does;
+resume from its latest checkpoint. Differences in the update itself are listed
 in integrations/rllib/modules.py; besides, RLlib's env runners act with the initial policy, not
 uniformly at random, before learning starts. A sampling round is chosen to divide every stage's
 length (integrations/rllib/algorithm.py: sizes), so stages switch exactly at their boundaries.
@@ -76,6 +78,8 @@ def check_supported(cfg, dist_world: int = 1) -> None:
         problems.append("auxiliary losses with --algo ppo (use --algo sac)")
     if cfg.run.device not in ("cpu", "auto"):
         problems.append(f"--device {cfg.run.device} (the RLlib engine's learner runs on the CPU here)")
+    if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
+        problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
     if problems:
         raise UserError(f"--engine rllib does not support {'; '.join(problems)}")
 

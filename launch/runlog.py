@@ -40,12 +40,15 @@ def versions() -> dict:
     return found
 
 
-def write_config(run_dir: Path, tree: dict, schedule: list[dict] | None = None) -> None:
-    """config.yaml: the resolved config tree, the package versions, and (continual runs) which
-    tasks each stage trained, in env steps (for the metrics). Atomic."""
+def write_config(run_dir: Path, tree: dict, schedule: list[dict] | None = None, launch: dict | None = None) -> None:
+    """config.yaml: the resolved config tree, the package versions, (continual runs) which tasks
+    each stage trained, in env steps (for the metrics), and how it was launched (learner ranks,
+    torchrun's run id: an elastic restart recognises its run by it). Atomic."""
     tree = {**tree, "versions": versions()}
     if schedule:
         tree["schedule"] = schedule
+    if launch:
+        tree["launch"] = launch
     tmp = run_dir / "config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
     os.replace(tmp, run_dir / "config.yaml")

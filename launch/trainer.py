@@ -27,6 +27,11 @@ log drops what was logged after S (launch/runlog.py), so nothing is duplicated o
 rehearsing strategy's earlier tasks' replay is restored from the files written at the end of
 their stages (launch/checkpoint.py).
 
+Preemption: SIGTERM stops the run after the current iteration's update round, with a checkpoint
+at the current step (launch/preemption.py); evaluations still running are kept in it and asked
+for again on resume. Elastic restarts (torchrun --max-restarts) resume the same way, from the
+latest checkpoint (launch/train.py finds it).
+
 Divergence: a non-finite loss (checked every iteration) or non-finite weights (checked before
 every evaluation and checkpoint) stop the run with TrainingDiverged before anything is written
 from the diverged networks: the newest checkpoint stays the last good one.
@@ -49,12 +54,13 @@ from agents.sac import SACLearner
 from continual.schedule import Schedule, Stage, stage_at
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
-from launch import checkpoint
+from launch import checkpoint, preemption, trainer_state
 from launch.actor import Chunk
-from launch.backends import actor_specs, make_actor_source, make_evaluator, resolve_device, to_device
+from launch.backends import actor_specs, make_actor_source, make_evaluator, resolve_device
 from launch.config import Config
-from launch.distributed import Dist, EveryStepSync
-from launch.errors import TrainingDiverged, UserError
+from launch.distributed import Dist
+from launch.errors import Preempted, TrainingDiverged, UserError
+from launch.local_sgd import make_synchronizer
 from launch.progress import Progress
 from launch.runlog import RunLog
 
@@ -66,9 +72,10 @@ def crossed(before: int, after: int, every: int) -> bool:
 
 class Trainer:
     def __init__(self, cfg: Config, suite: Suite, run_dir: Path, resume: bool, dist: Dist = Dist(),
-                 log=print, schedule: Schedule | None = None):
+                 log=print, schedule: Schedule | None = None, discard_logs: bool = False):
         """schedule: a continual run's stages (launch/config.py: plan_schedule); None: one stage of
-        every task for run.steps."""
+        every task for run.steps. discard_logs: the run dir holds logs of an attempt that failed
+        before its first checkpoint (an elastic restart): start them afresh."""
         self.cfg, self.suite, self.run_dir, self.dist, self.log = cfg, suite, run_dir, dist, log
         seed, rank, num_tasks = cfg.run.seed, dist.rank, len(suite.tasks)
         if cfg.run.threads:
@@ -89,7 +96,9 @@ class Trainer:
             raise UserError(f"balance.method {cfg.balance.method} reads every task's losses in one place; it "
                             f"needs a single learner rank (the gradient combiners work across ranks)")
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
-                                  synchronizer=EveryStepSync(dist, share), balance=cfg.balance, seed=seed)
+                                  synchronizer=make_synchronizer(cfg.sync, dist, share), balance=cfg.balance,
+                                  seed=seed)
+        self.learner.schedule_updates = self.learner.schedule_updates or self.planned_updates()
         for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
             dist.broadcast_module_state(module)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
@@ -105,10 +114,12 @@ class Trainer:
         self.step = self.local_step = 0  # env steps: all ranks / this rank
         self.steps_by_actor: Counter = Counter()
         self.lags: list[int] = []  # policy-version lag of the chunks received since the last log
-        if resume:
-            self._restore()
-        self.runlog = RunLog(run_dir, resume_step=self.step if resume else None) if dist.is_main else None
+        owed = trainer_state.restore(self) if resume else []
+        log_from = self.step if resume else (-1 if discard_logs else None)
+        self.runlog = RunLog(run_dir, resume_step=log_from) if dist.is_main else None
         self.evaluator = make_evaluator(cfg) if dist.is_main else None
+        for request in owed:  # a preempted run's evaluations that had not come back
+            self.evaluator.submit(*request)
         self.version = 0  # weight version the actors see; 0 = no weights yet: act at random
         self.source, self.restarts_before = None, 0
         self.stage_index = stage_at(self.stages, self.step)
@@ -160,6 +171,14 @@ class Trainer:
         specs = actor_specs(self.cfg, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
         self.source = make_actor_source(self.cfg.runtime, specs, self.learner.actor, log=self.log)
 
+    def planned_updates(self) -> int:
+        """Updates the schedule earns over the run (the learning-rate schedule's length)."""
+        sac, total = self.cfg.sac, 0
+        for stage in self.stages:
+            learning = max(0, stage.steps - sac.warmup_steps_per_task * len(stage.tasks))
+            total += int(learning * sac.updates_per_round / (len(stage.tasks) * self.cfg.env.envs_per_task))
+        return max(total, 1)
+
     def restarts(self) -> int:
         """Actor restarts over the whole run (every stage has its own actors)."""
         return self.restarts_before + self.source.restarts
@@ -175,44 +194,6 @@ class Trainer:
                                         {"format_version": checkpoint.FORMAT_VERSION, **self.replay.task_state(t)})
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _restore(self) -> None:
-        """Load the latest checkpoint (read on rank 0, sent to every rank)."""
-        loaded, error = None, None
-        if self.dist.is_main:
-            try:
-                loaded = checkpoint.load_latest(self.run_dir / "checkpoints")
-            except UserError as e:
-                error = str(e)
-        loaded, error = self.dist.broadcast_object((loaded, error))
-        if error:
-            raise UserError(error)
-        try:
-            if len(loaded["rank_steps"]) != self.dist.world:
-                raise UserError(f"checkpoint was written by {len(loaded['rank_steps'])} learner rank(s), "
-                                f"this run has {self.dist.world}")
-            self.learner.load_state_dict(loaded["learner"])
-            if "replay" in loaded:
-                self.replay.load_state_dict(loaded["replay"])
-            self.replay.reward_stats[:] = loaded["reward_stats"][self.dist.rank].numpy()
-            self.strategy.load_state_dict(to_device(loaded.get("strategy", {}), self.device))
-            for task, state in zip(self.auxiliary, loaded.get("auxiliary", []), strict=True):
-                task.load_state_dict(to_device(state, self.device))
-            rng = loaded["rng"][self.dist.rank]
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            self.rng.bit_generator.state = rng["numpy"]
-            self.step, self.local_step = int(loaded["step"]), int(loaded["rank_steps"][self.dist.rank])
-            self.steps_by_actor = Counter({int(k): v for k, v in loaded["steps_by_actor"].items()})
-            if self.strategy.rehearses and "replay" not in loaded:  # the finished stages' replay
-                for stage in self.stages[:stage_at(self.stages, self.step)]:
-                    for t in stage.tasks:
-                        self.replay.load_task_state(t, checkpoint.read(
-                            checkpoint.rehearsal_path(self.run_dir / "checkpoints", t)))
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"checkpoint does not match this run's config: {first}") from None
-
     def _check_finite(self, weights: bool = False) -> None:
         """Stop on a non-finite loss (or, with weights=True, non-finite weights) before anything
         is saved or evaluated from the diverged networks."""
@@ -227,28 +208,8 @@ class Trainer:
                                f"after it (last good checkpoint: {last_good}); lower the learning rates "
                                f"(sac.*_lr) and start again")
 
-    def _save_checkpoint(self) -> None:
-        self._check_finite(weights=True)  # identical weights on every rank: all ranks stop together
-        self.learner.synchronizer.sync_point(self.learner)
-        rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        stats = torch.from_numpy(self.replay.reward_stats.copy())  # small: kept even when replay is not
-        gathered = self.dist.gather_objects((self.local_step, rng, dict(self.steps_by_actor), stats))  # every rank
-        if not self.dist.is_main:
-            return
-        # Evaluations asked for at steps <= S are logged before S's checkpoint: one that falls
-        # on an evaluation step waits for it (evaluation and checkpoint intervals rarely meet).
-        self._write_evals(self.evaluator.wait())
-        self.runlog.flush()
-        state = {"learner": self.learner.state_dict(), "rank_steps": [g[0] for g in gathered],
-                 "rng": [g[1] for g in gathered],
-                 "steps_by_actor": {str(k): v for g in gathered for k, v in g[2].items()},
-                 "reward_stats": [g[3] for g in gathered],
-                 "strategy": self.strategy.state_dict(), "auxiliary": [t.state_dict() for t in self.auxiliary]}
-        if self.cfg.replay.save_in_checkpoint:
-            state["replay"] = self.replay.state_dict()
-        checkpoint.save(self.run_dir / "checkpoints", self.step, state, self.cfg.run.keep_checkpoints)
+    def _save_checkpoint(self, preempted: bool = False) -> None:
+        trainer_state.save(self, preempted)
 
     # -- evaluation ---------------------------------------------------------------------------
     def _policy_weights(self) -> torch.Tensor:
@@ -320,7 +281,8 @@ class Trainer:
                     new_steps += self._ingest(chunk.head(room), episodes)
             self.local_step += new_steps
             before = self.step
-            self.step, ready, finite = self.dist.sync_counts(self.local_step, ready, bool(learner.all_finite))
+            self.step, ready, finite, stop = self.dist.sync_counts(self.local_step, ready, bool(learner.all_finite),
+                                                                   preemption.requested())
             if not finite:  # on some rank: every rank stops here together
                 self._diverged("a non-finite loss")
             credit = credit + (self.step - before) * updates_per_step if ready else 0.0
@@ -339,8 +301,9 @@ class Trainer:
                 self._write_evals(self.evaluator.results())
 
             last = self.step >= total
+            stop = stop and not last  # SIGTERM on some rank: this round's updates are done; save and stop
             stage_done = self.continual and self.step >= stage.end
-            if crossed(before, self.step, cfg.run.log_every) or last:
+            if crossed(before, self.step, cfg.run.log_every) or last or stop:
                 self._log_training(progress, episodes)
                 episodes.clear()
             pause_start = time.perf_counter()
@@ -349,8 +312,11 @@ class Trainer:
                 credit = 0.0
             if crossed(before, self.step, cfg.eval.every) or last or stage_done:
                 self._evaluate()
-            if crossed(before, self.step, cfg.run.checkpoint_every) or last:
-                self._save_checkpoint()
+            if crossed(before, self.step, cfg.run.checkpoint_every) or last or stop:
+                self._save_checkpoint(preempted=stop)
+            if stop:
+                raise Preempted(f"stopped by SIGTERM at env step {self.step:,} with a checkpoint there; "
+                                f"continue with --resume {self.run_dir}")
             if stage_done and not last:
                 self.stage_index += 1
                 self._start_stage(resumed=False)
@@ -369,8 +335,8 @@ class Trainer:
         ranks = self.dist.gather_objects({
             "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
             "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
-            "actor_restarts": self.restarts(), "params": params,
-            "gradient_rows_bytes_received": getattr(learner.synchronizer, "bytes_gathered", 0)})
+            "actor_restarts": self.restarts(), "params": params, "updates": learner.num_updates,
+            "sync": learner.synchronizer.stats()})
         if not self.dist.is_main:
             return
         self._write_evals(self.evaluator.wait())
@@ -378,7 +344,8 @@ class Trainer:
         for r in ranks:
             del r["params"]
         restarts = sum(r["actor_restarts"] for r in ranks)
-        self.runlog.learners({"world_size": self.dist.world, "step": self.step, "actor_restarts": restarts,
+        self.runlog.learners({"world_size": self.dist.world, "sync": self.cfg.sync.mode, "step": self.step,
+                              "actor_restarts": restarts,
                               "max_parameter_difference_across_ranks": max_difference,
                               "train_env_steps_per_s": self.train_steps_per_s, "ranks": ranks})
         final = "n/a" if self.runlog.eval_success is None else f"{self.runlog.eval_success:.3f}"
@@ -400,9 +367,11 @@ class Trainer:
         restarts = sum(g[1] for g in gathered)
         lags = [lag for g in gathered for lag in g[3]]
         scalars = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s, **self.losses,
+                   "perf/lr_factor": self.learner.lr_factor(),
                    "actors/restarts": restarts, **({"actors/policy_lag": np.mean(lags)} if lags else {}),
                    **{f"actors/steps/actor{a}": n for g in gathered for a, n in g[2].items()},
                    **{f"alpha/{task.name}": alphas[task.index] for task in self.suite.tasks}}
+        scalars.update({f"sync/{k}": v for k, v in self.learner.synchronizer.stats().items() if v is not None})
         eta = progress.eta(*self._steps_left())
         if eta is not None:
             scalars["perf/eta_hours"] = eta / 3600

@@ -1,6 +1,8 @@
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,24 @@ def train_many(jobs: dict, workers: int = 2) -> dict[str, subprocess.CompletedPr
 def start_train(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+class Lines:
+    """Collects a process's stdout lines in the background."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = [line for line in list(self.lines) if predicate(line)]
+            if found:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; output so far: {self.lines[-10:]}")
 
 
 def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:

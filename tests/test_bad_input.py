@@ -45,6 +45,11 @@ def _assert_user_error(proc, *fragments):
      ["balance.method famo", "balance.networks=[critic]"]),
     (["--suite", "pointmass", "--set", "balance.networks=[policy]"], ["balance.networks must name some of"]),
     (["--suite", "pointmass", "--set", "balance.cagrad_c=-1"], ["cagrad_c >= 0"]),
+    (["--suite", "pointmass", "--sync", "gossip"], ["unknown sync.mode 'gossip'", "step, local, qsr"]),
+    (["--suite", "pointmass", "--sync", "local", "--sync-period", "0"], ["sync.period and sync.period_min must be"]),
+    (["--suite", "pointmass", "--sync", "qsr", "--qsr-alpha", "1e-3x"], ["sync.qsr_alpha expects float"]),
+    (["--suite", "pointmass", "--set", "sac.lr_schedule=step"], ["unknown sac.lr_schedule 'step'", "cosine"]),
+    (["--suite", "pointmass", "--set", "sac.lr_final_fraction=2"], ["sac.lr_final_fraction in [0, 1]"]),
 ])
 def test_bad_flags(tmp_path, capsys, args, fragments):
     """In-process (the CLI's main, as `python launch/train.py` runs it): one line, exit 2."""

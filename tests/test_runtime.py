@@ -1,5 +1,5 @@
-"""The actor-learner runtime on real processes: local actor processes, Ray actors, torchrun
-learners, an actor killed mid-run, and Ctrl-C."""
+"""The actor-learner runtime on real processes: local actor processes, Ray actors, an actor killed
+mid-run, and Ctrl-C (torchrun learners: tests/test_multinode.py)."""
 
 import json
 import os
@@ -7,38 +7,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from metrics import evallog
-from tests.conftest import REPO, TRAIN, run_train, scalars, train_in_process
+from tests.conftest import TRAIN, Lines, run_train, scalars
 
 PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
-
-
-class _Lines:
-    """Collects a process's stdout lines in the background."""
-
-    def __init__(self, stream):
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
-        self.thread.start()
-
-    def wait_for(self, predicate, timeout=120):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            found = [line for line in list(self.lines) if predicate(line)]
-            if found:
-                return found
-            time.sleep(0.1)
-        raise AssertionError(f"timed out; output so far: {self.lines[-10:]}")
 
 
 def _start(args, env=None, **kwargs):
     proc = subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(), **kwargs)
-    return proc, _Lines(proc.stdout)
+    return proc, Lines(proc.stdout)
 
 
 def _actor_pid(lines, actor):
@@ -124,70 +105,6 @@ def test_actors_block_when_the_learner_does_not_read():
         assert first and waiting <= 2 * 30, waiting
     finally:
         pool.close()
-
-
-def _torchrun(*args, timeout=400, script=TRAIN):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(script), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=os.environ.copy(), cwd=REPO)
-
-
-def _updates(run) -> int:
-    from launch import checkpoint
-    return checkpoint.load_latest(run / "checkpoints")["learner"]["num_updates"]
-
-
-def test_torchrun_two_learner_ranks(tmp_path):
-    run, single = tmp_path / "run", tmp_path / "single"
-    flags = ["--suite", "pointmass", "--backend", "single", "--steps", 2000, "--eval-every", 1000,
-             "--set", "eval.goals=2", "--set", "run.checkpoint_every=1000"]
-    proc = _torchrun(*flags, "--run-dir", run)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "learners.json").read_text())
-    assert summary["world_size"] == 2
-    shards = [r["tasks"] for r in summary["ranks"]]
-    assert sorted(shards[0] + shards[1]) == PM4 and not set(shards[0]) & set(shards[1])
-    assert all(r["env_steps"] > 0 for r in summary["ranks"])
-    assert summary["max_parameter_difference_across_ranks"] == 0.0
-    # The update-to-data ratio does not depend on the ranks: one learner on the same global env
-    # steps does exactly as many updates ((2000 - 4 x 300 warm-up) / 4 envs = 200).
-    assert train_in_process(*flags, "--run-dir", single).returncode == 0
-    assert _updates(run) == _updates(single) == 200
-    # Rank 0 alone writes: one event file, one row per (step, task), rank 0's files only.
-    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
-    rows = evallog.read(run / "evals.jsonl")
-    keys = [(r["step"], r["task"]) for r in rows]
-    assert len(keys) == len(set(keys)) and {r["task"] for r in rows} == set(PM4)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "episodes.jsonl", "evals.jsonl",
-                                                     "learners.json", "tb"]
-
-    # --resume works for the multi-rank run.
-    resumed = _torchrun("--resume", run, "--steps", 3000)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming" in resumed.stdout
-    summary = json.loads((run / "learners.json").read_text())
-    assert summary["step"] >= 3000 and summary["max_parameter_difference_across_ranks"] == 0.0
-    steps = sorted({r["step"] for r in evallog.read(run / "evals.jsonl")})
-    assert steps[0] == 0 and steps[-1] >= 3000 and len(steps) == len(set(steps))
-
-
-def test_torchrun_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_path):
-    """3 tasks on 2 ranks (2 + 1): the synced gradient equals one process's gradient of the mean
-    over all tasks; plain averaging of the ranks' means would weight task 1 twice as much.
-    Then PCGrad under the same shards (see the script)."""
-    proc = _torchrun(tmp_path, script=REPO / "tests" / "scripts" / "torchrun_gradient.py", timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
-    assert sorted(r["tasks"] for r in results) == [[0, 2], [1]]
-    for r in results:
-        assert r["weighted"] < 1e-5, r
-        assert r["unweighted"] > 1e-2, r  # the check can tell the two apart
-    # PCGrad: each rank combines every task's gathered gradient rows: the ranks stay identical
-    # after every update and equal the single-process PCGrad updates on the whole batch.
-    assert results[0]["pcgrad_params"] == results[1]["pcgrad_params"]
-    for r in results:
-        assert r["pcgrad_error"] < 1e-5 and r["pcgrad_bytes"] > 0, r
-        assert r["averaged_error"] > 1e-4, r  # not gathering would be caught
 
 
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):

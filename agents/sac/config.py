@@ -30,6 +30,10 @@ class SACConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
+    lr_schedule: str = "constant"    # constant | cosine | linear: every rate times agents/sac/schedule.py's factor
+    lr_warmup_updates: int = 0       # linear warm-up of every rate over this many updates
+    lr_final_fraction: float = 0.0   # cosine / linear: the rates end at this fraction of their base
+    lr_schedule_updates: int = 0     # the schedule's length in updates; 0: the run's planned updates
     init_alpha: float = 1.0          # initial entropy temperature (one per task)
     target_entropy: float | None = None  # None: -action_dim
     batch_size_per_task: int = 128   # every update sees this many transitions of each task

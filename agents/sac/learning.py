@@ -32,6 +32,7 @@ from agents.hooks import LearnerHook, Synchronizer
 from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.config import SACConfig
+from agents.sac.schedule import lr_factor
 
 
 def last_shared_matrix(module) -> torch.Tensor | None:
@@ -75,6 +76,7 @@ class SACLearner:
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
+        self.schedule_updates = cfg.lr_schedule_updates  # the trainer sets the run's planned updates if 0
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far was finite
 
     def _add_param_groups(self, own: dict[str, list]) -> None:
@@ -87,6 +89,20 @@ class SACLearner:
         """Give the hooks' own parameters a param group in their network's optimizer."""
         self._add_param_groups({net: [p for hook in hooks for p in hook.parameters(net)]
                                 for net in ("actor", "critic")})
+
+    def lr_factor(self, update: int | None = None) -> float:
+        """The learning-rate schedule's factor for update `update` (0-based; None: the next one)."""
+        c = self.cfg
+        return lr_factor(c.lr_schedule, self.num_updates if update is None else update, self.schedule_updates,
+                         c.lr_warmup_updates, c.lr_final_fraction)
+
+    def _set_learning_rates(self) -> None:
+        if self.cfg.lr_schedule == "constant" and not self.cfg.lr_warmup_updates:
+            return
+        factor = self.lr_factor()
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
 
     def alpha(self, task: torch.Tensor) -> torch.Tensor:
         """The temperature log-parameters of each row's task (one shared, with sac.shared_temperature)."""
@@ -182,6 +198,7 @@ class SACLearner:
     def update(self, batch: Batch, hooks: Sequence[LearnerHook] = ()) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperatures. Returns detached loss tensors."""
         batch = Batch(*(x.to(self.device, non_blocking=True) for x in batch))
+        self._set_learning_rates()
         losses = {}
         losses["critic"], critic_features, info = self.critic_loss(batch)
         critic_terms = self._terms("critic", batch, critic_features, hooks)
@@ -234,13 +251,18 @@ class SACLearner:
         for optimizer in self.optimizers.values():
             optimizer.state.clear()
 
+    def optimizer_state_dicts(self) -> dict:
+        return {f"{net}_optimizer": optimizer.state_dict() for net, optimizer in self.optimizers.items()}
+
+    def load_optimizer_state_dicts(self, state: dict) -> None:
+        for net, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[f"{net}_optimizer"])
+
     def state_dict(self) -> dict:
         return {
             "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(), "num_updates": self.num_updates,
+            **self.optimizer_state_dicts(), "num_updates": self.num_updates,
             "balancers": {net: b.state_dict() for net, b in self.balancers.items()},
         }
 
@@ -250,9 +272,7 @@ class SACLearner:
         self.critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.load_optimizer_state_dicts(state)
         self.num_updates = state["num_updates"]
         for net, balancer in self.balancers.items():
             balancer.load_state_dict(state.get("balancers", {}).get(net, {}))
