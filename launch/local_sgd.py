@@ -96,7 +96,8 @@ class LocalSGDSync(Synchronizer):
         if not self.qsr_alpha:
             return self.base_period
         lr = learner.cfg.critic_lr * learner.lr_factor(start)
-        left = max(learner.schedule_updates - start, 1) if learner.schedule_updates else 1 << 62
+        # Capped by the updates left in the schedule; past its end (a run extended with --steps) uncapped.
+        left = learner.schedule_updates - start if start < learner.schedule_updates else 1 << 62
         return qsr_period(lr, self.qsr_alpha, self.base_period, left)
 
     def after_update(self, learner) -> None:

@@ -70,7 +70,7 @@ def test_qsr_period_follows_a_decaying_cosine_schedule():
 def test_local_sgd_on_two_ranks_averages_every_fourth_update(tmp_path):
     """2 torchrun ranks on different data: their networks differ between averages and are equal
     right after each; 1,000 updates make 1/4 of `step`'s all-reduces (one per network per average,
-    against one per network per update)."""
+    against one per network per update). Then an uneven shard's weighting, and averaged moments."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(REPO / "tests" / "scripts" / "torchrun_local_sgd.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=os.environ.copy(), cwd=REPO)
@@ -81,3 +81,6 @@ def test_local_sgd_on_two_ranks_averages_every_fourth_update(tmp_path):
         for drift, since in zip(r["drift"], r["since"]):
             assert (drift == 0.0) == (since == 0), r
         assert r["allreduces"] == {"local": 750, "step": 3000}
+        # An uneven shard (2 tasks of 3 on rank 0) weighs rank 0's parameters 2/3.
+        assert r["weighted"] < 1e-6, r
+        assert r["moments"][0] == 0.0 and r["moments"][1] > 0.0, r

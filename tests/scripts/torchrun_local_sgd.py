@@ -6,6 +6,10 @@ Writes OUT_DIR/rank<r>.json:
                (every trained tensor and the target critics), gathered after the update
   "since"      per update: local updates since the last average, after the update
   "allreduces" {"local": n, "step": n}: all-reduces over 1,000 updates with each synchronizer
+  "weighted"   with shares 2/3 and 1/3 (an uneven shard), the largest difference between the
+               averaged parameters and 2/3 theta_0 + 1/3 theta_1 computed from the gathered ones
+  "moments"    with average_optimizer_state: the largest difference of Adam's moments across the
+               ranks after an average (0), and before it (> 0)
 """
 
 import json
@@ -59,8 +63,34 @@ def main():
     for _ in range(UPDATES):
         step.update(shard_batch(dist.rank, generator))
     out["allreduces"]["step"] = step.synchronizer.allreduces
+    out.update(uneven_and_moments(dist, generator))
     (Path(sys.argv[1]) / f"rank{dist.rank}.json").write_text(json.dumps(out))
     dist.close()
+
+
+def gathered(dist, tensor: torch.Tensor) -> list[torch.Tensor]:
+    out = [torch.empty_like(tensor) for _ in range(dist.world)]
+    tdist.all_gather(out, tensor)
+    return out
+
+
+def moments(learner) -> torch.Tensor:
+    return torch.cat([state[k].flatten() for opt in learner.optimizers.values() for state in opt.state.values()
+                      for k in ("exp_avg", "exp_avg_sq")])
+
+
+def uneven_and_moments(dist, generator) -> dict:
+    share = 2 / 3 if dist.rank == 0 else 1 / 3
+    learner = build(dist, LocalSGDSync(dist.world, share, period=10**9, average_optimizer_state=True))
+    for _ in range(3):
+        learner.update(shard_batch(dist.rank, generator))
+    before, moments_before = gathered(dist, flat(learner)), gathered(dist, moments(learner))
+    learner.synchronizer.average(learner)
+    expected = 2 / 3 * before[0] + 1 / 3 * before[1]
+    after_moments = gathered(dist, moments(learner))
+    return {"weighted": float((flat(learner) - expected).abs().max()),
+            "moments": [float((after_moments[0] - after_moments[1]).abs().max()),
+                        float((moments_before[0] - moments_before[1]).abs().max())]}
 
 
 if __name__ == "__main__":
