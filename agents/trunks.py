@@ -150,12 +150,14 @@ class CARETrunk(nn.Module):
 def gram_schmidt(h: torch.Tensor) -> torch.Tensor:
     """[..., k, d] -> orthonormal rows, per leading index, in order 0..k-1 (classical Gram-Schmidt:
     each row minus its projections on the earlier unit rows, then normalised), as MOORE's
-    OrthogonalLayer1D. Differentiable; no epsilon, like the original."""
-    basis = [h[..., 0, :] / h[..., 0, :].norm(dim=-1, keepdim=True)]
-    for i in range(1, h.shape[-2]):
-        u = torch.stack(basis, dim=-2)                                      # [..., i, d]
-        v = h[..., i, :]
-        w = v - torch.einsum("...j,...jd->...d", torch.einsum("...d,...jd->...j", v, u), u)
+    OrthogonalLayer1D. Differentiable; no epsilon, like the original. Written with elementwise
+    products and row sums: the einsum form ran as batched matmuls of [i x d] blocks per sample,
+    ~3x slower forward and backward for MOORE's shapes (k = 4, d = 128-400, thousands of rows)."""
+    basis = []
+    for v in h.unbind(-2):
+        w = v
+        for u in basis:
+            w = w - (v * u).sum(-1, keepdim=True) * u
         basis.append(w / w.norm(dim=-1, keepdim=True))
     return torch.stack(basis, dim=-2)
 

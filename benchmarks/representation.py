@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import variants  # noqa: E402
@@ -24,8 +26,7 @@ VARIANTS = {  # name -> config overrides (on top of each benchmark's base)
     "care": ["sac.trunk=care", "sac.task_input=false"],
     "moore": ["sac.trunk=moore", "sac.task_input=false"],
     "bronet": ["sac.trunk=bronet", "sac.task_input=false", "sac.task_embedding_dim=32"],
-    "wide-bronet-critic": ["sac.trunk=bronet", "sac.task_input=false", "sac.task_embedding_dim=32",
-                           "sac.critic_hidden_sizes=[512,512,512]"],
+    "wide-critic": [],  # BroNet trunks, the critic twice as wide as the actor: set in main()
     "mlp+reward": ["aux.reward=1"],
     "mlp+dynamics": ["aux.dynamics=1"],
     "mlp+inverse": ["aux.inverse=1"],
@@ -40,6 +41,9 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=30)
     variants.add_quality_flags(p, VARIANTS, [v for v in VARIANTS if v != "bronet"], "runs/bench-representation")
     args = p.parse_args()
+    hidden = yaml.safe_load(args.hidden) if args.mode == "quality" else [400, 400, 400]  # speed: MT10's
+    wide = [2 * width for width in hidden]
+    VARIANTS["wide-critic"] = VARIANTS["bronet"] + [f"sac.critic_hidden_sizes={wide}".replace(" ", "")]
     if args.mode == "quality":
         variants.quality(VARIANTS, args)
         return

@@ -13,11 +13,34 @@ same interface:
     ray     launch/ray_actors.py: Ray actors
 
 An evaluator runs the evaluation protocol on a snapshot of the policy (launch/evaluator.py).
+
+Sizing to the machine (`plan_workers`: `runtime.actors=auto`, `run.threads=0`, the defaults).
+A learner rank gets its share of the usable cores (affinity, cgroup quota, torchrun's ranks per
+host) minus the cores other processes keep busy (the 1-minute load average, rounded):
+
+  learner on a GPU  it waits on the device, not on matmuls: one core for it and one for the
+                    evaluator; the rest run actors (the largest count that divides the rank's
+                    tasks, so every actor steps as many tasks), each with at least
+                    MIN_ENVS_PER_ACTOR envs so that its policy inference is batched; the learner
+                    keeps the intra-op threads the actors leave (at least 1).
+  learner on a CPU  its matmuls bound the run (MT10 defaults: ~10 updates/s, ~100 env-steps/s,
+                    against ~1,600 from one actor): one actor with every task's envs, and the
+                    learner takes every free core as intra-op threads; the actor and the
+                    evaluator (niced) run in the time it leaves.
+Threads beyond the free cores are what makes a run beside another job collapse: a parallel
+region waits for its slowest thread, and a thread whose core is taken waits a scheduler slice
+(BENCHMARKS.md: 2 threads beside a busy process ran the MT10 update 3.8x slower than alone, 1
+thread 1.0x).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import tempfile
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -26,8 +49,11 @@ from launch.errors import UserError
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """run.device as a torch device; auto: this rank's GPU (cuda:LOCAL_RANK) when every learner
+    rank on this host has one, else the CPU (ranks never mix devices)."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        name = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() >= ranks_here else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -40,6 +66,62 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
+
+
+MIN_ENVS_PER_ACTOR = 8
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def busy_elsewhere() -> int:
+    """Cores other processes keep busy: the 1-minute load average, rounded (0 where unknown)."""
+    try:
+        return round(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return 0
+
+
+def free_cores(ranks_per_host: int = 1) -> tuple[int, int]:
+    """(this learner rank's share of the usable cores, how many of them are free of other load)."""
+    cores = max(1, usable_cores() // max(ranks_per_host, 1))
+    return cores, max(1, cores - busy_elsewhere())
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    actors: int
+    envs_per_actor: int  # runtime.envs_per_actor; 0: env.envs_per_task for each task an actor steps ...
+    min_envs: int        # ... raised to a multiple of that of at least this many (0: as it is)
+    threads: int         # the learner's intra-op threads
+    note: str            # how it was chosen: the start-up line and learners.json
+
+
+def plan_workers(cfg, device: torch.device, cores: tuple[int, int], rank_tasks: int) -> WorkerPlan:
+    """Actors, envs per actor and learner threads for one learner rank training `rank_tasks` tasks
+    (see the module docstring); cores: free_cores(). Explicit settings (runtime.actors,
+    runtime.envs_per_actor, run.threads) are kept as given."""
+    rt, (total, free) = cfg.runtime, cores
+    workers, auto = rt.backend != "single", rt.actors == "auto"
+    actors = rt.actors if not auto else 1
+    if auto and workers and device.type == "cuda":
+        actors = max(d for d in range(1, rank_tasks + 1) if rank_tasks % d == 0 and d <= max(1, free - 2))
+    min_envs = MIN_ENVS_PER_ACTOR if auto and workers and not rt.envs_per_actor else 0
+    busy = actors + 1 if workers and device.type == "cuda" else 0  # a CPU learner throttles its actors
+    threads = cfg.run.threads or max(1, free - busy)
+    note = (f"{total} cores{f' ({free} free of other load)' if free < total else ''}, "
+            f"{f'{actors} actor' + 's' * (actors > 1) if workers else 'no actor processes'}, "
+            f"learner {threads} thread{'s' * (threads > 1)}")
+    return WorkerPlan(actors, rt.envs_per_actor, min_envs, threads, note)
 
 
 def to_device(tree, device: torch.device):
@@ -71,17 +153,54 @@ class InlineActors:
         self.actor.close()
 
 
-def actor_specs(cfg, own_tasks: list[int], rank: int, num_tasks: int, step: int) -> list[ActorSpec]:
+class WeightPublisher:
+    """Hands the policy's flat weights to the actor source without stalling a GPU learner: there
+    each call starts a copy into pinned host memory and publishes the newest copy that has already
+    arrived (actors may act an update or two behind; `wait` publishes the current weights at once).
+    On a CPU it is a plain copy. The single backend's actor shares the learner's module: only the
+    version moves."""
+
+    def __init__(self, policy: torch.nn.Module, backend: str):
+        self.policy, self.shared = policy, backend == "single"
+        self.in_flight: deque = deque(maxlen=4)  # (pinned copy, version, CUDA event)
+
+    def __call__(self, source, version: int, wait: bool = False) -> int | None:
+        """Publish to `source`; returns the version published (None: no copy has arrived yet)."""
+        if self.shared:
+            source.publish(None, version)
+            return version
+        flat = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach()
+        if flat.device.type != "cuda" or wait:
+            source.publish(lambda: flat.cpu(), version)
+            return version
+        copy = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        copy.copy_(flat, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.in_flight.append((copy, version, event))
+        arrived = None
+        while self.in_flight and self.in_flight[0][2].query():
+            arrived = self.in_flight.popleft()
+        if arrived is None:
+            return None
+        source.publish(lambda: arrived[0], arrived[1])
+        return arrived[1]
+
+
+def actor_specs(cfg, plan: WorkerPlan, own_tasks: list[int], rank: int, num_tasks: int,
+                step: int) -> list[ActorSpec]:
     """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
-    (runtime.envs_per_actor overrides the count); one actor for the single backend."""
-    rt = cfg.runtime
-    actors = 1 if rt.backend == "single" else rt.actors
+    (the plan's envs per actor override the count); one actor for the single backend."""
+    single = cfg.runtime.backend == "single"
+    actors = 1 if single else plan.actors
     specs = []
     for a in range(actors):
         tasks = tuple(own_tasks[a::actors]) or (own_tasks[a % len(own_tasks)],)
+        envs = (0 if single else plan.envs_per_actor) or len(tasks) * cfg.env.envs_per_task
+        if plan.min_envs and not single:  # every task of the actor as many envs, batched inference
+            envs *= math.ceil(plan.min_envs / envs)
         specs.append(ActorSpec(actor_id=rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks, seed=cfg.run.seed,
-                               task_indices=tasks, num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
-                               sac=cfg.sac, num_tasks=num_tasks, start_step=step))
+                               task_indices=tasks, num_envs=envs, sac=cfg.sac, num_tasks=num_tasks, start_step=step))
     return specs
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.auxiliary import AuxConfig
-from agents.balancers import BalanceConfig
+from agents.balancers import PER_TASK_GRADIENTS, BalanceConfig
+from agents.sac.compiled import COMPILE_MODES
 from agents.sac.config import SACConfig
 from launch.errors import UserError
 from launch.overrides import merge, parse_override, read_yaml, set_key
@@ -30,9 +31,11 @@ class ReplayConfig:
     capacity_per_task: int = 200_000
     save_in_checkpoint: bool = False  # also checkpoint the replay buffer (large)
     normalize_rewards: bool = False   # divide sampled rewards by their task's reward std (Kurin et al.); stored raw
+    device: str = "auto"              # host | learner (stored and sampled on its device) | auto: learner if a GPU
 
 
 EVAL_POLICIES = ("mean", "sample")
+REPLAY_DEVICES = ("auto", "host", "learner")
 
 
 @dataclass
@@ -46,7 +49,7 @@ class EvalConfig:
 class RunConfig:
     steps: int = 20_000_000       # total env steps over all tasks (MT10: 2M per task)
     seed: int = 0
-    device: str = "cpu"           # cpu | cuda | cuda:N | auto
+    device: str = "auto"          # cpu | cuda | cuda:N | auto (the GPU when there is one)
     threads: int = 0              # torch intra-op threads; 0: torch's default
     checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
@@ -83,7 +86,7 @@ BACKENDS = ("single", "local", "ray")
 @dataclass
 class RuntimeConfig:
     backend: str = "local"        # single (one loop, no workers) | local (actor processes) | ray
-    actors: int = 2               # actor workers (per learner rank)
+    actors: int | str = "auto"    # actor workers per learner rank; auto: sized to the machine (launch/backends.py)
     envs_per_actor: int = 0       # 0: env.envs_per_task envs for each task the actor steps
     chunk_steps: int = 64         # env steps an actor sends at once
     max_policy_lag: int = 1       # an actor refreshes its weights once it is this many versions behind
@@ -208,9 +211,11 @@ def validate(cfg: Config) -> None:
                 "env.envs_per_task": cfg.env.envs_per_task, "run.keep_checkpoints": cfg.run.keep_checkpoints,
                 "replay.capacity_per_task": cfg.replay.capacity_per_task,
                 "sac.batch_size_per_task": cfg.sac.batch_size_per_task,
-                "runtime.actors": cfg.runtime.actors + (cfg.run.engine == "rllib"),  # rllib: 0 = sample in the driver
                 "runtime.chunk_steps": cfg.runtime.chunk_steps, "runtime.max_policy_lag": cfg.runtime.max_policy_lag,
                 "runtime.publish_every": cfg.runtime.publish_every}
+    actors = cfg.runtime.actors  # rllib: 0 = sample in the driver
+    if actors != "auto" and not (isinstance(actors, int) and actors + (cfg.run.engine == "rllib") > 0):
+        raise UserError(f"runtime.actors must be a positive number or auto, got {actors!r}")
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"{key} must be positive, got {value}")
@@ -243,10 +248,14 @@ def validate(cfg: Config) -> None:
         raise UserError("sac.tau must be in (0, 1] and sac.gamma in [0, 1]")
     choices = {"sac.log_std_mode": (cfg.sac.log_std_mode, ("tanh", "clip")),
                "sac.update_order": (cfg.sac.update_order, ("sequential", "simultaneous")),
-               "eval.policy": (cfg.eval.policy, EVAL_POLICIES)}
+               "eval.policy": (cfg.eval.policy, EVAL_POLICIES),
+               "sac.compile": (cfg.sac.compile, COMPILE_MODES), "replay.device": (cfg.replay.device, REPLAY_DEVICES)}
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+    if cfg.sac.compile != "none" and cfg.balance.method in PER_TASK_GRADIENTS:
+        raise UserError(f"balance.method {cfg.balance.method} reads per-task gradients through forward hooks, which "
+                        f"compiled passes do not run: use sac.compile=none with it")
     if not cfg.sac.log_std_min < cfg.sac.log_std_max:
         raise UserError("sac.log_std_min must be below sac.log_std_max")
     if cfg.sac.encoder and (not cfg.sac.encoder_sizes or min(cfg.sac.encoder_sizes) <= 0):

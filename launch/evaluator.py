@@ -10,6 +10,7 @@ again when it resumes, instead of waiting out an evaluation in its grace period)
 
 from __future__ import annotations
 
+import os
 from collections import deque
 
 import numpy as np
@@ -88,6 +89,7 @@ class InlineEvaluator:
 
 def _evaluator_main(args: tuple, requests, replies) -> None:
     torch.set_num_threads(1)
+    os.nice(10)  # its results may come late; a CPU learner's threads should not wait for its core
     evaluation = _Evaluation(*args)
     try:
         while (request := requests.recv()) is not None:

@@ -46,8 +46,13 @@ def _coerce(value, hint, key: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        *others, last = [a for a in args if a is not type(None)]
+        for inner in others:  # the first type that takes the value (int | str: 3 -> 3, "auto" -> "auto")
+            try:
+                return _coerce(value, inner, key)
+            except UserError:
+                pass
+        return _coerce(value, last, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key {key} expects a list, got {value!r}")

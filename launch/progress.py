@@ -6,6 +6,12 @@ defaults on 2 CPU cores: ~95 env-steps/s). Wall time is attributed to the phase 
 and the ETA is remaining warm-up steps / warm-up rate + remaining learning steps / learning rate.
 Until a learning rate has been measured it says "estimating" instead of extrapolating the
 warm-up's speed.
+
+What bounds the run: with actor workers, the learner's time in the learning phase is either
+spent waiting for experience (polling the actors) or updating. If it waits for a quarter of
+its time or more, the actors bound the run (add actors or envs); otherwise the learner does
+(a faster device, fewer updates). The line shows it since the previous line; learners.json
+over the whole run.
 """
 
 from __future__ import annotations
@@ -31,6 +37,24 @@ class Progress:
         self.last_step, self.last_updates = start_step, start_updates
         self.phase = {"warmup": [0, 0.0], "learning": [0, 0.0]}  # phase -> [env steps, seconds]
         self.tty = self.stream.isatty()
+        self.learner_time = {"line": [0.0, 0.0], "run": [0.0, 0.0]}  # [waiting for experience, updating]
+
+    def learner(self, waited: float, updated: float) -> None:
+        """Learning-phase time of the learner: waiting for experience, and updating."""
+        for record in self.learner_time.values():
+            record[0] += waited
+            record[1] += updated
+
+    def bound(self, span: str = "line") -> str | None:
+        """'learner' or 'actors' with the learner's waiting share, over `span` (line: since the
+        previous line, then restarted; run: the whole run); None before learning started."""
+        waited, updated = self.learner_time[span]
+        if span == "line":
+            self.learner_time["line"] = [0.0, 0.0]
+        if waited + updated <= 0:
+            return None
+        share = waited / (waited + updated)
+        return f"{'actors' if share >= 0.25 else 'learner'} (learner waited {100 * share:.0f}% for experience)"
 
     def advance(self, steps: int, learning: bool) -> None:
         """Attribute the time since the previous call, and `steps` new env steps, to a phase."""
@@ -61,9 +85,12 @@ class Progress:
         return rates
 
     def line(self, step: int, steps_per_s: float, updates_per_s: float,
-             train_success: float | None, eval_success: float | None, eta: float | None) -> str:
+             train_success: float | None, eval_success: float | None, eta: float | None,
+             bound: str | None = None) -> str:
         parts = [f"step {step:,}/{self.total:,} ({100 * step / self.total:.1f}%)",
                  f"{steps_per_s:,.0f} env-steps/s", f"{updates_per_s:,.1f} updates/s"]
+        if bound is not None:
+            parts.append(f"bound by {bound}")
         if train_success is not None:
             parts.append(f"train success {train_success:.2f}")
         if eval_success is not None:

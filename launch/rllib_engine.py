@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from agents import seeding
-from integrations.rllib.algorithm import algorithm_config, build_algo
+from integrations.rllib.algorithm import algorithm_config, build_algo, env_runners
 from launch.errors import TrainingDiverged, UserError
 from launch.progress import Progress, format_duration
 
@@ -95,7 +95,7 @@ def _init_ray(cfg) -> str:
             ray.init(address=cfg.runtime.ray_address, log_to_driver=False, configure_logging=False)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback only
-            ray.init(num_cpus=max(os.cpu_count() or 1, cfg.runtime.actors + 1), include_dashboard=False,
+            ray.init(num_cpus=max(os.cpu_count() or 1, env_runners(cfg) + 1), include_dashboard=False,
                      _node_ip_address="127.0.0.1", _temp_dir=temp, log_to_driver=False, configure_logging=False)
     return temp
 
@@ -177,6 +177,7 @@ class RLlibRun:
                                       cfg.eval.policy) if cfg.rllib.algo == "sac" else None
         self.ppo_envs = self._ppo_envs() if self.evaluation is None else None
         self.updates = 0
+        self.env_runners = env_runners(cfg)
 
     # -- stages (continual runs) ----------------------------------------------------------
     def _context(self, train=None):
@@ -358,7 +359,7 @@ class RLlibRun:
         self._evaluate()
         self._checkpoint()
         self.runlog.learners({"engine": "rllib", "algo": cfg.rllib.algo, "env_steps": self.step,
-                              "updates": self.updates, "env_runners": cfg.runtime.actors,
+                              "updates": self.updates, "env_runners": env_runners(cfg),
                               "task_steps_by_stage": [dict(c) for c in self.stage_steps]})
         self.log(self.runlog.headline_metrics(self.step))
         self.log(f"polytask: done in {format_duration(time.perf_counter() - started)}; "

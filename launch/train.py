@@ -206,8 +206,8 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
                 print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
             what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
                     else suite.name)
-            where = (f"RLlib {cfg.rllib.algo.upper()}, {cfg.runtime.actors} env runners" if cfg.run.engine == "rllib"
-                     else f"{trainer.device}, backend {cfg.runtime.backend}")
+            where = (f"RLlib {cfg.rllib.algo.upper()}, {trainer.env_runners} env runners" if cfg.run.engine == "rllib"
+                     else f"{trainer.device}, backend {cfg.runtime.backend} ({trainer.plan.note})")
             print(f"polytask: training {what} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
                   f"env steps on {where}"
                   f"{f', {dist.world} learner ranks' if dist.world > 1 else ''}; run dir {run_dir}", flush=True)

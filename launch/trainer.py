@@ -39,6 +39,7 @@ from the diverged networks: the newest checkpoint stays the last good one.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -49,14 +50,22 @@ import torch
 from agents import seeding
 from agents.auxiliary import make_auxiliary_tasks
 from agents.balancers import NEEDS_EVERY_TASK
-from agents.replay import MultiTaskReplay
+from agents.replay import make_replay
 from agents.sac import SACLearner
 from continual.schedule import Schedule, Stage, stage_at
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint, preemption, trainer_state
 from launch.actor import Chunk
-from launch.backends import actor_specs, make_actor_source, make_evaluator, resolve_device
+from launch.backends import (
+    WeightPublisher,
+    actor_specs,
+    free_cores,
+    make_actor_source,
+    make_evaluator,
+    plan_workers,
+    resolve_device,
+)
 from launch.config import Config
 from launch.distributed import Dist
 from launch.errors import Preempted, TrainingDiverged, UserError
@@ -78,8 +87,7 @@ class Trainer:
         before its first checkpoint (an elastic restart): start them afresh."""
         self.cfg, self.suite, self.run_dir, self.dist, self.log = cfg, suite, run_dir, dist, log
         seed, rank, num_tasks = cfg.run.seed, dist.rank, len(suite.tasks)
-        if cfg.run.threads:
-            torch.set_num_threads(cfg.run.threads)
+        self.cores = free_cores(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # before any worker starts
         self.continual = schedule is not None
         self.stages = list(schedule.stages) if schedule else [Stage(tuple(range(num_tasks)), 0, cfg.run.steps)]
         if self.continual and dist.world > 1:
@@ -90,6 +98,8 @@ class Trainer:
         if cfg.replay.save_in_checkpoint and dist.world > 1:
             raise UserError("replay.save_in_checkpoint is not supported with several learner ranks")
         self.device = resolve_device(cfg.run.device, dist.local_rank)
+        self.plan = plan_workers(cfg, self.device, self.cores, len(self.own_tasks))
+        torch.set_num_threads(self.plan.threads)
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
         share = len(self.own_tasks) / num_tasks  # this rank's fraction of every global batch
         if cfg.balance.method in NEEDS_EVERY_TASK and dist.world > 1:
@@ -103,8 +113,7 @@ class Trainer:
             dist.broadcast_module_state(module)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
         self.rng = seeding.rng(seed, "replay", rank)
-        self.replay = MultiTaskReplay(num_tasks, cfg.replay.capacity_per_task, suite.obs_dim, suite.action_dim,
-                                      normalize_rewards=cfg.replay.normalize_rewards)
+        self.replay = make_replay(cfg.replay, num_tasks, suite.obs_dim, suite.action_dim, self.device)
         task_stage = [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(num_tasks)]
         self.strategy = make_strategy(cfg.continual, self.learner, task_stage, seed)
         self.auxiliary = make_auxiliary_tasks(cfg.aux, self.learner, suite.obs_dim, suite.action_dim, seed)
@@ -121,6 +130,7 @@ class Trainer:
         for request in owed:  # a preempted run's evaluations that had not come back
             self.evaluator.submit(*request)
         self.version = 0  # weight version the actors see; 0 = no weights yet: act at random
+        self.publish = WeightPublisher(self.learner.actor, cfg.runtime.backend)
         self.source, self.restarts_before = None, 0
         self.stage_index = stage_at(self.stages, self.step)
         self._start_stage(resumed=self.step > self.stages[self.stage_index].start)
@@ -168,7 +178,8 @@ class Trainer:
             self.restarts_before += self.source.restarts
             self.source.close()
         self.version = 0
-        specs = actor_specs(self.cfg, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
+        plan = plan_workers(self.cfg, self.device, self.cores, len(self.own_tasks))  # sized to the stage's tasks
+        specs = actor_specs(self.cfg, plan, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
         self.source = make_actor_source(self.cfg.runtime, specs, self.learner.actor, log=self.log)
 
     def planned_updates(self) -> int:
@@ -187,7 +198,6 @@ class Trainer:
         """The stage's budget is spent: the strategy's end_task (which may train further), and a
         rehearsing strategy's copy of the stage's replay, written once."""
         self.strategy.end_task(self.stage_context)
-        self.version = self.learner.num_updates  # what the stage-end evaluation sees
         if self.strategy.rehearses and self.dist.is_main:
             for t in self.stage_context.tasks:
                 checkpoint.write_atomic(checkpoint.rehearsal_path(self.run_dir / "checkpoints", t),
@@ -224,7 +234,7 @@ class Trainer:
         self.learner.synchronizer.sync_point(self.learner)
         if self.dist.is_main:
             weights = self.strategy.eval_weights(self._policy_weights(), self.stage_index)
-            self.evaluator.submit(self.step, self.version, weights)
+            self.evaluator.submit(self.step, self.learner.num_updates, weights)
 
     # -- the loop -----------------------------------------------------------------------------
     def _ingest(self, chunk: Chunk, episodes: dict) -> int:
@@ -266,14 +276,15 @@ class Trainer:
             self._evaluate()
             paused = time.perf_counter() - start_time
         if learner.num_updates and self.step > self.stages[self.stage_index].start:
-            self.version = learner.num_updates  # resumed mid-stage: act with the restored policy at once
-            self.source.publish(self._policy_weights, self.version)
+            self.version = self.publish(self.source, learner.num_updates, wait=True)  # resumed mid-stage: act at once
         while self.step < total:
             stage = self.stages[self.stage_index]
             # Every env step (of any rank) earns its share of updates_per_round; warm-up is per stage.
             updates_per_step = cfg.sac.updates_per_round / (len(stage.tasks) * cfg.env.envs_per_task)
             ready = self._ready(stage)  # steps collected from here on earn updates if the learner was ready
+            polled = time.perf_counter()
             chunks = self.source.poll(timeout=1.0)
+            polled = time.perf_counter() - polled
             new_steps = 0
             for chunk in chunks:
                 room = stage.end - self.local_step - new_steps if self.continual else len(chunk)
@@ -281,22 +292,26 @@ class Trainer:
                     new_steps += self._ingest(chunk.head(room), episodes)
             self.local_step += new_steps
             before = self.step
-            self.step, ready, finite, stop = self.dist.sync_counts(self.local_step, ready, bool(learner.all_finite),
+            self.step, ready, finite, stop = self.dist.sync_counts(self.local_step, ready, learner.finite_so_far(),
                                                                    preemption.requested())
             if not finite:  # on some rank: every rank stops here together
                 self._diverged("a non-finite loss")
             credit = credit + (self.step - before) * updates_per_step if ready else 0.0
             due = int(credit)
             credit -= due
+            updating = time.perf_counter()
             for _ in range(due):
                 batch = self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
                 self.losses = learner.update(batch, self.hooks)
                 since_publish += 1
+            if ready and cfg.runtime.backend != "single":  # the single loop steps the envs itself: no "bound"
+                progress.learner(polled, time.perf_counter() - updating)
             progress.advance(self.step - before, learning=ready)
             self.strategy.on_progress(self.step - stage.start, self.stage_context)
             if due and (since_publish >= cfg.runtime.publish_every or self.version == 0):
-                self.version, since_publish = learner.num_updates, 0
-                self.source.publish(self._policy_weights, self.version)
+                published = self.publish(self.source, learner.num_updates)
+                if published is not None:  # a GPU learner's copy may still be on its way
+                    self.version, since_publish = published, 0
             if self.dist.is_main:
                 self._write_evals(self.evaluator.results())
 
@@ -347,7 +362,8 @@ class Trainer:
         self.runlog.learners({"world_size": self.dist.world, "sync": self.cfg.sync.mode, "step": self.step,
                               "actor_restarts": restarts,
                               "max_parameter_difference_across_ranks": max_difference,
-                              "train_env_steps_per_s": self.train_steps_per_s, "ranks": ranks})
+                              "train_env_steps_per_s": self.train_steps_per_s, "workers": self.plan.note,
+                              "bound_by": progress.bound("run"), "ranks": ranks})
         final = "n/a" if self.runlog.eval_success is None else f"{self.runlog.eval_success:.3f}"
         by_actor = ", ".join(f"{k}: {v:,}" for r in ranks for k, v in sorted(r["steps_by_actor"].items()))
         progress.done(f"done: step {self.step:,} | eval success {final} | training "
@@ -383,7 +399,8 @@ class Trainer:
         train_success = self.runlog.episodes(step, [
             {"task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success), "return": float(e.ret)}
             for t, eps in sorted(by_task.items()) for e in eps])
-        line = progress.line(step, steps_per_s, updates_per_s, train_success, self.runlog.eval_success, eta)
+        line = progress.line(step, steps_per_s, updates_per_s, train_success, self.runlog.eval_success, eta,
+                             progress.bound())
         progress.show(line + (f" | actor restarts {restarts}" if restarts else ""))
 
     def close(self) -> None:

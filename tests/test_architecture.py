@@ -223,9 +223,9 @@ def test_a_new_trunk_is_one_class_and_one_registry_line(monkeypatch):
 def test_no_behaviour_change_pinned_evaluations(tmp_path):
     """The refactoring into seats changed no result: on a fixed seed, a multi-task and a continual
     (EWC) pointmass run give bit for bit the evaluations the code before it gave (pinned in
-    tests/data/pinned_evals.json, computed on that code with tests/data/pin_evals.py)."""
+    tests/data/pinned_evals.json per kind of CPU, computed on that code with tests/data/pin_evals.py)."""
     pinned = json.loads((REPO / "tests" / "data" / "pinned_evals.json").read_text())
-    from tests.data.pin_evals import JOBS, evaluations
+    from tests.data.pin_evals import JOBS, evaluations, matches_pinned
     for name, args in JOBS.items():
         assert train_in_process(*args, "--run-dir", tmp_path / name).returncode == 0
-        assert evaluations(tmp_path / name) == pinned[name], name
+        assert matches_pinned(evaluations(tmp_path / name), pinned, name), name

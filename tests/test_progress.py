@@ -1,7 +1,12 @@
-"""The progress line's ETA: honest about the fast warm-up and the update-bound rest."""
+"""The progress line's ETA: honest about the fast warm-up and the update-bound rest; what bounds
+the run; how actors and learner threads are sized to the machine."""
 
 import io
 
+import torch
+
+from launch.backends import actor_specs, plan_workers
+from launch.config import build_config
 from launch.progress import Progress
 
 
@@ -29,3 +34,47 @@ def test_advance_attributes_time_and_steps_to_the_phase():
     progress.advance(10, learning=True)
     assert progress.phase["warmup"][0] == 40 and progress.phase["learning"][0] == 10
     assert progress.phase["warmup"][1] >= 0 and progress.phase["learning"][1] >= 0
+
+
+def test_bound_by_the_learner_or_the_actors_from_the_learners_waiting_share():
+    progress = Progress(1000, 0, 0, stream=io.StringIO())
+    assert progress.bound() is None  # nothing measured yet (the warm-up)
+    progress.learner(waited=0.1, updated=0.9)
+    assert progress.bound() == "learner (learner waited 10% for experience)"
+    progress.learner(waited=3.0, updated=1.0)  # the line's share restarts; the run's accumulates
+    assert progress.bound() == "actors (learner waited 75% for experience)"
+    assert progress.bound("run") == "actors (learner waited 62% for experience)"  # 3.1 of 5.0 s
+    assert "bound by learner" in progress.line(10, 1.0, 1.0, None, None, None, "learner (learner waited 1%)")
+
+
+def _plan(device, cores, tasks, *overrides, suite="metaworld"):
+    cfg = build_config(suite, overrides=list(overrides))
+    return cfg, plan_workers(cfg, torch.device(device), cores, tasks)
+
+
+def test_workers_sized_to_the_machine():
+    """By hand, for the module docstring's rules (launch/backends.py)."""
+    # GPU learner, 16 free cores, MT10: 14 cores for actors -> the largest divisor of 10 is 10 actors of
+    # one task each, 8 envs each (batched inference); the learner keeps 16 - 10 actors - 1 evaluator = 5.
+    cfg, plan = _plan("cuda", (16, 16), 10)
+    assert (plan.actors, plan.threads) == (10, 5)
+    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [8] * 10
+    # MT50: 10 actors of 5 tasks, 10 envs each (two per task); the learner 5 threads.
+    cfg, plan = _plan("cuda", (16, 16), 50)
+    specs = actor_specs(cfg, plan, list(range(50)), 0, 50, 0)
+    assert (plan.actors, plan.threads) == (10, 5) and {(len(s.task_indices), s.num_envs) for s in specs} == {(5, 10)}
+    # CPU learner, 2 cores: one actor with every task's env; the learner every free core, and one
+    # fewer while another process keeps a core busy.
+    cfg, plan = _plan("cpu", (2, 2), 10)
+    assert (plan.actors, plan.threads) == (1, 2)
+    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [10]
+    assert _plan("cpu", (2, 1), 10)[1].threads == 1
+    plan = _plan("cuda", (2, 2), 10)[1]  # a GPU with 2 cores: one actor, the learner one thread
+    assert (plan.actors, plan.threads) == (1, 1)
+    # Explicit settings are kept: 3 actors with 4 envs each, 6 threads.
+    cfg, plan = _plan("cuda", (16, 16), 10, "runtime.actors=3", "runtime.envs_per_actor=4", "run.threads=6")
+    assert (plan.actors, plan.threads, plan.min_envs) == (3, 6, 0)
+    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [4, 4, 4]
+    # The single-process backend steps every env of the rank in its own loop.
+    cfg, plan = _plan("cpu", (2, 2), 4, "runtime.backend=single", suite="pointmass")
+    assert [s.num_envs for s in actor_specs(cfg, plan, [0, 1, 2, 3], 0, 4, 0)] == [4] and plan.threads == 2

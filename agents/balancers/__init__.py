@@ -47,6 +47,7 @@ BALANCERS = {
 }
 NEEDS_EVERY_TASK = ("gradnorm", "famo")  # their updates read every task's losses: one learner rank only
 NETWORKS = ("critic", "actor", "alpha")
+PER_TASK_GRADIENTS = ("gradnorm", "pcgrad", "cagrad", "mgda", "nashmtl", "upgrad")  # read each task's gradient
 POSITIVE_LOSSES_ONLY = ("uncertainty", "gradnorm", "famo")  # the critic's loss only (see above)
 
 
@@ -75,5 +76,6 @@ def make_balancers(cfg: BalanceConfig, num_tasks: int, seed: int, device: torch.
     return out
 
 
-__all__ = ["BALANCERS", "BalanceConfig", "Balancer", "Gather", "NEEDS_EVERY_TASK", "NETWORKS", "POSITIVE_LOSSES_ONLY",
+__all__ = ["BALANCERS", "BalanceConfig", "Balancer", "Gather", "NEEDS_EVERY_TASK", "NETWORKS", "PER_TASK_GRADIENTS",
+           "POSITIVE_LOSSES_ONLY",
            "TaskLosses", "balanced_networks", "make_balancers", "no_gather"]

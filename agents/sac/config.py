@@ -42,6 +42,8 @@ class SACConfig:
     shared_temperature: bool = False  # one temperature for every task (Kurin et al., BRC); default: one per task
     actor_weight_decay: float = 0.0  # Adam's L2 term on the actor (Kurin et al.: 3e-4)
     max_grad_norm: float = 0.0       # clip each network's gradient norm before its step; 0: off
+    compile: str = "none"            # torch.compile the network passes: none | default | reduce-overhead (CUDA
+                                     # graphs on a GPU) | max-autotune (agents/sac/compiled.py)
     update_order: str = "sequential"  # sequential: critic step, then the actor against the updated critic
                                       # (CleanRL, SB3); simultaneous: every gradient from the same networks,
                                       # then every step (Spinning Up, Continual World)

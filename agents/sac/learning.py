@@ -31,6 +31,7 @@ from agents.balancers.jacobian import LinearRecorder
 from agents.hooks import LearnerHook, Synchronizer
 from agents.networks import build_actor_and_critic
 from agents.replay import Batch
+from agents.sac.compiled import compile_passes
 from agents.sac.config import SACConfig
 from agents.sac.schedule import lr_factor
 
@@ -78,6 +79,8 @@ class SACLearner:
         self.num_updates = 0
         self.schedule_updates = cfg.lr_schedule_updates  # the trainer sets the run's planned updates if 0
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far was finite
+        self._finite_copy = torch.ones((), dtype=torch.bool, pin_memory=device.type == "cuda")  # its host copy
+        self.critic_pass, self.actor_pass = compile_passes(self, cfg.compile)  # eager unless sac.compile
 
     def _add_param_groups(self, own: dict[str, list]) -> None:
         for network, params in own.items():
@@ -109,19 +112,33 @@ class SACLearner:
         return self.log_alpha[torch.zeros_like(task) if self.cfg.shared_temperature else task]
 
     # -- losses (per task) --------------------------------------------------------------------
-    def critic_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, dict]:
-        """Regress both Q's onto the soft Bellman target
-            y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s').
-        Returns the per-task losses, the critic trunk's features and logging values."""
-        obs, action, reward, next_obs, terminated, task = batch
+    # `_critic_pass` and `_actor_pass` hold every network evaluation of an update: pure functions
+    # of tensors, the parts `sac.compile` compiles (agents/sac/compiled.py).
+    def _critic_pass(self, obs, action, reward, next_obs, terminated, task):
+        """(Q1, Q2 [B], the soft Bellman target y [B], the critic trunk's features)."""
         alpha = self.alpha(task).detach().exp()
         with torch.no_grad():
             next_action, next_log_pi = self.actor.sample(next_obs, task)
             qf_next_target = self.critic_target(next_obs, next_action, task)
             min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
             next_q_value = reward + (1.0 - terminated) * self.cfg.gamma * min_qf_next_target
+        (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
+        return qf1_a_values, qf2_a_values, next_q_value, features
+
+    def _actor_pass(self, obs, task):
+        """(alpha * log pi(a|s) - min_j Q_j(s, a) [B] with a ~ pi(.|s), log pi [B], the actor
+        trunk's features)."""
+        pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
+        min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
+        return self.alpha(task).detach().exp() * log_pi - min_qf_pi, log_pi, features
+
+    def critic_loss(self, batch: Batch) -> tuple[TaskLosses, torch.Tensor, dict]:
+        """Regress both Q's onto the soft Bellman target
+            y = r + gamma * (1 - d) * (min_j Q'_j(s', a') - alpha * log pi(a'|s')),  a' ~ pi(.|s').
+        Returns the per-task losses, the critic trunk's features and logging values."""
+        obs, action, reward, next_obs, terminated, task = batch
         with self._recording("critic") as calls:
-            (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
+            qf1_a_values, qf2_a_values, next_q_value, features = self.critic_pass(*batch)
 
         def recompute():  # the same batch and target through the (updated) critic: FAMO's second pass
             q = self.critic(obs, action, task)
@@ -136,18 +153,15 @@ class SACLearner:
         obs, task = batch.obs, batch.task
         draws = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
         with self._recording("actor") as calls:
-            pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
-        min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
-        alpha = self.alpha(task).detach().exp()
+            loss, log_pi, features = self.actor_pass(obs, task)
 
         def recompute():  # the same draws through the (updated) actor: FAMO's second pass
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.set_rng_state(draws[0])
                 if draws[1] is not None:
                     torch.cuda.set_rng_state_all(draws[1])
-                a, lp = self.actor.sample(obs, task)
-                return TaskLosses([alpha * lp - self.critic(obs, a, task).min(dim=0).values], task).per_task()
-        return TaskLosses([alpha * log_pi - min_qf_pi], task, recompute, calls), features, log_pi
+                return TaskLosses([self._actor_pass(obs, task)[0]], task).per_task()
+        return TaskLosses([loss], task, recompute, calls), features, log_pi
 
     def temperature_loss(self, log_pi: torch.Tensor, task: torch.Tensor) -> TaskLosses:
         """Each task's temperature keeps its policy's entropy near the target:
@@ -233,6 +247,16 @@ class SACLearner:
         out = {"loss/qf1": qf1, "loss/qf2": qf2, **info, "loss/actor": means[1], "loss/alpha": means[2],
                "policy/entropy": -log_pi.detach().mean()}
         return {**out, **{f"loss/{name}": value.detach() for name, value in {**critic_terms, **actor_terms}.items()}}
+
+    def finite_so_far(self) -> bool:
+        """Was every loss so far finite? Read without waiting for the device: on a GPU this is the
+        flag as the previous call's asynchronous copy found it (one trainer iteration late; the
+        checks before every evaluation and checkpoint, `nonfinite`, wait for the device)."""
+        if self.device.type != "cuda":
+            return bool(self.all_finite)
+        finite = bool(self._finite_copy)
+        self._finite_copy.copy_(self.all_finite, non_blocking=True)
+        return finite
 
     def nonfinite(self) -> str | None:
         """Why the learner diverged (a non-finite loss since it was built, or non-finite weights),

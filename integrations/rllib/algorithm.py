@@ -9,13 +9,19 @@ from __future__ import annotations
 from dataclasses import asdict
 
 
+def env_runners(cfg) -> int:
+    """runtime.actors as RLlib env runners; auto: one (RLlib's learner, not sampling, bounds its
+    runs: BENCHMARKS.md, ~13 env-steps/s of SAC on a CPU against ~1,300 per env runner)."""
+    return 1 if cfg.runtime.actors == "auto" else cfg.runtime.actors
+
+
 def sizes(cfg, num_tasks: int, stage_lengths: tuple[int, ...] = ()) -> tuple[int, int, int]:
     """(remote env runners, envs per runner, rollout fragment length). One sampling round is
     fragment x envs x runners env steps, and the driver acts between rounds: for a continual run
     the default fragment is the largest up to runtime.chunk_steps / envs whose round divides every
     stage's length, so stages switch (and are evaluated) exactly at their boundaries.
     Raises ValueError when no fragment can (a stage length that is not a multiple of envs x runners)."""
-    runners = cfg.runtime.actors
+    runners = env_runners(cfg)
     envs = cfg.rllib.envs_per_runner or max(1, -(-num_tasks * cfg.env.envs_per_task // max(runners, 1)))
     fragment = cfg.rllib.rollout_fragment_length or max(1, cfg.runtime.chunk_steps // envs)
     if stage_lengths and not cfg.rllib.rollout_fragment_length:

@@ -1,0 +1,45 @@
+"""`sac.compile`: the learner's network passes compiled with torch.compile.
+
+Every network evaluation of a SAC update sits in two pure tensor functions of the learner
+(agents/sac/learning.py): `_critic_pass` (the target's actor sample and target critics, the
+critics on the batch) and `_actor_pass` (the policy sample and the critics on it). With
+`sac.compile` set they are compiled once, at the first update, and every later update replays
+them; their backward passes are compiled with them (AOTAutograd), so the whole forward and
+backward of every loss runs as generated kernels:
+
+    none              eager (the default)
+    default           torch.compile's default mode (Inductor kernels; on CPU, C++)
+    reduce-overhead   the same, replayed as CUDA graphs on a GPU: one launch per pass instead
+                      of one per kernel, the overhead that bounds small-batch updates on a GPU
+                      (on a CPU it is `default`)
+    max-autotune      Inductor also benchmarks matmul kernels (slow to compile)
+
+What stays eager: the loss means and their backward call, the balancer, the hooks' loss terms,
+the optimizer steps (fused Adam: one kernel per parameter group), the temperature and the
+target update (one fused lerp). None of them reads the device from the host: the update has no
+`.item()`, the divergence flag stays on the device and the trainer reads it one iteration late.
+
+Random draws: compiled code uses torch's own generator (Inductor's `fallback_random`), so a
+compiled run draws exactly the noise the eager run draws; tests/test_compiled.py checks that
+compiled updates match eager ones on CPU. A gradient-combining balancer reads the linear
+layers' inputs through forward hooks, which compiled code does not run: it needs `none`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_passes(learner, mode: str):
+    """(critic pass, actor pass) of `learner`: its own methods, or their compiled versions."""
+    if mode == "none":
+        return learner._critic_pass, learner._actor_pass
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown sac.compile {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True  # the eager run's random streams, draw for draw
+    options = dict(mode=None if mode == "default" else mode, dynamic=False)
+    return torch.compile(learner._critic_pass, **options), torch.compile(learner._actor_pass, **options)
