@@ -42,11 +42,11 @@ def collection(args) -> None:
     policy = build_policy(sac, suite.obs_dim, suite.action_dim, 10)
     flat = torch.nn.utils.parameters_to_vector(policy.parameters()).detach()
     rows = []
-    for actors in (1, 2):
+    for actors, envs in ((1, 10), (2, 5), (1, 40)):  # (1, 40): --actors auto on a CPU learner
         raw, ours = [], []
         for r in range(args.repeats):
             raw.append(raw_steps_per_s(suite.task_names, args.steps, r))
-            specs = [ActorSpec(a, "metaworld", "MT10", r, tuple(range(10))[a::actors], 10 // actors, sac, 10)
+            specs = [ActorSpec(a, "metaworld", "MT10", r, tuple(range(10))[a::actors], envs, sac, 10)
                      for a in range(actors)]
             pool = LocalActorPool(specs, flat.numel(), chunk_steps=100, max_policy_lag=1, log=lambda *a: None)
             pool.publish(lambda: flat, 1)
@@ -58,7 +58,7 @@ def collection(args) -> None:
                 steps += sum(len(c) for c in pool.poll(None))
             ours.append(steps / (time.perf_counter() - start) / actors)
             pool.close()
-        rows.append([f"{actors} actor(s), {10 // actors} envs each", median(raw), median(ours),
+        rows.append([f"{actors} actor(s), {envs} envs each", median(raw), median(ours),
                      f"{median(ours) / median(raw):.2f}"])
     print(f"Meta-World MT10, median of {args.repeats}; actors run the MT10 default policy (3x400, multi-head)")
     print(table(["actors", "raw env-steps/s (1 core)", "actor env-steps/s per actor process", "ratio"], rows))

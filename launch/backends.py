@@ -16,17 +16,20 @@ An evaluator runs the evaluation protocol on a snapshot of the policy (launch/ev
 
 Sizing to the machine (`plan_workers`: `runtime.actors=auto`, `run.threads=0`, the defaults).
 A learner rank gets its share of the usable cores (affinity, cgroup quota, torchrun's ranks per
-host) minus the cores other processes keep busy (the 1-minute load average, rounded):
+host) minus its share of the cores other processes keep busy (measured from /proc/stat over
+0.2 s at start, before any worker of the run starts; the load average lags by a minute):
 
   learner on a GPU  it waits on the device, not on matmuls: one core for it and one for the
                     evaluator; the rest run actors (the largest count that divides the rank's
-                    tasks, so every actor steps as many tasks), each with at least
-                    MIN_ENVS_PER_ACTOR envs so that its policy inference is batched; the learner
-                    keeps the intra-op threads the actors leave (at least 1).
+                    tasks, so every actor steps as many tasks); the learner keeps the intra-op
+                    threads the actors leave (at least 1).
   learner on a CPU  its matmuls bound the run (MT10 defaults: ~10 updates/s, ~100 env-steps/s,
                     against ~1,600 from one actor): one actor with every task's envs, and the
                     learner takes every free core as intra-op threads; the actor and the
                     evaluator (niced) run in the time it leaves.
+Either way an auto-sized actor steps at least MIN_ENVS_PER_ACTOR envs (every task of it as many),
+so that one batched inference serves many env steps: a 3x400 policy on 10 observations costs
+~8% of an actor's time, on 40 ~3% (~16 MB of memory per Meta-World env).
 Threads beyond the free cores are what makes a run beside another job collapse: a parallel
 region waits for its slowest thread, and a thread whose core is taken waits a scheduler slice
 (BENCHMARKS.md: 2 threads beside a busy process ran the MT10 update 3.8x slower than alone, 1
@@ -38,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +72,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-MIN_ENVS_PER_ACTOR = 8
+MIN_ENVS_PER_ACTOR = 32  # BENCHMARKS.md: 10 envs -> 0.84 of the actor's time in Meta-World's step, 32-40 -> 0.91-0.92
 
 
 def usable_cores() -> int:
@@ -83,18 +87,33 @@ def usable_cores() -> int:
     return cores
 
 
-def busy_elsewhere() -> int:
-    """Cores other processes keep busy: the 1-minute load average, rounded (0 where unknown)."""
+def busy_elsewhere(interval: float = 0.2) -> float:
+    """Cores of this process's affinity set that other processes kept busy over the next
+    `interval` seconds (this process sleeps meanwhile), from /proc/stat; 0 where unknown."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+    def times() -> dict[int, tuple[int, int]]:  # cpu -> (all jiffies, idle + iowait jiffies)
+        out = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(x) for x in fields[:8]]
+                out[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4])
+        return out
     try:
-        return round(os.getloadavg()[0])
-    except (OSError, AttributeError):
-        return 0
+        before = times()
+        time.sleep(interval)
+        after = times()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return sum(1 - (after[c][1] - before[c][1]) / max(after[c][0] - before[c][0], 1) for c in after if c in before)
 
 
 def free_cores(ranks_per_host: int = 1) -> tuple[int, int]:
     """(this learner rank's share of the usable cores, how many of them are free of other load)."""
-    cores = max(1, usable_cores() // max(ranks_per_host, 1))
-    return cores, max(1, cores - busy_elsewhere())
+    ranks = max(ranks_per_host, 1)
+    cores = max(1, usable_cores() // ranks)
+    return cores, max(1, cores - round(busy_elsewhere() / ranks))  # other load is shared by the host's ranks
 
 
 @dataclass(frozen=True)
