@@ -100,3 +100,23 @@ def stage_at(stages: list[Stage], step: int) -> int:
         if step < stage.end:
             return k
     return len(stages) - 1
+
+
+def planned_updates(stages: list[Stage], warmup_per_task: int, updates_per_round: int, envs_per_task: int) -> int:
+    """Updates the stages earn (a round steps every task's envs once; each stage's warm-up earns
+    none): the learning-rate schedule's length."""
+    total = 0
+    for stage in stages:
+        learning = max(0, stage.steps - warmup_per_task * len(stage.tasks))
+        total += int(learning * updates_per_round / (len(stage.tasks) * envs_per_task))
+    return max(total, 1)
+
+
+def steps_left(stages: list[Stage], step: int, warmup_per_task: int) -> tuple[int, int]:
+    """(warm-up, learning) env steps left after `step`, for the ETA."""
+    warmup_left = learning_left = 0
+    for stage in stages[stage_at(stages, step):]:
+        warm_end = min(stage.end, stage.start + warmup_per_task * len(stage.tasks))
+        warmup_left += max(0, warm_end - max(step, stage.start))
+        learning_left += max(0, stage.end - max(step, warm_end))
+    return warmup_left, learning_left

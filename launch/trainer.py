@@ -52,7 +52,7 @@ from agents.auxiliary import make_auxiliary_tasks
 from agents.balancers import NEEDS_EVERY_TASK
 from agents.replay import make_replay
 from agents.sac import SACLearner
-from continual.schedule import Schedule, Stage, stage_at
+from continual.schedule import Schedule, Stage, planned_updates, stage_at, steps_left
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint, preemption, trainer_state
@@ -108,7 +108,9 @@ class Trainer:
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
                                   synchronizer=make_synchronizer(cfg.sync, dist, share), balance=cfg.balance,
                                   seed=seed)
-        self.learner.schedule_updates = self.learner.schedule_updates or self.planned_updates()
+        sac = cfg.sac
+        self.learner.schedule_updates = self.learner.schedule_updates or planned_updates(
+            self.stages, sac.warmup_steps_per_task, sac.updates_per_round, cfg.env.envs_per_task)
         for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
             dist.broadcast_module_state(module)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
@@ -182,14 +184,6 @@ class Trainer:
         specs = actor_specs(self.cfg, plan, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
         self.source = make_actor_source(self.cfg.runtime, specs, self.learner.actor, log=self.log)
 
-    def planned_updates(self) -> int:
-        """Updates the schedule earns over the run (the learning-rate schedule's length)."""
-        sac, total = self.cfg.sac, 0
-        for stage in self.stages:
-            learning = max(0, stage.steps - sac.warmup_steps_per_task * len(stage.tasks))
-            total += int(learning * sac.updates_per_round / (len(stage.tasks) * self.cfg.env.envs_per_task))
-        return max(total, 1)
-
     def restarts(self) -> int:
         """Actor restarts over the whole run (every stage has its own actors)."""
         return self.restarts_before + self.source.restarts
@@ -253,15 +247,6 @@ class Trainer:
         collected = [t for t in stage.tasks if t in self.own_tasks]
         return (self.step - stage.start >= sac.warmup_steps_per_task * len(stage.tasks)
                 and self.replay.min_size(collected) >= refill)
-
-    def _steps_left(self) -> tuple[int, int]:
-        """(warm-up, learning) env steps left in the schedule, for the ETA."""
-        warmup_left = learning_left = 0
-        for stage in self.stages[self.stage_index:]:
-            warm_end = min(stage.end, stage.start + self.cfg.sac.warmup_steps_per_task * len(stage.tasks))
-            warmup_left += max(0, warm_end - max(self.step, stage.start))
-            learning_left += max(0, stage.end - max(self.step, warm_end))
-        return warmup_left, learning_left
 
     def run(self) -> float | None:
         """Train to cfg.run.steps; returns the final mean eval success. Sets `train_steps_per_s`:
@@ -388,7 +373,7 @@ class Trainer:
                    **{f"actors/steps/actor{a}": n for g in gathered for a, n in g[2].items()},
                    **{f"alpha/{task.name}": alphas[task.index] for task in self.suite.tasks}}
         scalars.update({f"sync/{k}": v for k, v in self.learner.synchronizer.stats().items() if v is not None})
-        eta = progress.eta(*self._steps_left())
+        eta = progress.eta(*steps_left(self.stages, self.step, self.cfg.sac.warmup_steps_per_task))
         if eta is not None:
             scalars["perf/eta_hours"] = eta / 3600
         self.runlog.scalars(step, scalars)

@@ -40,6 +40,9 @@ def _assert_learned_with_two_actors(run, proc):
     assert sorted(by_actor) == ["0", "1"] and min(by_actor.values()) > 0, by_actor
     assert sum(by_actor.values()) == summary["step"]
     assert summary["actor_restarts"] == 0
+    # What bound the run, and how the workers were sized (2 actors as asked; the learner's threads auto).
+    assert summary["bound_by"].split()[0] in ("learner", "actors") and "% for experience" in summary["bound_by"]
+    assert "2 actors, learner" in summary["workers"], summary["workers"]
     # Each actor's experience reaches the learner and TensorBoard.
     for actor in (0, 1):
         assert scalars(run / "tb", f"actors/steps/actor{actor}")[-1][1] == by_actor[str(actor)]
