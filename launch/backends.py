@@ -24,12 +24,14 @@ host) minus its share of the cores other processes keep busy (measured from /pro
                     tasks, so every actor steps as many tasks); the learner keeps the intra-op
                     threads the actors leave (at least 1).
   learner on a CPU  its matmuls bound the run (MT10 defaults: ~10 updates/s, ~100 env-steps/s,
-                    against ~1,600 from one actor): one actor with every task's envs, and the
-                    learner takes every free core as intra-op threads; the actor and the
+                    against ~1,300-1,600 from one actor): one actor with every task's envs, and
+                    the learner takes every free core as intra-op threads; the actor and the
                     evaluator (niced) run in the time it leaves.
-Either way an auto-sized actor steps at least MIN_ENVS_PER_ACTOR envs (every task of it as many),
-so that one batched inference serves many env steps: a 3x400 policy on 10 observations costs
-~8% of an actor's time, on 40 ~3% (~16 MB of memory per Meta-World env).
+Sizing never changes how many envs a run steps (env.envs_per_task per task, or
+runtime.envs_per_actor): that count shapes the data (how many episodes run side by side), so it
+is the experiment's, recorded in config.yaml, not the machine's. More envs per task batch an
+actor's inference over more observations (BENCHMARKS.md: 10 envs -> 0.85 of an actor's time in
+Meta-World's step, 40 -> 0.92); set env.envs_per_task for that.
 Threads beyond the free cores are what makes a run beside another job collapse: a parallel
 region waits for its slowest thread, and a thread whose core is taken waits a scheduler slice
 (BENCHMARKS.md: 2 threads beside a busy process ran the MT10 update 3.8x slower than alone, 1
@@ -42,7 +44,6 @@ import math
 import os
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,6 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
-
-
-MIN_ENVS_PER_ACTOR = 32  # BENCHMARKS.md: 10 envs -> 0.84 of the actor's time in Meta-World's step, 32-40 -> 0.91-0.92
 
 
 def usable_cores() -> int:
@@ -112,35 +110,35 @@ def busy_elsewhere(interval: float = 0.2) -> float:
 def free_cores(ranks_per_host: int = 1) -> tuple[int, int]:
     """(this learner rank's share of the usable cores, how many of them are free of other load)."""
     ranks = max(ranks_per_host, 1)
-    cores = max(1, usable_cores() // ranks)
-    return cores, max(1, cores - round(busy_elsewhere() / ranks))  # other load is shared by the host's ranks
+    usable = usable_cores()
+    cores = max(1, usable // ranks)
+    busy = busy_elsewhere()
+    if hasattr(os, "sched_getaffinity"):  # under a CPU quota, other tenants' load spreads over the whole
+        busy *= usable / max(len(os.sched_getaffinity(0)), 1)  # affinity set: charge only our quota's part
+    return cores, max(1, cores - round(busy / ranks))  # other load is shared by the host's ranks
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
     actors: int
-    envs_per_actor: int  # runtime.envs_per_actor; 0: env.envs_per_task for each task an actor steps ...
-    min_envs: int        # ... raised to a multiple of that of at least this many (0: as it is)
     threads: int         # the learner's intra-op threads
     note: str            # how it was chosen: the start-up line and learners.json
 
 
 def plan_workers(cfg, device: torch.device, cores: tuple[int, int], rank_tasks: int) -> WorkerPlan:
-    """Actors, envs per actor and learner threads for one learner rank training `rank_tasks` tasks
-    (see the module docstring); cores: free_cores(). Explicit settings (runtime.actors,
-    runtime.envs_per_actor, run.threads) are kept as given."""
+    """Actors and learner threads for one learner rank training `rank_tasks` tasks (see the module
+    docstring); cores: free_cores(). Explicit settings (runtime.actors, run.threads) are kept."""
     rt, (total, free) = cfg.runtime, cores
     workers, auto = rt.backend != "single", rt.actors == "auto"
     actors = rt.actors if not auto else 1
     if auto and workers and device.type == "cuda":
         actors = max(d for d in range(1, rank_tasks + 1) if rank_tasks % d == 0 and d <= max(1, free - 2))
-    min_envs = MIN_ENVS_PER_ACTOR if auto and workers and not rt.envs_per_actor else 0
     busy = actors + 1 if workers and device.type == "cuda" else 0  # a CPU learner throttles its actors
     threads = cfg.run.threads or max(1, free - busy)
     note = (f"{total} cores{f' ({free} free of other load)' if free < total else ''}, "
             f"{f'{actors} actor' + 's' * (actors > 1) if workers else 'no actor processes'}, "
             f"learner {threads} thread{'s' * (threads > 1)}")
-    return WorkerPlan(actors, rt.envs_per_actor, min_envs, threads, note)
+    return WorkerPlan(actors, threads, note)
 
 
 def to_device(tree, device: torch.device):
@@ -174,14 +172,18 @@ class InlineActors:
 
 class WeightPublisher:
     """Hands the policy's flat weights to the actor source without stalling a GPU learner: there
-    each call starts a copy into pinned host memory and publishes the newest copy that has already
-    arrived (actors may act an update or two behind; `wait` publishes the current weights at once).
-    On a CPU it is a plain copy. The single backend's actor shares the learner's module: only the
-    version moves."""
+    a call starts a copy into pinned host memory (unless one is still on its way) and publishes
+    the copy that has arrived since the last call, if any (actors may act a few updates behind;
+    `wait` publishes the current weights at once). On a CPU it is a plain copy. The single
+    backend's actor shares the learner's module: only the version moves."""
 
     def __init__(self, policy: torch.nn.Module, backend: str):
         self.policy, self.shared = policy, backend == "single"
-        self.in_flight: deque = deque(maxlen=4)  # (pinned copy, version, CUDA event)
+        self.pending = None  # (pinned copy, version, CUDA event): the copy on its way to the host
+
+    def reset(self) -> None:
+        """A new stage: a copy taken before the last stage's end_task must not reach its actors."""
+        self.pending = None
 
     def __call__(self, source, version: int, wait: bool = False) -> int | None:
         """Publish to `source`; returns the version published (None: no copy has arrived yet)."""
@@ -190,36 +192,35 @@ class WeightPublisher:
             return version
         flat = torch.nn.utils.parameters_to_vector(self.policy.parameters()).detach()
         if flat.device.type != "cuda" or wait:
+            self.pending = None
             source.publish(lambda: flat.cpu(), version)
             return version
-        copy = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-        copy.copy_(flat, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.in_flight.append((copy, version, event))
-        arrived = None
-        while self.in_flight and self.in_flight[0][2].query():
-            arrived = self.in_flight.popleft()
-        if arrived is None:
-            return None
-        source.publish(lambda: arrived[0], arrived[1])
-        return arrived[1]
+        published = None
+        if self.pending is not None and self.pending[2].query():
+            copy, published, _ = self.pending
+            source.publish(lambda: copy, published)
+            self.pending = None
+        if self.pending is None:  # one copy at a time: a copy is never dropped before it arrives
+            copy = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            copy.copy_(flat, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(flat.device))  # the stream that copies, on flat's device
+            self.pending = (copy, version, event)
+        return published
 
 
 def actor_specs(cfg, plan: WorkerPlan, own_tasks: list[int], rank: int, num_tasks: int,
                 step: int) -> list[ActorSpec]:
     """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
-    (the plan's envs per actor override the count); one actor for the single backend."""
-    single = cfg.runtime.backend == "single"
-    actors = 1 if single else plan.actors
+    (runtime.envs_per_actor overrides the count); one actor for the single backend."""
+    rt = cfg.runtime
+    actors = 1 if rt.backend == "single" else plan.actors
     specs = []
     for a in range(actors):
         tasks = tuple(own_tasks[a::actors]) or (own_tasks[a % len(own_tasks)],)
-        envs = (0 if single else plan.envs_per_actor) or len(tasks) * cfg.env.envs_per_task
-        if plan.min_envs and not single:  # every task of the actor as many envs, batched inference
-            envs *= math.ceil(plan.min_envs / envs)
         specs.append(ActorSpec(actor_id=rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks, seed=cfg.run.seed,
-                               task_indices=tasks, num_envs=envs, sac=cfg.sac, num_tasks=num_tasks, start_step=step))
+                               task_indices=tasks, num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
+                               sac=cfg.sac, num_tasks=num_tasks, start_step=step))
     return specs
 
 

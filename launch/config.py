@@ -50,7 +50,7 @@ class RunConfig:
     steps: int = 20_000_000       # total env steps over all tasks (MT10: 2M per task)
     seed: int = 0
     device: str = "auto"          # cpu | cuda | cuda:N | auto (the GPU when there is one)
-    threads: int = 0              # torch intra-op threads; 0: torch's default
+    threads: int = 0              # the learner's intra-op threads; 0: sized to the free cores (launch/backends.py)
     checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
     log_every: int = 10_000       # env steps between progress lines / training scalars

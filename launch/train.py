@@ -66,7 +66,7 @@ def parse_args(argv):
     p.add_argument("--eval-every", help="env steps between evaluations")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--backend", help="local (actor processes, default), ray (Ray actors) or single (one loop)")
-    p.add_argument("--actors", help="actor workers (per learner rank)")
+    p.add_argument("--actors", help="actor workers per learner rank: auto (default: sized to the machine) or N")
     p.add_argument("--envs-per-actor", help="envs each actor steps (default: env.envs_per_task per task it steps)")
     p.add_argument("--ray-address", help="join this Ray cluster (default: start a private local one)")
     p.add_argument("--sync", help="torchrun learner ranks: step (all-reduce gradients, default), local "

@@ -98,8 +98,6 @@ class Trainer:
         if cfg.replay.save_in_checkpoint and dist.world > 1:
             raise UserError("replay.save_in_checkpoint is not supported with several learner ranks")
         self.device = resolve_device(cfg.run.device, dist.local_rank)
-        self.plan = plan_workers(cfg, self.device, self.cores, len(self.own_tasks))
-        torch.set_num_threads(self.plan.threads)
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
         share = len(self.own_tasks) / num_tasks  # this rank's fraction of every global batch
         if cfg.balance.method in NEEDS_EVERY_TASK and dist.world > 1:
@@ -180,8 +178,10 @@ class Trainer:
             self.restarts_before += self.source.restarts
             self.source.close()
         self.version = 0
-        plan = plan_workers(self.cfg, self.device, self.cores, len(self.own_tasks))  # sized to the stage's tasks
-        specs = actor_specs(self.cfg, plan, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
+        self.publish.reset()
+        self.plan = plan_workers(self.cfg, self.device, self.cores, len(self.own_tasks))  # sized to the stage's tasks
+        torch.set_num_threads(self.plan.threads)
+        specs = actor_specs(self.cfg, self.plan, self.own_tasks, self.dist.rank, len(self.suite.tasks), self.step)
         self.source = make_actor_source(self.cfg.runtime, specs, self.learner.actor, log=self.log)
 
     def restarts(self) -> int:

@@ -9,7 +9,7 @@ from metrics.runs import Run
 
 # Config keys that do not change what is learned: runs differing only here are seeds of one method.
 NOT_METHOD_KEYS = ("run.seed", "run.device", "run.threads", "run.checkpoint_every", "run.keep_checkpoints",
-                   "run.log_every", "runtime", "versions")
+                   "run.log_every", "runtime", "versions", "replay.device", "sac.compile")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -144,3 +144,34 @@ def test_pointmass_learns_on_the_gpu_with_compiled_passes(tmp_path):
     rows = evallog.read(tmp_path / "run" / "evals.jsonl")
     final = [r["success"] for r in rows if r["step"] == 6000]
     assert np.mean(final) >= 0.75, final
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+def test_weight_publisher_hands_over_every_copy_it_starts_and_the_weights_of_its_version():
+    """A GPU learner's weights reach the actors through one pinned copy at a time: every copy
+    started is published once it has arrived (none dropped while the GPU runs behind), and what
+    is published is the policy as it was at that version."""
+    from launch.backends import WeightPublisher
+
+    class Source:  # what an actor source's publish receives
+        def __init__(self):
+            self.published = []
+
+        def publish(self, weights, version):
+            self.published.append((version, weights().clone()))
+
+    policy = torch.nn.Linear(64, 64).cuda()
+    publisher, source, snapshots = WeightPublisher(policy, "local"), Source(), {}
+    for version in range(1, 41):
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(torch.randn_like(p).matmul(torch.randn(p.shape[-1], p.shape[-1], device="cuda")))  # GPU work
+        snapshots[version] = torch.nn.utils.parameters_to_vector(policy.parameters()).detach().cpu()
+        publisher(source, version)
+    torch.cuda.synchronize()
+    publisher(source, 41)  # the pending copy has arrived: published now
+    versions = [v for v, _ in source.published]
+    assert versions == sorted(set(versions)) and versions[-1] >= 2, versions
+    assert all(torch.equal(weights, snapshots[v]) for v, weights in source.published)
+    publisher.reset()  # a new stage: nothing of the last one is published
+    assert publisher(source, 1) is None

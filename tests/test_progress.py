@@ -53,28 +53,35 @@ def _plan(device, cores, tasks, *overrides, suite="metaworld"):
 
 
 def test_workers_sized_to_the_machine():
-    """By hand, for the module docstring's rules (launch/backends.py)."""
+    """By hand, for the module docstring's rules (launch/backends.py). Sizing splits the run's envs
+    over actors and never changes their number (env.envs_per_task per task: part of the experiment)."""
     # GPU learner, 16 free cores, MT10: 14 cores for actors -> the largest divisor of 10 is 10 actors of
-    # one task each, 32 envs each (batched inference); the learner keeps 16 - 10 actors - 1 evaluator = 5.
+    # one task (one env) each; the learner keeps 16 - 10 actors - 1 evaluator = 5 threads.
     cfg, plan = _plan("cuda", (16, 16), 10)
     assert (plan.actors, plan.threads) == (10, 5)
-    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [32] * 10
-    # MT50: 10 actors of 5 tasks, 35 envs each (7 per task); the learner 5 threads.
+    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [1] * 10
+    # MT50: 10 actors of 5 tasks, 5 envs each; the learner 5 threads. Two envs per task: 10 each.
     cfg, plan = _plan("cuda", (16, 16), 50)
     specs = actor_specs(cfg, plan, list(range(50)), 0, 50, 0)
-    assert (plan.actors, plan.threads) == (10, 5) and {(len(s.task_indices), s.num_envs) for s in specs} == {(5, 35)}
-    # CPU learner, 2 cores: one actor with every task, 4 envs each; the learner every free core, and
-    # one fewer while another process keeps a core busy.
+    assert (plan.actors, plan.threads) == (10, 5) and {(len(s.task_indices), s.num_envs) for s in specs} == {(5, 5)}
+    cfg, plan = _plan("cuda", (16, 16), 50, "env.envs_per_task=2")
+    assert {s.num_envs for s in actor_specs(cfg, plan, list(range(50)), 0, 50, 0)} == {10}
+    # CPU learner, 2 cores: one actor with every task's env; the learner every free core, and one
+    # fewer while another process keeps a core busy.
     cfg, plan = _plan("cpu", (2, 2), 10)
     assert (plan.actors, plan.threads) == (1, 2)
-    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [40]
+    assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [10]
     assert _plan("cpu", (2, 1), 10)[1].threads == 1
     plan = _plan("cuda", (2, 2), 10)[1]  # a GPU with 2 cores: one actor, the learner one thread
     assert (plan.actors, plan.threads) == (1, 1)
+    # A continual stage of one task on the GPU machine: one actor (its one env).
+    assert _plan("cuda", (16, 16), 1)[1].actors == 1
     # Explicit settings are kept: 3 actors with 4 envs each, 6 threads.
     cfg, plan = _plan("cuda", (16, 16), 10, "runtime.actors=3", "runtime.envs_per_actor=4", "run.threads=6")
-    assert (plan.actors, plan.threads, plan.min_envs) == (3, 6, 0)
+    assert (plan.actors, plan.threads) == (3, 6)
     assert [s.num_envs for s in actor_specs(cfg, plan, list(range(10)), 0, 10, 0)] == [4, 4, 4]
-    # The single-process backend steps every env of the rank in its own loop.
+    # The single-process backend steps every env of the rank in its own loop (or the envs asked for).
     cfg, plan = _plan("cpu", (2, 2), 4, "runtime.backend=single", suite="pointmass")
     assert [s.num_envs for s in actor_specs(cfg, plan, [0, 1, 2, 3], 0, 4, 0)] == [4] and plan.threads == 2
+    cfg, plan = _plan("cpu", (2, 2), 4, "runtime.backend=single", "runtime.envs_per_actor=2", suite="pointmass")
+    assert [s.num_envs for s in actor_specs(cfg, plan, [0, 1, 2, 3], 0, 4, 0)] == [2]

@@ -212,6 +212,7 @@ def test_rllib_policy_picks_its_per_task_head_by_the_one_hot(local_algo):
     (("--engine", "rllib", "--backend", "ray"), "--backend and --mode single-task do not apply"),
     (("--engine", "rllib", "--sequence", "PM2", "--method", "si"), "continual method si"),
     (("--engine", "rllib", "--algo", "ppo", "--set", "aux.reward=1"), "auxiliary losses with --algo ppo"),
+    (("--engine", "rllib", "--set", "sac.compile=default"), "sac.compile and replay.device=learner"),
     (("--engine", "rllib", "--sequence", "reach-e:100,reach-w:100", "--set", "rllib.envs_per_runner=3",
       "--actors", 2),
      "every stage's length must be a multiple of the env steps RLlib samples at once (3 envs x 2 env runners"),

@@ -3,8 +3,10 @@
 Every network evaluation of a SAC update sits in two pure tensor functions of the learner
 (agents/sac/learning.py): `_critic_pass` (the target's actor sample and target critics, the
 critics on the batch) and `_actor_pass` (the policy sample and the critics on it). With
-`sac.compile` set they are compiled once, at the first update, and every later update replays
-them; their backward passes are compiled with them (AOTAutograd), so the whole forward and
+`sac.compile` set they are compiled at the first update and every later update of the same
+batch shape replays them (a new shape compiles again: a continual stage whose rehearsal adds
+tasks to the batch, A-GEM's memory batch; past Dynamo's recompile limit torch falls back to
+eager); their backward passes are compiled with them (AOTAutograd), so the whole forward and
 backward of every loss runs as generated kernels:
 
     none              eager (the default)
@@ -16,11 +18,14 @@ backward of every loss runs as generated kernels:
 
 What stays eager: the loss means and their backward call, the balancer, the hooks' loss terms,
 the optimizer steps (fused Adam: one kernel per parameter group), the temperature and the
-target update (one fused lerp). None of them reads the device from the host: the update has no
-`.item()`, the divergence flag stays on the device and the trainer reads it one iteration late.
+target update (one fused lerp). With the `mean` balancer and no continual strategy none of
+them reads the device from the host: the update has no `.item()`, and the divergence flag stays
+on the device (the trainer reads an asynchronous copy, as late as the GPU lags behind the host;
+the checks before every evaluation and checkpoint wait for it). Uncertainty weighting and FAMO
+(their per-task loss split) and A-GEM (its projection test) do synchronise.
 
 Random draws: compiled code uses torch's own generator (Inductor's `fallback_random`), so a
-compiled run draws exactly the noise the eager run draws; tests/test_compiled.py checks that
+compiled run draws exactly the noise the eager run draws; tests/test_learner_path.py checks that
 compiled updates match eager ones on CPU. A gradient-combining balancer reads the linear
 layers' inputs through forward hooks, which compiled code does not run: it needs `none`.
 """

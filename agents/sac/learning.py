@@ -250,8 +250,9 @@ class SACLearner:
 
     def finite_so_far(self) -> bool:
         """Was every loss so far finite? Read without waiting for the device: on a GPU this is the
-        flag as the previous call's asynchronous copy found it (one trainer iteration late; the
-        checks before every evaluation and checkpoint, `nonfinite`, wait for the device)."""
+        flag as an earlier call's asynchronous copy found it: as many updates late as the GPU runs
+        behind the host (a single byte: it reads the old or the new value). The checks before
+        every evaluation and checkpoint, `nonfinite`, wait for the device."""
         if self.device.type != "cuda":
             return bool(self.all_finite)
         finite = bool(self._finite_copy)
