@@ -136,7 +136,8 @@ def quality(variants: dict[str, list[str]], args) -> None:
         rows.append([name, len(runs), f"{multitask.mean(scores):.2f} [{mean_ci[0]:.2f}, {mean_ci[1]:.2f}]",
                      f"{multitask.iqm(scores):.2f} [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]", per_task])
     print(f"Meta-World {args.tasks}, {args.steps_per_task:,} env steps per task, {args.hidden} networks, "
-          f"final success on {args.goals} fixed goals per task (mean action); 95% stratified bootstrap CIs")
+          f"final success on {args.goals} fixed goals per task (mean action); 95% stratified bootstrap CIs"
+          + (f"; every run with {' '.join(args.set)}" if args.set else ""))
     print(table(["variant", "seeds", "mean success [95% CI]", "IQM [95% CI]", "per task"], rows))
 
 

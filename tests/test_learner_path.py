@@ -111,9 +111,10 @@ def test_compiled_update_matches_the_eager_update_on_cpu():
     """torch.compile (Inductor, C++ on this CPU) of the critic and actor passes, with an auxiliary
     loss on the critic's features: losses and networks equal the eager learner's after 4 updates."""
     from torch._dynamo.utils import counters
-    graphs = counters["stats"]["unique_graphs"]
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     _compare(torch.device("cpu"), "default")
-    assert counters["stats"]["unique_graphs"] >= graphs + 2  # both passes ran compiled, not eager
+    assert counters["stats"]["unique_graphs"] >= graphs + 2  # both passes ran compiled, not eager ...
+    assert sum(counters["graph_break"].values()) == breaks  # ... each as whole graphs
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
