@@ -197,8 +197,8 @@ class WeightPublisher:
             return version
         published = None
         if self.pending is not None and self.pending[2].query():
-            copy, published, _ = self.pending
-            source.publish(lambda: copy, published)
+            arrived, published, _ = self.pending  # its own name: the lambda must not see the next copy
+            source.publish(lambda: arrived, published)
             self.pending = None
         if self.pending is None:  # one copy at a time: a copy is never dropped before it arrives
             copy = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)

@@ -154,12 +154,12 @@ def test_weight_publisher_hands_over_every_copy_it_starts_and_the_weights_of_its
     is published is the policy as it was at that version."""
     from launch.backends import WeightPublisher
 
-    class Source:  # what an actor source's publish receives
+    class Source:  # what an actor source's publish receives; weights() read later, as a pool may
         def __init__(self):
             self.published = []
 
         def publish(self, weights, version):
-            self.published.append((version, weights().clone()))
+            self.published.append((version, weights))
 
     policy = torch.nn.Linear(64, 64).cuda()
     publisher, source, snapshots = WeightPublisher(policy, "local"), Source(), {}
@@ -173,6 +173,6 @@ def test_weight_publisher_hands_over_every_copy_it_starts_and_the_weights_of_its
     publisher(source, 41)  # the pending copy has arrived: published now
     versions = [v for v, _ in source.published]
     assert versions == sorted(set(versions)) and versions[-1] >= 2, versions
-    assert all(torch.equal(weights, snapshots[v]) for v, weights in source.published)
+    assert all(torch.equal(weights(), snapshots[v]) for v, weights in source.published)
     publisher.reset()  # a new stage: nothing of the last one is published
     assert publisher(source, 1) is None
