@@ -1,11 +1,12 @@
 """polytask's single-process SAC trainer vs Stable-Baselines3 SAC on Meta-World reach-v3.
 
-    python benchmarks/sac_vs_sb3.py throughput [--steps 2000] [--repeats 5] [--threads 1]
-    python benchmarks/sac_vs_sb3.py quality [--steps 40000] [--seeds 3]
+    python benchmarks/sac_vs_sb3.py throughput [--steps 2000] [--repeats 5] [--threads 1] [--device cpu]
+    python benchmarks/sac_vs_sb3.py quality [--steps 40000] [--seeds 3] [--device cpu]
 
 Same settings for both: MLP 256x256 (actor and twin critics), batch 256, one gradient update
 per env step, Adam 3e-4, gamma 0.99, tau 0.005, auto entropy (init 1.0, target -4),
-uniform-random actions before learning starts, CPU with the same torch thread count.
+uniform-random actions before learning starts, the same device (--device, CPU by default) and
+the same torch thread count.
 
 throughput: both trainers alternate in one process; env-steps/s of training (our evaluation
             excluded; SB3 does none), median over repeats, and the ratio.
@@ -35,14 +36,15 @@ from benchmarks.common import median, table
 TASK = "reach-v3"
 
 
-def train_ours(steps: int, warmup: int, seed: int, eval_goals: int) -> tuple[float, float]:
+def train_ours(steps: int, warmup: int, seed: int, eval_goals: int, device: str, threads: int) -> tuple[float, float]:
     """(training env-steps/s, final eval success)."""
     from envs import make_suite
     from launch.config import build_config
     from launch.trainer import Trainer
 
     cfg = build_config("metaworld", flags={"env.tasks": TASK, "run.steps": steps, "run.seed": seed,
-                                           "eval.every": 0, "eval.goals": eval_goals},
+                                           "eval.every": 0, "eval.goals": eval_goals, "run.device": device,
+                                           "run.threads": threads},
                        overrides=["runtime.backend=single", "sac.hidden_sizes=[256, 256]",
                                   "sac.batch_size_per_task=256",
                                   "sac.head=single", "sac.task_input=false",
@@ -56,17 +58,18 @@ def train_ours(steps: int, warmup: int, seed: int, eval_goals: int) -> tuple[flo
     return trainer.train_steps_per_s, success
 
 
-def train_sb3(steps: int, warmup: int, seed: int, eval_goals: int) -> tuple[float, float]:
+def train_sb3(steps: int, warmup: int, seed: int, eval_goals: int, device: str, threads: int) -> tuple[float, float]:
     from stable_baselines3 import SAC
 
     from envs import make_suite
     from envs.evaluation import evaluate
 
+    torch.set_num_threads(threads)
     suite = make_suite("metaworld", TASK, seed)
     model = SAC("MlpPolicy", suite.make_env(suite.tasks[0], seed), learning_rate=3e-4, buffer_size=1_000_000,
                 learning_starts=warmup, batch_size=256, tau=0.005, gamma=0.99, train_freq=1,
                 gradient_steps=1, ent_coef="auto_1.0", policy_kwargs=dict(net_arch=[256, 256]),
-                seed=seed, device="cpu", verbose=0)
+                seed=seed, device=device, verbose=0)
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     steps_per_s = steps / (time.perf_counter() - start)
@@ -80,11 +83,11 @@ def throughput(args) -> None:
     torch.set_num_threads(args.threads)
     ours, sb3 = [], []
     for r in range(args.repeats):  # alternate, so machine noise hits both alike
-        ours.append(train_ours(args.steps, args.warmup, r, eval_goals=1)[0])
-        sb3.append(train_sb3(args.steps, args.warmup, r, eval_goals=1)[0])
+        ours.append(train_ours(args.steps, args.warmup, r, 1, args.device, args.threads)[0])
+        sb3.append(train_sb3(args.steps, args.warmup, r, 1, args.device, args.threads)[0])
         print(f"repeat {r}: polytask {ours[-1]:,.1f}  SB3 {sb3[-1]:,.1f} env-steps/s", flush=True)
     print(f"\nreach-v3, {args.steps} env steps ({args.warmup} random first), 1 update/step, batch 256, "
-          f"256x256, {args.threads} torch thread(s); median of {args.repeats}")
+          f"256x256, {args.device}, {args.threads} torch thread(s); median of {args.repeats}")
     print(table(["trainer", "env-steps/s (median)", "runs"],
                 [["polytask", median(ours), " ".join(f"{x:.0f}" for x in ours)],
                  ["Stable-Baselines3", median(sb3), " ".join(f"{x:.0f}" for x in sb3)]]))
@@ -100,7 +103,7 @@ def quality(args) -> None:
         while jobs and len(running) < args.parallel:
             who, seed = jobs.pop(0)
             cmd = [sys.executable, __file__, "_job", who, str(seed), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup)]
+                   "--warmup", str(args.warmup), "--device", args.device]
             running.append((who, seed, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
         for item in list(running):
             who, seed, proc = item
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="both trainers' torch device: cpu, cuda, cuda:N")
     args = parser.parse_args()
     if args.mode == "throughput":
         args.steps, args.warmup = args.steps or 2000, args.warmup or 256
@@ -137,9 +141,8 @@ def main() -> None:
         args.steps, args.warmup = args.steps or 40_000, args.warmup or 1000
         quality(args)
     else:
-        torch.set_num_threads(1)
         who, seed = args.job[0], int(args.job[1])
-        sps, success = (train_ours if who == "ours" else train_sb3)(args.steps, args.warmup, seed, eval_goals=50)
+        sps, success = (train_ours if who == "ours" else train_sb3)(args.steps, args.warmup, seed, 50, args.device, 1)
         print(json.dumps({"steps_per_s": round(sps, 1), "success": success}))
 
 
