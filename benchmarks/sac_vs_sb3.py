@@ -80,7 +80,6 @@ def train_sb3(steps: int, warmup: int, seed: int, eval_goals: int, device: str, 
 
 
 def throughput(args) -> None:
-    torch.set_num_threads(args.threads)
     ours, sb3 = [], []
     for r in range(args.repeats):  # alternate, so machine noise hits both alike
         ours.append(train_ours(args.steps, args.warmup, r, 1, args.device, args.threads)[0])
