@@ -18,7 +18,8 @@ The representation z = phi(s) they train (`aux.on`):
               random network, each b_i fitted by the pinball loss mean(u ((1 - p) - 1[u < 0])),
               u = f_i(s) + b_i, so that r_i fires on a fraction p = `pvn_rate` of states; per-indicator
               values Q_i(z, a) learned by TD toward r_i(s) + gamma (1 - d) E_{a'~U}[Q'_i(z', a')]
-              (0.5 x squared error, Polyak target heads at rate `pvn_tau`).
+              (0.5 x squared error, Polyak target heads at rate `pvn_tau`; z' from the target
+              encoder, which moves at `sac.encoder_tau` when that is set).
 
 Heads: Linear -> LayerNorm -> ReLU -> Linear (mtrl's DeepMDP heads), width `aux.hidden`.
 Deviations from the references, stated: reward prediction reads (z, a), not DeepMDP's predicted
@@ -102,6 +103,12 @@ class AuxiliaryTask(LearnerHook):
 
     def parameters(self, network: str) -> list[nn.Parameter]:
         return [p for p in self.head.parameters() if p.requires_grad] if network == self.rep.network else []
+
+    def synced_tensors(self, network: str) -> dict[str, torch.Tensor]:
+        """Every tensor of the head, trained or frozen (PVN's target heads and indicators)."""
+        if network != self.rep.network:
+            return {}
+        return {f"{self.name}.{k}": v for k, v in self.head.state_dict(keep_vars=True).items()}
 
     def loss_terms(self, network: str, batch, features) -> dict[str, torch.Tensor]:
         if network != self.rep.network:

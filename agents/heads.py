@@ -2,7 +2,8 @@
 
 A new head type is one class with the constructor `(ensemble, hidden, out, num_tasks, **options)`,
 the call `head(features, task)`, a class attribute `per_task` (does it hold per-task parameters,
-which continual methods leave to the task?), plus one line in `HEADS`.
+which continual methods leave to the task?), plus one line in `HEADS`. A module whose parameters
+hold one slice per task declares them in `task_axes()` (agents/networks.py: task_axes).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class MultiHead(nn.Module):
         k, b, _ = features.shape
         all_heads = self.linear(features).view(k, b, self.num_tasks, self.out)
         return gather_task(all_heads, task)
+
+    def task_axes(self) -> dict[str, tuple[int, int]]:
+        """Task t's output layer: columns [t * out, (t + 1) * out) of the fused layer."""
+        return {"linear.weight": (2, self.out), "linear.bias": (2, self.out)}
 
 
 class HyperHead(nn.Module):

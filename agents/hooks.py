@@ -23,9 +23,10 @@ them in this order:
 
 A hook may own parameters (`parameters(network)`): they join that network's optimizer as a
 param group of their own and are trained by its loss terms; they are never part of the policy
-vector sent to actors. Hooks compose: the learner calls every hook of its list at each point,
-in list order, so EWC, an auxiliary loss and a balancer work together without knowing of each
-other. A continual strategy is one such hook (continual/strategies/base.py).
+vector sent to actors. What ranks must agree on (`synced_tensors`) is declared beside them.
+Hooks compose: the learner calls every hook of its list at each point, in list order, so EWC,
+an auxiliary loss and a balancer work together without knowing of each other. A continual
+strategy is one such hook (continual/strategies/base.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class LearnerHook:
 
     def parameters(self, network: str) -> list[torch.nn.Parameter]:
         return []
+
+    def synced_tensors(self, network: str) -> dict[str, torch.Tensor]:
+        """{name: tensor} of everything of the hook that data-parallel learner ranks must hold alike
+        for `network`: its parameters, trained or frozen, and their targets. Rank 0's are
+        broadcast at the start, local SGD averages them with the network, and learners.json's
+        cross-rank check and state digest cover them. Default: its parameters."""
+        return {f"param{i}": p for i, p in enumerate(self.parameters(network))}
 
     def loss_terms(self, network: str, batch, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """{name: scalar loss} added to `network`'s loss (logged as loss/<name>); `features` [K, B, H]

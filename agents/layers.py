@@ -57,6 +57,9 @@ class Hypernetwork(nn.Module):
             self.hypernet[-1].weight.mul_(0.1)
             self.hypernet[-1].bias.zero_()
 
+    def task_axes(self) -> dict[str, tuple[int, int]]:
+        return {"embedding": (0, 1)}  # row t: task t's embedding
+
     def generate(self, embedding: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, (weight [T, K, in, out], bias [T, K, out]) for the given embeddings
         (default: every task's)."""

@@ -62,7 +62,9 @@ def actor_options(sac) -> dict:
 
 class TaskInput(nn.Module):
     """What a network's input carries about the task: a one-hot (`task_input`) and/or a learned
-    task embedding, L2-normalised (BRC's: e / ||e||, initialised N(0, 1/d))."""
+    task embedding, L2-normalised (BRC's: e / ||e||, initialised N(0, 1/d)). Deviation from BRC:
+    every network has its own embedding, trained by its own loss; BRC's actor reads the critic's
+    embedding (jaxrl/agent/update.py build_actor_input), which the actor loss does not train."""
 
     def __init__(self, num_tasks: int, one_hot: bool, embedding_dim: int):
         super().__init__()
@@ -71,6 +73,9 @@ class TaskInput(nn.Module):
         self.register_buffer("task_codes", torch.eye(num_tasks), persistent=False)  # one-hot rows
         self.embedding = nn.Parameter(torch.randn(num_tasks, embedding_dim) / embedding_dim ** 0.5) \
             if embedding_dim else None
+
+    def task_axes(self) -> dict[str, tuple[int, int]]:
+        return {"embedding": (0, 1)} if self.embedding is not None else {}  # row t: task t's
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         parts = [x]
@@ -222,6 +227,19 @@ class TwinCritic(nn.Module):
         encoder = self.encoder.named_shared_parameters() if self.encoder is not None else ()
         return [*((f"encoder.{n}", p) for n, p in encoder),
                 *((f"net.{n}", p) for n, p in self.net.named_shared_parameters())]
+
+
+def task_axes(module: nn.Module) -> dict[str, tuple[int, int]]:
+    """{parameter name: (axis, block)} of every parameter of `module` that holds one slice per task:
+    task t's entries are [t * block, (t + 1) * block) along `axis`, and only task t's loss trains
+    them (per-task heads, task embeddings, MOORE's task weights). Data-parallel ranks that own
+    different tasks keep each slice from its owner (launch/local_sgd.py). Declared by each module's
+    `task_axes()`; a shared hypernetwork (trained by every task) is not per task."""
+    axes = {}
+    for prefix, sub in module.named_modules():
+        own = sub.task_axes() if hasattr(sub, "task_axes") else {}
+        axes.update({f"{prefix}.{name}" if prefix else name: axis for name, axis in own.items()})
+    return axes
 
 
 def build_actor_and_critic(sac, obs_dim: int, action_dim: int, num_tasks: int):

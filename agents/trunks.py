@@ -117,7 +117,14 @@ class CARETrunk(nn.Module):
     without language vectors). As a network's trunk the experts see that network's input (the
     critic's includes the action); with `sac.encoder=care` they see the observation only and the
     critic appends the action after the encoder, as in mtrl, whose actor then reads the encoder
-    detached. mtrl's actor keeps a second, never-trained gate; here the actor reads the critic's."""
+    detached. mtrl's actor keeps a second, never-trained gate; here the actor reads the critic's.
+    Initialisation as mtrl's (utils.weight_init on every Linear): Xavier-uniform weights and zero
+    biases for the context and gate MLPs, the experts and the MLP; the embedding keeps N(0, 1).
+    mtrl's CARE command (one shared output layer, encoder_tau 0.05) is, here, `sac.encoder=care
+    sac.encoder_sizes=[100] sac.task_input=false sac.head=single sac.encoder_tau=0.05` (README):
+    the MLP part is then one extra layer, which mtrl's encoder does not have, and the context
+    sits in the critic's encoder, so the target critic's context lags at encoder_tau (mtrl's
+    task encoder has no target copy)."""
 
     def __init__(self, ensemble: int, in_features: int, hidden_sizes: tuple[int, ...], num_tasks: int,
                  activation: str = "relu", layer_norm: bool = False, experts: int = 4, width: int = 50):
@@ -131,6 +138,15 @@ class CARETrunk(nn.Module):
                                   nn.Linear(width, experts))
         self.experts = _mlp_layers(experts, [in_features, width, width])
         self.layers = _mlp_layers(ensemble, [2 * width, *hidden_sizes])
+        with torch.no_grad():  # mtrl's weight_init: Xavier-uniform weights (per expert / member), zero biases
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    module.bias.zero_()
+                elif isinstance(module, EnsembleLinear):
+                    for weight in module.weight:
+                        nn.init.xavier_uniform_(weight)
+                    module.bias.zero_()
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         context = self.context(F.relu(self.embedding(task)))                # [B, W]
@@ -145,6 +161,9 @@ class CARETrunk(nn.Module):
 
     def task_specific(self, name: str) -> bool:
         return name.startswith("embedding.")
+
+    def task_axes(self) -> dict[str, tuple[int, int]]:
+        return {"embedding.weight": (0, 1)}  # row t: task t's embedding
 
 
 def gram_schmidt(h: torch.Tensor) -> torch.Tensor:
@@ -193,6 +212,9 @@ class MOORETrunk(nn.Module):
 
     def task_specific(self, name: str) -> bool:
         return name == "task_weights"
+
+    def task_axes(self) -> dict[str, tuple[int, int]]:
+        return {"task_weights": (1, 1)}  # [K, T, k]: task t's mixing weights
 
 
 class BroNetTrunk(nn.Module):

@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-continual")
     p.add_argument("--last-k", type=int, default=5, help="evaluations averaged at a window's end (CW: 5)")
     p.add_argument("--summarize-only", action="store_true")
+    p.add_argument("--no-references", action="store_true",
+                   help="skip the single-task reference runs (forward transfer then reads only what is there)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,8 @@ def main() -> None:
                 jobs.append((common + flags,
                              out / f"{method}-seed{seed}.log"))
         ref_dir = out / "refs" / f"seed{seed}"
+        if args.no_references:
+            continue
         if not all(finished(d) for d in ref_dir.glob("*")) or not ref_dir.exists():
             jobs.append((common + ["--mode", "single-task", "--seed", str(seed), "--run-dir", str(ref_dir)],
                          out / f"refs-seed{seed}.log"))

@@ -23,7 +23,12 @@ from benchmarks.common import table  # noqa: E402
 
 VARIANTS = {  # name -> config overrides (on top of each benchmark's base)
     "mlp": [],
-    "care": ["sac.trunk=care", "sac.task_input=false"],
+    # mtrl's CARE command: the CARE encoder shared by actor and critic (the critic trains it, the actor
+    # reads it detached), one shared output layer, the target encoder at 0.05; one extra 100-wide layer
+    # after [mixture, context] (sac.encoder_sizes cannot be empty)
+    "care": ["sac.encoder=care", "sac.encoder_sizes=[100]", "sac.task_input=false", "sac.head=single",
+             "sac.encoder_tau=0.05"],
+    "care-multihead": ["sac.trunk=care", "sac.task_input=false"],  # CARE as every network's trunk, per-task heads
     "moore": ["sac.trunk=moore", "sac.task_input=false"],
     "bronet": ["sac.trunk=bronet", "sac.task_input=false", "sac.task_embedding_dim=32"],
     "wide-critic": [],  # BroNet trunks, the critic twice as wide as the actor: set in main()
@@ -39,7 +44,8 @@ def main() -> None:
     p.add_argument("mode", choices=["speed", "quality"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--updates", type=int, default=30)
-    variants.add_quality_flags(p, VARIANTS, [v for v in VARIANTS if v != "bronet"], "runs/bench-representation")
+    variants.add_quality_flags(p, VARIANTS, [v for v in VARIANTS if v not in ("bronet", "care-multihead")],
+                               "runs/bench-representation")
     args = p.parse_args()
     hidden = yaml.safe_load(args.hidden) if args.mode == "quality" else [400, 400, 400]  # speed: MT10's
     wide = [2 * width for width in hidden]

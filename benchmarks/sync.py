@@ -6,7 +6,8 @@
 comm: two torchrun ranks (gloo on loopback, one thread each) train the MT10 default learner
 (3x400 multi-head, 10 tasks, each rank its 5 tasks x 128 rows) with every mode: step, local
 with H = 2, 4, 8, and qsr (alpha 6e-4, H_min 2) under a cosine schedule over the measured
-updates. Modes are interleaved over --repeats rounds (medians). Counted per 1k updates: the
+updates after a linear warm-up (--warmup-updates, during which QSR's period is H_min). Modes
+are interleaved over --repeats rounds (medians). Counted per 1k updates: the
 all-reduces and the bytes each rank puts into them; timed: updates/s, on loopback and on a
 simulated slow link, where every all-reduce first sleeps --latency-ms plus its bytes over
 --bandwidth-gbit (injected in this benchmark by wrapping torch.distributed.all_reduce; the
@@ -70,10 +71,11 @@ def worker(args) -> None:
         for slow in (False, True):
             for name, (mode, period) in MODES.items():
                 sync_cfg = SyncConfig(mode=mode, period=period, period_min=period, qsr_alpha=QSR_ALPHA)
-                sac = SACConfig(lr_schedule="cosine", lr_schedule_updates=args.updates)
+                sac = SACConfig(lr_schedule="cosine", lr_schedule_updates=args.updates,
+                                lr_warmup_updates=args.warmup_updates)
                 torch.manual_seed(0)
                 learner = SACLearner(sac, 39, 4, num_tasks, torch.device("cpu"),
-                                     make_synchronizer(sync_cfg, rank_dist, len(own) / num_tasks))
+                                     make_synchronizer(sync_cfg, rank_dist, num_tasks))
                 sync = learner.synchronizer
                 for _ in range(3):  # warm-up (not counted)
                     learner.update(batch)
@@ -102,7 +104,7 @@ def worker(args) -> None:
 def comm(args) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__, "worker",
            "--updates", str(args.updates), "--repeats", str(args.repeats), "--latency-ms", str(args.latency_ms),
-           "--bandwidth-gbit", str(args.bandwidth_gbit)]
+           "--bandwidth-gbit", str(args.bandwidth_gbit), "--warmup-updates", str(args.warmup_updates)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -114,7 +116,8 @@ def comm(args) -> None:
             for name, r in results.items()]
     print(f"2 CPU ranks (gloo, loopback, 1 thread each), MT10 default learner (3x400, 10 tasks, 5 x 128 rows per "
           f"rank), per 1k updates; median of {args.repeats} interleaved rounds of {args.updates} updates; slow link: "
-          f"{args.latency_ms} ms + bytes / {args.bandwidth_gbit} Gbit/s slept per all-reduce (injected)")
+          f"{args.latency_ms} ms + bytes / {args.bandwidth_gbit} Gbit/s slept per all-reduce (injected); every mode "
+          f"with a {args.warmup_updates}-update learning-rate warm-up")
     print(table(["mode", "all-reduces", "MB sent / rank", "updates/s loopback", "vs step", "updates/s slow link",
                  "vs step"], rows))
 
@@ -128,7 +131,8 @@ def quality(args) -> None:
     variants = {"step": ["--sync", "step"], "local H=4": ["--sync", "local", "--sync-period", "4"],
                 "qsr": ["--sync", "qsr", "--sync-period-min", "2", "--qsr-alpha", str(args.qsr_alpha)]}
     base = ["--suite", "pointmass", "--backend", "single", "--steps", str(args.steps), "--eval-every",
-            str(args.steps // 4), "--set", "sac.lr_schedule=cosine", "--set", "eval.goals=10"]
+            str(args.steps // 4), "--set", "sac.lr_schedule=cosine", "--set", "eval.goals=10",
+            "--set", f"sac.lr_warmup_updates={args.warmup_updates}"]
     rows = []
     for name, flags in variants.items():
         dirs = []
@@ -150,7 +154,8 @@ def quality(args) -> None:
         rows.append([name, len(runs), f"{multitask.mean(scores):.2f} [{mean_ci[0]:.2f}, {mean_ci[1]:.2f}]",
                      f"{multitask.iqm(scores):.2f} [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]",
                      f"{median([s['allreduces'] for s in syncs]):,.0f}"])
-    print(f"pointmass PM4, 2 torchrun ranks, {args.steps:,} env steps, cosine learning rate; final success on 10 "
+    print(f"pointmass PM4, 2 torchrun ranks, {args.steps:,} env steps, cosine learning rate after a "
+          f"{args.warmup_updates}-update linear warm-up; final success on 10 "
           f"goals per task (mean action); 95% stratified bootstrap CIs over seeds {args.seeds}")
     print(table(["mode", "seeds", "mean success [95% CI]", "IQM [95% CI]", "all-reduces per rank (median)"], rows))
 
@@ -166,6 +171,8 @@ def main() -> None:
     p.add_argument("--qsr-alpha", type=float, default=2e-3, help="quality: pointmass's rate is 1e-3: H starts at 4")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/bench-sync")
+    p.add_argument("--warmup-updates", type=int, default=10,
+                   help="linear learning-rate warm-up of every mode (QSR averages every H_min updates during it)")
     args = p.parse_args()
     {"comm": comm, "quality": quality, "worker": worker}[args.mode](args)
 

@@ -164,8 +164,12 @@ def build_config(suite: str | None = None, config_file: str | None = None,
     cfg = resolve(continual_preset=False)
     if cfg.continual.sequence:
         cfg = resolve(continual_preset=True)
-    if cfg.continual.method == "agem" and cfg.continual.agem_projection == "joint":
-        cfg.sac.update_order = "simultaneous"  # the joint projection needs both gradients before either step
+    given = ("update_order" in (file_tree.get("sac") or {}) or (flags or {}).get("sac.update_order") is not None
+             or any(parse_override(text)[0] == "sac.update_order" for text in overrides))
+    if cfg.continual.method == "agem" and cfg.continual.agem_projection == "joint" and not given:
+        # The joint projection needs both gradients before either step; an explicit setting is
+        # honoured, and refused by validate() if it is sequential.
+        cfg.sac.update_order = "simultaneous"
     validate(cfg)
     return cfg
 
@@ -234,7 +238,7 @@ def validate(cfg: Config) -> None:
         raise UserError("sac.hidden_sizes must be a non-empty list of positive sizes")
     if cfg.runtime.backend not in BACKENDS:
         raise UserError(f"unknown backend {cfg.runtime.backend!r}; valid: {', '.join(BACKENDS)}")
-    from agents.balancers import BALANCERS, NETWORKS, POSITIVE_LOSSES_ONLY
+    from agents.balancers import BALANCERS, MGDA_NORMALIZE, NETWORKS, POSITIVE_LOSSES_ONLY
     from agents.heads import HEADS
     from agents.trunks import ACTIVATIONS, TRUNKS
     if cfg.sac.encoder and cfg.sac.encoder not in TRUNKS:
@@ -246,10 +250,15 @@ def validate(cfg: Config) -> None:
             raise UserError(f"unknown {key} {value!r}; valid: {', '.join(registry)}")
     if not 0 < cfg.sac.tau <= 1 or not 0 <= cfg.sac.gamma <= 1:
         raise UserError("sac.tau must be in (0, 1] and sac.gamma in [0, 1]")
+    if not 0 <= cfg.sac.encoder_tau <= 1:
+        raise UserError("sac.encoder_tau must be in [0, 1] (0: the encoder follows sac.tau)")
+    if cfg.sac.encoder_tau and not cfg.sac.encoder:
+        raise UserError("sac.encoder_tau is the target rate of a shared encoder: set sac.encoder too")
     choices = {"sac.log_std_mode": (cfg.sac.log_std_mode, ("tanh", "clip")),
                "sac.update_order": (cfg.sac.update_order, ("sequential", "simultaneous")),
                "eval.policy": (cfg.eval.policy, EVAL_POLICIES),
-               "sac.compile": (cfg.sac.compile, COMPILE_MODES), "replay.device": (cfg.replay.device, REPLAY_DEVICES)}
+               "sac.compile": (cfg.sac.compile, COMPILE_MODES), "replay.device": (cfg.replay.device, REPLAY_DEVICES),
+               "balance.mgda_normalize": (cfg.balance.mgda_normalize, MGDA_NORMALIZE)}
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise UserError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
@@ -277,10 +286,10 @@ def validate(cfg: Config) -> None:
         raise UserError(f"balance.method {b.method} weights log-losses or loss ratios, defined for the critic's "
                         f"positive loss only (SAC's actor and temperature losses take any sign): "
                         f"balance.networks=[critic]")
-    if min(b.lr, b.gradnorm_alpha, b.nashmtl_max_norm, b.nashmtl_update_every) <= 0 or min(b.famo_decay,
-                                                                                          b.cagrad_c) < 0:
-        raise UserError("balance.lr, gradnorm_alpha, nashmtl_max_norm and nashmtl_update_every must be positive; "
-                        "famo_decay and cagrad_c >= 0")
+    if min(b.lr, b.gradnorm_alpha, b.nashmtl_update_every) <= 0 or min(b.famo_decay, b.cagrad_c,
+                                                                       b.nashmtl_max_norm) < 0:
+        raise UserError("balance.lr, gradnorm_alpha and nashmtl_update_every must be positive; "
+                        "famo_decay, nashmtl_max_norm (0: no clip) and cagrad_c >= 0")
     if cfg.sac.actor_weight_decay < 0 or cfg.sac.max_grad_norm < 0:
         raise UserError("sac.actor_weight_decay and sac.max_grad_norm must be >= 0")
     if cfg.sac.trunk == "hyper" and cfg.sac.layer_norm:

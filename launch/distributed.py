@@ -64,11 +64,22 @@ class Dist:
         return (int(stacked[:, 0].sum()), bool(stacked[:, 1].min()), bool(stacked[:, 2].min()),
                 bool(stacked[:, 3].max()))
 
-    def broadcast_module_state(self, module: torch.nn.Module) -> None:
+    def broadcast_tensors(self, tensors) -> None:
+        """Rank 0's values of `tensors` on every rank (in place)."""
         if self.world > 1:
             with torch.no_grad():
-                for tensor in module.state_dict().values():
-                    dist.broadcast(tensor, src=0)
+                for tensor in tensors:
+                    dist.broadcast(tensor.data, src=0)
+
+    def first_reason(self, reason: str | None) -> str | None:
+        """Some rank's non-None `reason` (the lowest rank's), on every rank, or None if no rank has
+        one: ranks whose weights differ (local SGD) still stop together."""
+        if self.world == 1:
+            return reason
+        reasons = [None] * self.world
+        dist.all_gather_object(reasons, reason)
+        found = [(r, why) for r, why in enumerate(reasons) if why]
+        return f"{found[0][1]} on rank {found[0][0]}" if found else None
 
     def broadcast_object(self, obj):
         if self.world == 1:
@@ -149,6 +160,17 @@ class EveryStepSync(Synchronizer):
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(g)
             offset += n
+
+
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, shape, dtype and bytes, in name order: ranks holding the
+    very same state have the same digest (learners.json's `ranks[i].state_digest`)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def init_from_env(timeout_s: float = 1800.0) -> Dist:

@@ -13,7 +13,11 @@ the tasks, then averages the ranks' parameters (Stich 2019's local SGD; with Ada
 
 so that H grows as the rate decays (sac.lr_schedule: cosine or linear). With a constant rate QSR
 is local SGD with the fixed period max(H_min, floor((alpha / lr)^2)). `lr` is the critic's
-scheduled rate (every network follows the same factor, agents/sac/schedule.py).
+scheduled rate (every network follows the same factor, agents/sac/schedule.py). During the
+learning-rate warm-up (`sac.lr_warmup_updates`) H is H_min, as in the reference (hmgxr128/QSR
+localopt.py: `if self.step_ctr < self.warmup_steps or self.alpha == 0: self.h = self.init_h`;
+its init_h is our H_min); a period that starts in the warm-up ends at H_min updates even if
+the warm-up ends inside it, as the reference's does.
 
 The average is torch's own `torch.distributed.algorithms.model_averaging.utils.average_parameters`
 (one flattened all-reduce per call) on explicit parameter lists: `PeriodicModelAverager` and
@@ -26,6 +30,7 @@ What is averaged, and why:
   * every parameter each optimizer trains (the networks', their hooks' own: auxiliary heads);
   * the target critics, in the critic's all-reduce: Polyak averaging is linear, so the average
     of the ranks' targets is the target the averaged critic trajectory would have produced;
+    likewise every tensor a hook declares (`synced_tensors`: PVN's target heads);
   * Adam's moments only with `sync.average_optimizer_state=true`. By default each rank keeps its
     own moments, as the QSR reference does with Local AdamW ("local gradient methods can lead
     to different optimizer states across workers"): each rank's checkpoint then keeps its own
@@ -39,6 +44,14 @@ Uneven shards (3 tasks on 2 ranks): the average is weighted by each rank's share
 batch (its task count / all tasks), as `step` weights gradients: with H = 1 and plain SGD,
 sum_r share_r (theta - lr g_r) = theta - lr g, the task-balanced mean's step. (Each tensor is
 scaled by share x world before torch's plain average; with even shards nothing is scaled.)
+
+Per-task parameters take their owner's value. A task's slice of a per-task tensor (its head's
+columns, its temperature, its task embedding, CARE's and MOORE's task parameters: agents/
+networks.py `task_axes`) is trained by the one rank whose shard holds the task; every other rank's
+copy gets no gradient and stays put. A plain average would keep 1/W of the owner's steps (a head
+learning at half speed on 2 ranks); instead each slice is taken from its owner, which is the
+single learner's update for that task (its Adam moments, when averaged, likewise). So a
+per-task head moves as far on W ranks as on one (tests/test_sync.py).
 
 Sync points: `sync_point` (before every checkpoint, evaluation and the end of the run) averages
 if any local step was taken since the last average, so what is saved and evaluated is the
@@ -55,6 +68,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging.utils import average_parameters
 
 from agents.hooks import Synchronizer
+from agents.networks import task_axes
 
 
 def qsr_period(lr: float, alpha: float, period_min: int, updates_left: int) -> int:
@@ -68,6 +82,9 @@ def network_tensors(learner, with_optimizer_state: bool) -> dict[str, list[torch
     groups = {"actor": list(learner.params["actor"]),
               "critic": list(learner.params["critic"]) + list(learner.critic_target.parameters()),
               "alpha": list(learner.params["alpha"])}
+    for network in ("actor", "critic"):  # hooks' frozen tensors and targets (trained ones are in params)
+        seen = {id(t) for t in groups[network]}
+        groups[network] += [t for t in learner.hook_tensors[network].values() if id(t) not in seen]
     if with_optimizer_state:
         for network, tensors in groups.items():
             for state in learner.optimizers[network].state.values():
@@ -75,15 +92,44 @@ def network_tensors(learner, with_optimizer_state: bool) -> dict[str, list[torch
     return groups
 
 
+def owner_masks(learner, own_tasks: list[int]) -> dict[int, torch.Tensor]:
+    """{id(tensor): mask} for every per-task tensor (and its Adam moments): 1 on the slices of
+    this rank's tasks, 0 elsewhere, shaped to broadcast against the tensor."""
+    masks: dict[int, torch.Tensor] = {}
+
+    def add(tensor: torch.Tensor, axis: int, block: int) -> None:
+        mask = torch.zeros(tensor.shape[axis], dtype=tensor.dtype, device=tensor.device)
+        for task in own_tasks:
+            mask[task * block:(task + 1) * block] = 1
+        shape = [1] * tensor.dim()
+        shape[axis] = -1
+        masks[id(tensor)] = mask.view(shape)
+
+    for module in (learner.actor, learner.critic, learner.critic_target):
+        params = dict(module.named_parameters())
+        for name, (axis, block) in task_axes(module).items():
+            add(params[name], axis, block)
+    if not learner.cfg.shared_temperature:
+        add(learner.log_alpha, 0, 1)
+    for optimizer in learner.optimizers.values():
+        for param, state in optimizer.state.items():
+            if id(param) in masks:
+                masks.update({id(state[k]): masks[id(param)] for k in ("exp_avg", "exp_avg_sq") if k in state})
+    return masks
+
+
 class LocalSGDSync(Synchronizer):
     """No communication during an update; every `period` updates (qsr: recomputed at each
     average) the ranks' parameters are averaged. Counts what it sends."""
 
     def __init__(self, world: int, share: float, period: int, qsr_alpha: float = 0.0,
-                 average_optimizer_state: bool = False):
+                 average_optimizer_state: bool = False, own_tasks: list[int] | None = None):
         """share: this rank's fraction of the global batch; period: H (local), or H_min (qsr:
-        qsr_alpha > 0)."""
+        qsr_alpha > 0); own_tasks: this rank's tasks (None: every task, one rank)."""
         self.world, self.share, self.base_period, self.qsr_alpha = world, share, period, qsr_alpha
+        if world > 1 and own_tasks is None:
+            raise ValueError("LocalSGDSync on several ranks needs the rank's own tasks")
+        self.own_tasks = own_tasks
         self.average_optimizer_state = average_optimizer_state
         self.local_optimizer_state = not average_optimizer_state  # checkpoints keep every rank's
         self.period = None  # set at the first update (qsr: from its rate)
@@ -92,8 +138,10 @@ class LocalSGDSync(Synchronizer):
         self.recent = deque(maxlen=4096)  # (updates done at an average, the period chosen after it)
 
     def next_period(self, learner, start: int) -> int:
-        """H for the period whose first update has index `start` (qsr: from that update's rate)."""
-        if not self.qsr_alpha:
+        """H for the period whose first update has index `start` (qsr: from that update's rate;
+        during the learning-rate warm-up H_min, as the reference's `if step_ctr < warmup_steps:
+        h = init_h`: the tiny warm-up rates would give an H as long as the schedule)."""
+        if not self.qsr_alpha or start < learner.cfg.lr_warmup_updates:
             return self.base_period
         lr = learner.cfg.critic_lr * learner.lr_factor(start)
         # Capped by the updates left in the schedule; past its end (a run extended with --steps) uncapped.
@@ -114,10 +162,15 @@ class LocalSGDSync(Synchronizer):
     def average(self, learner) -> None:
         """Every rank's networks (and, if set, Adam moments) replaced by their mean over ranks."""
         if self.world > 1:
+            masks = owner_masks(learner, self.own_tasks)
             for tensors in network_tensors(learner, self.average_optimizer_state).values():
-                if abs(self.share * self.world - 1.0) > 1e-12:  # uneven shards: weight by batch share
-                    with torch.no_grad():
-                        torch._foreach_mul_(tensors, self.share * self.world)
+                shared = [t for t in tensors if id(t) not in masks]
+                with torch.no_grad():
+                    for t in tensors:  # per-task slices: the owner's value (the sum of masked copies)
+                        if id(t) in masks:
+                            t.mul_(masks[id(t)] * self.world)
+                    if shared and abs(self.share * self.world - 1.0) > 1e-12:  # uneven shards: by batch share
+                        torch._foreach_mul_(shared, self.share * self.world)
                 average_parameters(iter(tensors), dist.group.WORLD)
                 self.allreduces += 1
                 self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors)
@@ -131,12 +184,14 @@ class LocalSGDSync(Synchronizer):
                 "period": self.period}
 
 
-def make_synchronizer(sync_cfg, dist_, share: float) -> Synchronizer:
-    """The synchronizer `sync.mode` names, for this rank (share: its fraction of the global batch)."""
+def make_synchronizer(sync_cfg, dist_, num_tasks: int) -> Synchronizer:
+    """The synchronizer `sync.mode` names, for this rank of `dist_` (its shard of `num_tasks`)."""
     from launch.distributed import EveryStepSync
+    own = dist_.shard(num_tasks)
+    share = len(own) / num_tasks  # this rank's fraction of every global batch
     if sync_cfg.mode == "step":
         return EveryStepSync(dist_, share)
     alpha = sync_cfg.qsr_alpha if sync_cfg.mode == "qsr" else 0.0
     period = sync_cfg.period_min if sync_cfg.mode == "qsr" else sync_cfg.period
-    return LocalSGDSync(dist_.world, share, period, alpha, sync_cfg.average_optimizer_state)
+    return LocalSGDSync(dist_.world, share, period, alpha, sync_cfg.average_optimizer_state, own)
 

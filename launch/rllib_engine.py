@@ -80,6 +80,8 @@ def check_supported(cfg, dist_world: int = 1) -> None:
         problems.append(f"--device {cfg.run.device} (the RLlib engine's learner runs on the CPU here)")
     if cfg.sac.compile != "none" or cfg.replay.device == "learner":
         problems.append("sac.compile and replay.device=learner (the GPU learner path is our loop's)")
+    if cfg.sac.encoder_tau:
+        problems.append("sac.encoder_tau (RLlib's target update has one rate: sac.tau)")
     if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
         problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
     if problems:

@@ -4,7 +4,8 @@ with evaluation, logging and checkpoints on step boundaries. One loop serves eve
 rank runs it on its shard of the tasks (launch/distributed.py).
 
 Stages: a run trains a schedule of stages (continual/schedule.py). A multi-task run is one stage
-of every task; a continual run (continual.sequence) trains its stages one after another, each
+of every task, ending exactly at run.steps (with W learner ranks, each rank ingests its share
+of the budget by task count); a continual run (continual.sequence) trains its stages one after another, each
 with fresh actors on the stage's tasks, its own random-action warm-up, and (by default) fresh
 replay and optimizer state. A stage ends exactly at its budget (experience beyond it is
 dropped); its strategy's end_task runs (PackNet prunes and retrains there), then the stage is
@@ -67,7 +68,7 @@ from launch.backends import (
     resolve_device,
 )
 from launch.config import Config
-from launch.distributed import Dist
+from launch.distributed import Dist, state_digest
 from launch.errors import Preempted, TrainingDiverged, UserError
 from launch.local_sgd import make_synchronizer
 from launch.progress import Progress
@@ -99,18 +100,15 @@ class Trainer:
             raise UserError("replay.save_in_checkpoint is not supported with several learner ranks")
         self.device = resolve_device(cfg.run.device, dist.local_rank)
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
-        share = len(self.own_tasks) / num_tasks  # this rank's fraction of every global batch
         if cfg.balance.method in NEEDS_EVERY_TASK and dist.world > 1:
             raise UserError(f"balance.method {cfg.balance.method} reads every task's losses in one place; it "
                             f"needs a single learner rank (the gradient combiners work across ranks)")
         self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
-                                  synchronizer=make_synchronizer(cfg.sync, dist, share), balance=cfg.balance,
+                                  synchronizer=make_synchronizer(cfg.sync, dist, num_tasks), balance=cfg.balance,
                                   seed=seed)
         sac = cfg.sac
         self.learner.schedule_updates = self.learner.schedule_updates or planned_updates(
             self.stages, sac.warmup_steps_per_task, sac.updates_per_round, cfg.env.envs_per_task)
-        for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
-            dist.broadcast_module_state(module)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
         self.rng = seeding.rng(seed, "replay", rank)
         self.replay = make_replay(cfg.replay, num_tasks, suite.obs_dim, suite.action_dim, self.device)
@@ -119,6 +117,9 @@ class Trainer:
         self.auxiliary = make_auxiliary_tasks(cfg.aux, self.learner, suite.obs_dim, suite.action_dim, seed)
         self.hooks = [self.strategy, *self.auxiliary]
         self.learner.add_hook_parameters(self.hooks)
+        # Rank 0's networks, temperatures and hook tensors on every rank: the auxiliary heads were
+        # drawn from each rank's own stream (a single run's draws stay those of rank 0).
+        dist.broadcast_tensors(self.learner.synced_tensors().values())
         self.losses: dict = {}
         self.step = self.local_step = 0  # env steps: all ranks / this rank
         self.steps_by_actor: Counter = Counter()
@@ -200,8 +201,13 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------
     def _check_finite(self, weights: bool = False) -> None:
         """Stop on a non-finite loss (or, with weights=True, non-finite weights) before anything
-        is saved or evaluated from the diverged networks."""
-        why = self.learner.nonfinite() if weights else (None if bool(self.learner.all_finite) else "a non-finite loss")
+        is saved or evaluated from the diverged networks. The weights check is collective (every
+        rank calls it at the same step): under local SGD ranks' weights differ between averages,
+        and one rank stopping alone would leave the others waiting in the next all-reduce."""
+        if weights:
+            why = self.dist.first_reason(self.learner.nonfinite())
+        else:
+            why = None if bool(self.learner.all_finite) else "a non-finite loss"
         if why:
             self._diverged(why)
 
@@ -239,6 +245,17 @@ class Trainer:
         self.lags.append(self.version - chunk.policy_version)
         return len(chunk)
 
+    def _local_end(self, stage: Stage) -> int:
+        """This rank's env-step count at the stage's end: the stage's end on one rank; with W ranks
+        (multi-task) its share of the budget by task count, the shares adding up to the budget, so
+        the global count ends exactly at it."""
+        if self.dist.world == 1:
+            return stage.end
+        tasks = [len(Dist(r, self.dist.world).shard(len(self.suite.tasks)))
+                 for r in range(self.dist.world)]
+        shares = [stage.end * n // sum(tasks) for n in tasks]
+        return shares[self.dist.rank] + (1 if self.dist.rank < stage.end - sum(shares) else 0)
+
     def _ready(self, stage: Stage) -> bool:
         """May this rank update? The stage's warm-up is over and each task it collects holds
         its warm-up's worth of transitions (a refill after a resume) and a batch."""
@@ -272,7 +289,7 @@ class Trainer:
             polled = time.perf_counter() - polled
             new_steps = 0
             for chunk in chunks:
-                room = stage.end - self.local_step - new_steps if self.continual else len(chunk)
+                room = self._local_end(stage) - self.local_step - new_steps
                 if room > 0:  # a stage ends exactly at its budget: later experience is dropped
                     new_steps += self._ingest(chunk.head(room), episodes)
             self.local_step += new_steps
@@ -330,13 +347,13 @@ class Trainer:
         writes learners.json and prints the final line and the run's headline metrics."""
         self.learner.synchronizer.sync_point(self.learner)
         learner = self.learner
-        params = torch.cat([torch.nn.utils.parameters_to_vector(m.parameters()).detach().cpu()
-                            for m in (learner.actor, learner.critic)] + [learner.log_alpha.detach().cpu()])
+        state = learner.synced_tensors()  # everything learned that ranks must hold alike
+        params = torch.cat([state[name].detach().cpu().float().flatten() for name in sorted(state)])
         ranks = self.dist.gather_objects({
             "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
             "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
             "actor_restarts": self.restarts(), "params": params, "updates": learner.num_updates,
-            "sync": learner.synchronizer.stats()})
+            "sync": learner.synchronizer.stats(), "state_digest": state_digest(state)})
         if not self.dist.is_main:
             return
         self._write_evals(self.evaluator.wait())

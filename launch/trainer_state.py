@@ -3,10 +3,11 @@ calls these; the file format is launch/checkpoint.py's).
 
 A checkpoint at env step S holds the learner (networks, optimizers, temperatures, balancers),
 the continual strategy and auxiliary tasks, and per learner rank: its env steps, RNG states,
-replay reward statistics and, when ranks' optimizer states differ (local SGD without averaged
-moments), its own optimizer state. Everything logged at steps <= S is logged before it is
-written; a preempted run also keeps the evaluations it had asked for but not received, and its
-resume asks for them again.
+replay reward statistics, its balancers' state (a loss weighting learns the weights of the rank's
+own tasks only: uncertainty weighting's s_i live on the task's rank) and, when ranks' optimizer
+states differ (local SGD without averaged moments), its own optimizer state. Everything logged
+at steps <= S is logged before it is written; a preempted run also keeps the evaluations it
+had asked for but not received, and its resume asks for them again.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ def save(trainer, preempted: bool = False) -> None:
     rank's state); rank 0 writes. A normal checkpoint waits for pending evaluations; a preempted
     one records them instead (an evaluation may take minutes, a grace period is ~30 s)."""
     t = trainer
-    t._check_finite(weights=True)  # identical weights on every rank: all ranks stop together
+    t._check_finite(weights=True)  # collective: all ranks stop together
     t.learner.synchronizer.sync_point(t.learner)
     rng = {"torch": torch.get_rng_state(), "numpy": t.rng.bit_generator.state}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     stats = torch.from_numpy(t.replay.reward_stats.copy())  # small: kept even when replay is not
     optimizers = (t.learner.optimizer_state_dicts() if t.learner.synchronizer.local_optimizer_state else None)
-    gathered = t.dist.gather_objects((t.local_step, rng, dict(t.steps_by_actor), stats, optimizers))
+    balancers = {net: b.state_dict() for net, b in t.learner.balancers.items()}  # per rank: its tasks' weights
+    gathered = t.dist.gather_objects((t.local_step, rng, dict(t.steps_by_actor), stats, optimizers, balancers))
     if not t.dist.is_main:
         return
     t._write_evals(t.evaluator.results() if preempted else t.evaluator.wait())
@@ -46,6 +48,8 @@ def save(trainer, preempted: bool = False) -> None:
              "pending_evaluations": [list(r) for r in t.evaluator.unfinished()] if preempted else []}
     if gathered[0][4] is not None:
         state["rank_optimizers"] = [g[4] for g in gathered]
+    if t.dist.world > 1:
+        state["rank_balancers"] = [g[5] for g in gathered]
     if t.cfg.replay.save_in_checkpoint:
         state["replay"] = t.replay.state_dict()
     checkpoint.save(t.run_dir / "checkpoints", t.step, state, t.cfg.run.keep_checkpoints)
@@ -72,6 +76,8 @@ def restore(trainer) -> list:
         t.learner.load_state_dict(loaded["learner"])
         if "rank_optimizers" in loaded:  # local SGD: this rank's own moments
             t.learner.load_optimizer_state_dicts(loaded["rank_optimizers"][rank])
+        for net, balancer in t.learner.balancers.items() if "rank_balancers" in loaded else ():
+            balancer.load_state_dict(loaded["rank_balancers"][rank].get(net, {}))
         if "replay" in loaded:
             t.replay.load_state_dict(loaded["replay"])
         t.replay.reward_stats[:] = loaded["reward_stats"][rank].numpy()

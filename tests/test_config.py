@@ -64,3 +64,22 @@ def test_not_a_whole_number_or_not_finite_is_refused(text):
     key = "sac.actor_lr" if text in ("nan", ".inf", "1e-3x") else "run.steps"
     with pytest.raises(UserError, match=key):
         build_config("pointmass", overrides=[f"{key}={text}"])
+
+
+def test_agem_honours_or_refuses_an_explicit_update_order(tmp_path):
+    """A-GEM's joint projection needs simultaneous updates: it chooses them when the user said
+    nothing, and an explicit sequential order is refused in one line, never replaced."""
+    from launch.config import build_config
+    from launch.errors import UserError
+    agem = ["continual.method=agem", "continual.sequence=PM2"]
+    assert build_config("pointmass", overrides=agem).sac.update_order == "simultaneous"
+    assert build_config("pointmass", overrides=[*agem, "sac.update_order=simultaneous"]).sac.update_order \
+        == "simultaneous"
+    with pytest.raises(UserError, match="A-GEM's joint projection needs sac.update_order=simultaneous"):
+        build_config("pointmass", overrides=[*agem, "sac.update_order=sequential"])
+    file = tmp_path / "c.yaml"
+    file.write_text("sac:\n  update_order: sequential\n")
+    with pytest.raises(UserError, match="joint projection"):
+        build_config("pointmass", config_file=str(file), overrides=agem)
+    separate = [*agem, "continual.agem_projection=separate", "sac.update_order=sequential"]
+    assert build_config("pointmass", overrides=separate).sac.update_order == "sequential"

@@ -1,6 +1,8 @@
 """torchrun learners on real processes: two ranks on one node, two "nodes" (torchrun agents) on
 loopback through the c10d rendezvous, an elastic restart after a killed rank, and preemption by
-SIGTERM. Every run: pointmass PM4, 2 ranks, the single-process backend (deterministic)."""
+SIGTERM. Every run: pointmass PM4, 2 ranks, the single-process backend (deterministic), with two
+auxiliary tasks (reward prediction, PVN with its target heads): heads drawn on each rank that
+must still agree."""
 
 import json
 import os
@@ -19,8 +21,11 @@ from metrics import evallog
 from tests.conftest import REPO, TRAIN, Lines, train_in_process
 
 PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
+# run.threads=1: one torchrun agent with 2 ranks and two agents with 1 rank each would otherwise size
+# the learner's threads differently (1 vs 2), and a reduction split over 2 threads rounds differently.
 FLAGS = ["--suite", "pointmass", "--backend", "single", "--steps", 2000, "--eval-every", 1000,
-         "--set", "eval.goals=2", "--set", "run.checkpoint_every=1000"]
+         "--set", "eval.goals=2", "--set", "run.checkpoint_every=1000", "--set", "run.threads=1",
+         "--set", "aux.reward=0.5", "--set", "aux.pvn=0.5", "--set", "aux.hidden=32", "--set", "aux.pvn_tasks=8"]
 
 
 def _torchrun_command(*args, launcher=("--standalone", "--nproc-per-node=2"), script=TRAIN):
@@ -34,6 +39,13 @@ def _torchrun(*args, timeout=400, **kwargs):
 
 def _latest(run) -> dict:
     return checkpoint.load_latest(run / "checkpoints")
+
+
+def _ranks_agree(summary: dict) -> bool:
+    """Every learned tensor (networks, targets, temperatures, auxiliary heads and PVN's targets)
+    the same on every rank: no difference, one state digest."""
+    digests = {r["state_digest"] for r in summary["ranks"]}
+    return summary["max_parameter_difference_across_ranks"] == 0.0 and len(digests) == 1 and len(digests.pop()) == 64
 
 
 def _eval_steps(run) -> list[int]:
@@ -67,7 +79,7 @@ def test_torchrun_two_learner_ranks(standalone, tmp_path):
     shards = [r["tasks"] for r in summary["ranks"]]
     assert sorted(shards[0] + shards[1]) == PM4 and not set(shards[0]) & set(shards[1])
     assert all(r["env_steps"] > 0 for r in summary["ranks"])
-    assert summary["max_parameter_difference_across_ranks"] == 0.0
+    assert _ranks_agree(summary)
     # One all-reduce per network per update on each rank (critic, actor, temperatures).
     assert all(r["sync"]["allreduces"] == 3 * r["updates"] for r in summary["ranks"])
     # The update-to-data ratio does not depend on the ranks: one learner on the same global env
@@ -94,6 +106,17 @@ def _two_agents(run, port, extra=((), ())):
     return [(p.wait(timeout=400), *p.communicate()) for p in procs]
 
 
+def _same_tree(a, b) -> bool:
+    """Nested dicts/lists of tensors and numbers, equal everywhere."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
 def _same_networks(a: dict, b: dict) -> bool:
     return all(torch.equal(a[net][k], b[net][k]) for net in ("actor", "critic", "critic_target") for k in a[net])
 
@@ -106,7 +129,9 @@ def test_two_nodes_on_loopback_train_as_one_node(standalone, tmp_path):
     assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
     assert _same_networks(_latest(run)["learner"], standalone[1]["learner"])
     summary = json.loads((run / "learners.json").read_text())
-    assert summary["world_size"] == 2 and summary["max_parameter_difference_across_ranks"] == 0.0
+    assert summary["world_size"] == 2 and _ranks_agree(summary)
+    assert summary["ranks"][0]["state_digest"] == json.loads((standalone[0] / "learners.json").read_text())[
+        "ranks"][0]["state_digest"]
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
     assert sum("polytask: training" in out for _, out, _ in results) == 1  # one rank 0, whichever node it is on
     assert _eval_steps(run) == [0, 1000, 2000]
@@ -160,11 +185,13 @@ def test_elastic_restarts_after_killed_ranks(tmp_path):
     resumed = [line for line in lines.lines if line.startswith("polytask: resuming")]
     assert len(resumed) == 1 and "from step 1,000" in resumed[0], lines.lines
     summary = json.loads((run / "learners.json").read_text())
-    assert summary["step"] == 4000 and summary["max_parameter_difference_across_ranks"] == 0.0
+    assert summary["step"] == 4000 and _ranks_agree(summary)
     assert _eval_steps(run) == [0, 1000, 2000, 3000, 4000]
-    # Local SGD: 3 all-reduces (one per network) per average, far fewer than 3 per update.
-    sync = summary["ranks"][0]["sync"]
-    assert sync["allreduces"] == 3 * sync["averages"] and sync["averages"] < summary["ranks"][0]["updates"] / 3
+    # Local SGD: 3 all-reduces (one per network) per average, far fewer than 3 per update; at
+    # least one average per 4 updates (none were made before the resume at step 1,000: the
+    # warm-up lasts 1,200 steps), sync points add a few.
+    sync, updates = summary["ranks"][0]["sync"], summary["ranks"][0]["updates"]
+    assert sync["allreduces"] == 3 * sync["averages"] and updates // 4 <= sync["averages"] < updates / 3
 
 
 def test_sigterm_checkpoints_the_current_step_and_resume_finishes_like_an_uninterrupted_run(standalone, tmp_path):
@@ -172,7 +199,8 @@ def test_sigterm_checkpoints_the_current_step_and_resume_finishes_like_an_uninte
     rank 0 writes a checkpoint at the current step, the job stops with one line per rank; --resume
     then ends with the step counts and evaluations of the uninterrupted run."""
     run = tmp_path / "run"
-    proc = subprocess.Popen(_torchrun_command(*FLAGS, "--run-dir", run, "--set", "run.log_every=100"),
+    proc = subprocess.Popen(_torchrun_command(*FLAGS, "--run-dir", run, "--set", "run.log_every=100",
+                                              "--balancer", "uncertainty"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
                             cwd=REPO)
     lines = Lines(proc.stdout)
@@ -186,9 +214,19 @@ def test_sigterm_checkpoints_the_current_step_and_resume_finishes_like_an_uninte
     assert 1200 < state["step"] < 2000  # mid-run, after learning started
     assert f"at env step {state['step']:,}" in stopped[0]
 
+    # Each rank learns its own tasks' uncertainty weights (rank r: tasks r and r + 2), kept per rank.
+    learned = [ranks["critic"]["learned"] for ranks in state["rank_balancers"]]
+    assert all(learned[r][r] != 0 and learned[r][r + 2] != 0 and learned[r][1 - r] == 0 for r in (0, 1)), learned
+
     resumed = _torchrun("--resume", run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary, uninterrupted = (json.loads((r / "learners.json").read_text()) for r in (run, standalone[0]))
     assert summary["step"] == uninterrupted["step"]
     assert [r["env_steps"] for r in summary["ranks"]] == [r["env_steps"] for r in uninterrupted["ranks"]]
     assert _eval_steps(run) == _eval_steps(standalone[0])
+    # The resume refills replay (1,200 steps) until the end: no update, so everything restored
+    # (networks, optimizers, auxiliary heads, every rank's balancer) is saved again as it was.
+    final = _latest(run)
+    assert final["learner"]["num_updates"] == state["learner"]["num_updates"] > 0
+    for key in ("learner", "auxiliary", "rank_balancers"):
+        assert _same_tree(final[key], state[key]), key

@@ -179,7 +179,9 @@ def test_rllib_learner_trains_the_auxiliary_head_and_env_runner_gets_the_policy(
     assert result["learners"]["default_policy"]["num_module_steps_trained_lifetime"] > 0
     assert "loss/aux/reward" in result["learners"]["default_policy"]
     # SACTorchLearner backpropagates only its stored losses: the head moves only because our
-    # learner added the auxiliary loss to the stored critic loss and the head to its optimizer.
+    # learner added the auxiliary loss to a stored loss (here the actor's, policy_loss: no shared
+    # encoder, so the auxiliary task trains the actor's trunk) and the head to that optimizer.
+    # The exact gradients, for both representations: test_rllib_auxiliary_losses_reach_... below.
     assert all(not torch.equal(a, p) for a, p in zip(head_before, module.aux.parameters()))
     assert any(not torch.equal(a, p) for a, p in zip(critic_before, module.critic.parameters()))
     # The env runner's module is inference-only (the policy alone) and holds the learner's weights.
@@ -204,6 +206,218 @@ def test_rllib_policy_picks_its_per_task_head_by_the_one_hot(local_algo):
     assert all(not torch.allclose(outputs[0], o) for o in outputs[1:])  # a head per task
 
 
+# -- RLlib's SAC update on a tiny batch: our SACLearner as RLlib builds it, no Ray, no env runner ----
+# The update is TorchLearner._uncompiled_update's: forward_train -> compute_losses ->
+# compute_gradients (SACTorchLearner's: one backward per stored loss and optimizer) ->
+# apply_gradients; `_gradients` runs its first three steps, `Learner.update` all of it.
+
+MODULE = "default_policy"
+
+
+def _learner(*settings: str, flags: dict | None = None):
+    """Our SACLearner built by RLlib (AlgorithmConfig.build_learner) for a pointmass config with
+    small networks; RLlib seeds torch with the run seed before building the module."""
+    import gymnasium as gym
+
+    from envs import make_suite
+    from integrations.rllib.algorithm import algorithm_config
+    from launch.config import build_config
+    cfg = build_config("pointmass", None, {"run.engine": "rllib", **(flags or {})},
+                       ["sac.hidden_sizes=[16,16]", "aux.hidden=16", *settings])
+    suite = make_suite("pointmass", cfg.env.tasks, 0)
+    T = len(suite.tasks)
+    task_stage = list(range(T)) if cfg.continual.sequence else [0] * T
+    config = algorithm_config(cfg, suite, list(range(T)), task_stage)
+    space = gym.spaces.Box(-np.inf, np.inf, (suite.obs_dim + T,), np.float32)
+    actions = gym.spaces.Box(-1.0, 1.0, (suite.action_dim,), np.float32)
+    return config.build_learner(spaces={MODULE: (space, actions)})
+
+
+def _batch(learner, size: int = 16, seed: int = 0) -> dict:
+    """A replay batch as RLlib's SAC learner reads it, {module: columns}, every task in it."""
+    from ray.rllib.core.columns import Columns
+    module = learner.module[MODULE].unwrapped()
+    T, g = module.num_tasks, torch.Generator().manual_seed(seed)
+    d, a = module.observation_space.shape[0] - T, module.action_space.shape[0]
+    one_hot = torch.nn.functional.one_hot(torch.arange(size) % T, T).float()
+    return {MODULE: {Columns.OBS: torch.cat([torch.randn(size, d, generator=g), one_hot], 1),
+                     Columns.NEXT_OBS: torch.cat([torch.randn(size, d, generator=g), one_hot], 1),
+                     Columns.ACTIONS: torch.rand(size, a, generator=g) * 2 - 1,
+                     Columns.REWARDS: torch.randn(size, generator=g),
+                     Columns.TERMINATEDS: torch.zeros(size, dtype=torch.bool),
+                     "n_step": torch.ones(size), "weights": torch.ones(size)}}
+
+
+def _update(learner, batch: dict) -> None:
+    """One whole RLlib update (Learner.update) on the batch."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+    columns = {k: v.numpy() for k, v in batch[MODULE].items()}
+    learner.update(batch=MultiAgentBatch({MODULE: SampleBatch(columns)}, env_steps=len(columns["obs"])))
+
+
+def _gradients(learner, batch: dict) -> dict:
+    """{parameter: gradient} as RLlib's SAC learner computes them for the batch (None: zeros),
+    with torch's seed fixed so that the actor's samples are the same in every call."""
+    torch.manual_seed(0)
+    fwd_out = learner.module.forward_train(batch)
+    grads = learner.compute_gradients(learner.compute_losses(fwd_out=fwd_out, batch=batch))
+    return {p: torch.zeros_like(p) if g is None else g.detach().clone() for p, g in grads.items()}
+
+
+def _logged(learner, name: str) -> float:
+    return float(learner.metrics.peek((MODULE, f"loss/{name}")))
+
+
+def _optimizer_params(learner, name: str) -> set[int]:
+    return {id(p) for group in learner.get_optimizer(MODULE, name).param_groups for p in group["params"]}
+
+
+@pytest.mark.parametrize("on", ["encoder", "actor"])
+def test_rllib_auxiliary_losses_reach_their_representation_scaled_by_their_weights(on):
+    """aux.reward=0.5 and aux.dynamics=3 on a shared encoder (their terms belong in the stored
+    critic loss, qf_loss) or on the actor's trunk (in policy_loss): RLlib's gradients are the SAC
+    loss's plus, exactly, the gradient of the weighted losses written by hand, on the heads and on
+    the representation, in that network's optimizer; the other optimizer's gradients are the SAC
+    loss's alone; the logged terms are the weighted losses."""
+    import torch.nn.functional as F
+    from ray.rllib.core.columns import Columns
+    encoder = ("sac.encoder=mlp", "sac.encoder_sizes=[16]") if on == "encoder" else ()
+    learner = _learner("aux.reward=0.5", "aux.dynamics=3.0", *encoder)
+    module = learner.module[MODULE].unwrapped()
+    tasks = {task.name: task for task in module.aux_tasks}
+    assert set(tasks) == {"reward", "dynamics"} and tasks["reward"].rep.on == on
+    batch = _batch(learner)
+    with_aux = _gradients(learner, batch)
+    logged = {name: _logged(learner, f"aux/{name}") for name in tasks}
+    for task in tasks.values():
+        task.weight = 0.0  # the same update with the auxiliary terms zeroed: the SAC loss's gradient
+    sac_only = _gradients(learner, batch)
+    # By hand: z = phi(s) of the representation, the reward MSE and the latent model's 0.5 x MSE.
+    obs, task_ids = module.split(batch[MODULE][Columns.OBS])
+    next_obs = module.split(batch[MODULE][Columns.NEXT_OBS])[0]
+    if on == "encoder":
+        representation = list(module.critic.encoder.parameters())
+        z, z_next = module.critic.encoder(obs, task_ids), module.critic.encoder(next_obs, task_ids)
+    else:
+        representation = list(module.actor.net.trunk.parameters())
+        z, z_next = (module.actor.net.features(x, task_ids)[0] for x in (obs, next_obs))
+    za = torch.cat([z, batch[MODULE][Columns.ACTIONS]], -1)
+    losses = {"reward": F.mse_loss(tasks["reward"].head(za).squeeze(-1), batch[MODULE][Columns.REWARDS]),
+              "dynamics": 0.5 * F.mse_loss(tasks["dynamics"].head(za), z_next.detach())}
+    weights = {"reward": 0.5, "dynamics": 3.0}
+    for name in tasks:
+        assert logged[name] == pytest.approx(weights[name] * losses[name].item(), rel=1e-5), name
+    heads = list(module.aux.parameters())
+    own, other = ("qf", "policy") if on == "encoder" else ("policy", "qf")
+    assert {id(p) for p in representation + heads} <= _optimizer_params(learner, own)
+    expected = torch.autograd.grad(sum(weights[n] * losses[n] for n in losses), representation + heads)
+    for p, e in zip(representation + heads, expected):
+        assert torch.allclose(with_aux[p] - sac_only[p], e, rtol=1e-4, atol=1e-6)
+    assert max(e.abs().max() for e in expected[:len(representation)]) > 1e-3  # the representation is trained
+    other_params = [p for p in with_aux if id(p) in _optimizer_params(learner, other)]
+    assert other_params and all(torch.equal(with_aux[p], sac_only[p]) for p in other_params)
+
+
+def _context(stage: int):
+    from continual.strategies import TaskContext
+    return TaskContext(stage, 2, (stage,), tuple(range(stage)), 100, None, np.random.default_rng(0))
+
+
+def test_rllib_continual_penalty_is_backpropagated_into_the_actor():
+    """L2 on PM2, after stage 1 and one update: the actor's gradient RLlib computes is the SAC
+    loss's plus the penalty's, 2 coef (theta - theta*) by hand, and the logged penalty is
+    coef * ||theta - theta*||^2; the critic's gradients do not change."""
+    learner = _learner("continual.coef=100", flags={"continual.sequence": "PM2", "continual.method": "l2"})
+    strategy = learner.strategy
+    strategy.end_task(_context(0))  # anchors the actor's shared weights (L2: importance 1)
+    batch = _batch(learner)
+    _update(learner, batch)         # one RLlib update moves them off the anchor
+    with_penalty = _gradients(learner, batch)
+    shared, anchor = [p for _, p in strategy.shared("actor")], strategy.anchor["actor"]
+    by_hand = [2 * 100 * (p - a).detach() for p, a in zip(shared, anchor)]
+    assert _logged(learner, "penalty/actor") == pytest.approx(
+        100 * sum((p - a).pow(2).sum().item() for p, a in zip(shared, anchor)), rel=1e-4)
+    strategy.anchor = {}            # no anchor, no penalty: the SAC loss's gradient alone
+    sac_only = _gradients(learner, batch)
+    assert max(g.abs().max() for g in by_hand) > 1e-2
+    for p, g in zip(shared, by_hand):
+        assert torch.allclose(with_penalty[p] - sac_only[p], g, rtol=1e-4, atol=1e-6)
+    critic = learner.module[MODULE].unwrapped().critic.parameters()
+    assert all(torch.equal(with_penalty[p], sac_only[p]) for p in critic)
+
+
+def test_rllib_packnet_zeroes_the_frozen_weights_gradients_before_the_optimizer_steps():
+    """PackNet on PM2 in stage 2: the gradients the actor's optimizer steps with are zero on every
+    weight stage 1 kept (before Adam, not only repaired after it), and not zero on the free ones."""
+    learner = _learner("continual.packnet_retrain_steps=0",
+                       flags={"continual.sequence": "PM2", "continual.method": "packnet"})
+    strategy, batch = learner.strategy, _batch(learner)
+    strategy.start_task(_context(0))
+    _update(learner, batch)
+    strategy.end_task(_context(0))  # prunes: stage 1 keeps (and freezes) part of the actor's trunk
+    strategy.start_task(_context(1))
+    shared, trainable = [p for _, p in strategy.shared("actor")], strategy.trainable["actor"]
+    assert any(t.any() for t in trainable) and any((~t).any() for t in trainable)
+    stepped_with = {}
+
+    def record(optimizer, args, kwargs):
+        stepped_with.update({p: p.grad.clone() for p in shared if p.grad is not None})
+
+    before = [p.detach().clone() for p in shared]
+    handle = learner.get_optimizer(MODULE, "policy").register_step_pre_hook(record)
+    try:
+        _update(learner, _batch(learner, seed=1))
+    finally:
+        handle.remove()
+    assert len(stepped_with) == len(shared)
+    for p, t, b in zip(shared, trainable, before):
+        assert torch.count_nonzero(stepped_with[p][~t]) == 0
+        assert torch.equal(p.detach()[~t], b[~t])
+    assert any(torch.count_nonzero(stepped_with[p][t]) for p, t in zip(shared, trainable))
+
+
+def test_rllib_checkpoint_keeps_pvns_action_draws(tmp_path):
+    """ProtoValues draws its target's actions from its own generator: an RLlib checkpoint of the
+    learner (module state) holds it, so a restore repeats the draws; env runners never get it."""
+    from integrations.rllib.modules import AUX_DRAWS
+    learner = _learner("aux.pvn=1", "aux.pvn_tasks=4")
+    module = learner.module[MODULE].unwrapped()
+    (pvn,) = module.aux_tasks
+    _update(learner, _batch(learner))  # the update draws: the stream is past its seed
+    learner.save_to_path(tmp_path / "learner")
+    drawn = torch.rand(6, generator=pvn.draws)
+    learner.restore_from_path(tmp_path / "learner")
+    assert torch.equal(torch.rand(6, generator=pvn.draws), drawn)
+    assert AUX_DRAWS in module.get_state() and AUX_DRAWS not in module.get_state(inference_only=True)
+
+
+@pytest.mark.parametrize("tasks, runners, updates, env_steps", [
+    ("PM4", 1, 16, 64),   # 4 envs x 16 steps per round, 16 updates: 0.25 = 1 per 4 tasks, exact
+    ("PM8", 3, 24, 189),  # 3 envs x 21 steps x 3 runners: 23.625 wanted, RLlib rounds to 24 (+1.6%)
+])
+def test_rllib_update_ratio_is_ours_up_to_rllibs_integer_rounding(tasks, runners, updates, env_steps):
+    """RLlib's own calculate_rr_weights on our AlgorithmConfig: updates per sampling round =
+    training_intensity / native ratio, rounded to an integer (the docstring of
+    integrations/rllib/algorithm.py: exact when the wanted updates per round are an integer)."""
+    from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
+
+    from envs import make_suite
+    from integrations.rllib.algorithm import algorithm_config
+    from launch.config import build_config
+    cfg = build_config("pointmass", None, {"run.engine": "rllib", "runtime.actors": runners}, [f"env.tasks={tasks}"])
+    suite = make_suite("pointmass", cfg.env.tasks, 0)
+    T = len(suite.tasks)
+    config = algorithm_config(cfg, suite, list(range(T)), [0] * T)
+    round_steps = config.rollout_fragment_length * config.num_envs_per_env_runner * max(config.num_env_runners, 1)
+    assert round_steps == env_steps
+    samples, trained = calculate_rr_weights(config)
+    assert (samples, trained) == (1, updates)
+    wanted = cfg.sac.updates_per_round / (T * cfg.env.envs_per_task)  # ours: per env step
+    native = config.total_train_batch_size / (env_steps / max(runners, 1) * (runners + 1))
+    assert config.training_intensity / native == pytest.approx(wanted * env_steps)  # before RLlib's rounding
+    assert updates / env_steps == pytest.approx(wanted, rel=0.02) and (updates / env_steps == wanted) == (T == 4)
+
+
 @pytest.mark.parametrize("args, message", [
     (("--engine", "nosuch"), "unknown engine 'nosuch'"),
     (("--engine", "rllib", "--algo", "dqn"), "unknown RLlib algorithm 'dqn'"),
@@ -213,6 +427,7 @@ def test_rllib_policy_picks_its_per_task_head_by_the_one_hot(local_algo):
     (("--engine", "rllib", "--sequence", "PM2", "--method", "si"), "continual method si"),
     (("--engine", "rllib", "--algo", "ppo", "--set", "aux.reward=1"), "auxiliary losses with --algo ppo"),
     (("--engine", "rllib", "--set", "sac.compile=default"), "sac.compile and replay.device=learner"),
+    (("--engine", "rllib", "--set", "sac.encoder=mlp", "--set", "sac.encoder_tau=0.05"), "sac.encoder_tau"),
     (("--engine", "rllib", "--sequence", "reach-e:100,reach-w:100", "--set", "rllib.envs_per_runner=3",
       "--actors", 2),
      "every stage's length must be a multiple of the env steps RLlib samples at once (3 envs x 2 env runners"),

@@ -54,9 +54,12 @@ def _assert_learned_with_two_actors(run, proc):
 
 def test_local_actor_processes_learn(tmp_path):
     run = tmp_path / "run"
-    proc = run_train("--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 8000,
+    proc = run_train("--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 8010,
                      "--eval-every", 4000, "--seed", 1, "--run-dir", run, "--set", "eval.goals=20")
     _assert_learned_with_two_actors(run, proc)
+    # The budget is exact although actors send 64-step chunks (8,010 is no multiple of 64).
+    assert json.loads((run / "learners.json").read_text())["step"] == 8010
+    assert max(r["step"] for r in evallog.read(run / "evals.jsonl")) == 8010
 
 
 def test_ray_actors_learn_survive_a_lost_actor_and_write_nothing_outside_temp_dirs(tmp_path):

@@ -67,15 +67,39 @@ def test_qsr_period_follows_a_decaying_cosine_schedule():
     assert sync.averages == len(expected)
 
 
-def test_local_sgd_on_two_ranks_averages_every_fourth_update(tmp_path):
-    """2 torchrun ranks on different data: their networks differ between averages and are equal
-    right after each; 1,000 updates make 1/4 of `step`'s all-reduces (one per network per average,
-    against one per network per update). Then an uneven shard's weighting, and averaged moments."""
+def test_qsr_uses_the_base_period_during_the_learning_rate_warm_up():
+    """The reference (hmgxr128/QSR localopt.py): `if step_ctr < warmup_steps: h = init_h`. The
+    quadratic rule on a warm-up rate (base / 100 at update 0) would give H = the whole schedule."""
+    sac = SACConfig(hidden_sizes=(8,), lr_warmup_updates=100, lr_schedule="cosine", lr_schedule_updates=100_000)
+    learner = SACLearner(sac, 3, 2, 2, torch.device("cpu"))
+    sync = LocalSGDSync(world=1, share=1.0, period=2, qsr_alpha=6e-4)
+    assert [sync.next_period(learner, u) for u in (0, 50, 99)] == [2, 2, 2]
+    assert sync.next_period(learner, 100) == 4  # (6e-4 / 3e-4)^2 at the full rate
+
+
+def _expected_qsr_averages(total, warmup, base, alpha, h_min):
+    def lr(u):  # cosine after the warm-up, by hand
+        return base * 0.5 * (1 + math.cos(math.pi * (u - warmup) / (total - warmup)))
+    expected, start = [], 0
+    while start < total:
+        h = h_min if start < warmup else max(min(max(math.floor((alpha / lr(start)) ** 2), h_min), total - start), 1)
+        start += h
+        expected.append(start)
+    return expected
+
+
+def test_local_sgd_and_qsr_on_two_ranks(tmp_path):
+    """2 torchrun ranks on different data (with auxiliary heads and PVN's target heads): every
+    learned tensor differs between averages and is equal right after each; 1,000 updates make 1/4
+    of `step`'s all-reduces. An uneven shard's weighting, averaged moments; QSR with a warm-up
+    averages every H_min updates from the start; per-task heads move as far as on one learner."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(REPO / "tests" / "scripts" / "torchrun_local_sgd.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=os.environ.copy(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    expected_qsr = _expected_qsr_averages(40, 10, 1e-3, 2e-3, 2)
+    assert expected_qsr[:5] == [2, 4, 6, 8, 10] and expected_qsr[-1] == 40
     for r in ranks:
         assert r["since"] == [1, 2, 3, 0] * 3
         for drift, since in zip(r["drift"], r["since"]):
@@ -84,3 +108,31 @@ def test_local_sgd_on_two_ranks_averages_every_fourth_update(tmp_path):
         # An uneven shard (2 tasks of 3 on rank 0) weighs rank 0's parameters 2/3.
         assert r["weighted"] < 1e-6, r
         assert r["moments"][0] == 0.0 and r["moments"][1] > 0.0, r
+        qsr = r["qsr"]
+        assert qsr["averaged_at"] == expected_qsr, qsr
+        assert qsr["rates"][0] == pytest.approx(1e-4)  # the warm-up's first rate
+        assert [u + 1 for u, d in enumerate(qsr["drift"]) if d == 0.0] == expected_qsr, qsr
+        # Each task's head is trained by its rank alone; averaging must keep the owner's step
+        # (a plain average keeps half of it on 2 ranks).
+        assert all(0.8 < ratio < 1.25 for ratio in r["head_ratio"]), r["head_ratio"]
+        assert r["reason"] == "a non-finite temperature on rank 1"
+
+
+def test_every_step_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_path):
+    """3 tasks on 2 ranks (2 + 1): the synced gradient equals one process's gradient of the mean
+    over all tasks; plain averaging of the ranks' means would weight task 1 twice as much. Then
+    PCGrad under the same shards: every rank combines every task's gathered rows, so the ranks stay
+    identical and equal the single-process PCGrad updates (tests/scripts/torchrun_gradient.py)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(REPO / "tests" / "scripts" / "torchrun_gradient.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
+    assert sorted(r["tasks"] for r in results) == [[0, 2], [1]]
+    for r in results:
+        assert r["weighted"] < 1e-5, r
+        assert r["unweighted"] > 1e-2, r  # the check can tell the two apart
+    assert results[0]["pcgrad_params"] == results[1]["pcgrad_params"]
+    for r in results:
+        assert r["pcgrad_error"] < 1e-5 and r["pcgrad_bytes"] > 0, r
+        assert r["averaged_error"] > 1e-4, r  # not gathering would be caught

@@ -12,7 +12,12 @@ plus one line in `BALANCERS`.
 critic, actor and temperature for the gradient combiners (as mtrl applies PCGrad and CAGrad),
 the critic only for the loss weightings (as FAMO's Meta-World code for FAMO; its uncertainty
 weighting also weights the actor): they read log L_i, L_i / L_i(0) or exp(-s_i) L_i, defined for
-positive losses, and SAC's actor and temperature losses take any sign.
+positive losses, and SAC's actor and temperature losses take any sign. With one shared
+temperature (`sac.shared_temperature`) the combiners' default leaves it out: its Jacobian is
+T x 1, one scalar per task, and PCGrad and MGDA return 0 whenever two tasks' scalars differ in
+sign (the others nearly 0), so it would stop learning; it takes the mean, as Kurin et al.'s MT10
+MGDA run (`+agent.multitask.alpha_use_naive_opt=True`). Naming it in `balance.networks` still
+combines it (as mtrl's PCGrad does).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.balancers.base import Balancer, Gather, TaskLosses, no_gather
-from agents.balancers.gradients import cagrad, mgda, nashmtl, pcgrad, upgrad
+from agents.balancers.gradients import MGDA_NORMALIZE, cagrad, mgda, nashmtl, pcgrad, upgrad
 from agents.balancers.weighting import FAMO, GradNorm, UncertaintyWeighting
 
 
@@ -34,8 +39,9 @@ class BalanceConfig:
     famo_decay: float = 0.01          # FAMO: weight decay gamma of its logits (its MT10 script)
     gradnorm_alpha: float = 1.5       # GradNorm: asymmetry alpha (the paper: 1.5 on NYUv2)
     cagrad_c: float = 0.9             # CAGrad: c (its paper: 0.9 on MT10, 0.5 on MT50)
-    nashmtl_max_norm: float = 1.0     # Nash-MTL: the update's norm is clipped to this (authors' default)
+    nashmtl_max_norm: float = 1.0     # Nash-MTL: the update's norm is clipped to this (authors' default; 0: no clip)
     nashmtl_update_every: int = 1     # Nash-MTL: solve for its weights every this many updates (authors' default)
+    mgda_normalize: str = "none"      # MGDA: "none" (the paper) or "l2": unit-length task gradients (Kurin's MT10 run)
 
 
 BALANCERS = {
@@ -51,20 +57,23 @@ PER_TASK_GRADIENTS = ("gradnorm", "pcgrad", "cagrad", "mgda", "nashmtl", "upgrad
 POSITIVE_LOSSES_ONLY = ("uncertainty", "gradnorm", "famo")  # the critic's loss only (see above)
 
 
-def balanced_networks(cfg: BalanceConfig) -> tuple[str, ...]:
-    """The networks whose task losses `cfg.method` combines."""
+def balanced_networks(cfg: BalanceConfig, shared_temperature: bool = False) -> tuple[str, ...]:
+    """The networks whose task losses `cfg.method` combines (a shared temperature: not by default)."""
     if cfg.networks:
         return tuple(cfg.networks)
-    return ("critic",) if cfg.method in POSITIVE_LOSSES_ONLY else NETWORKS
+    if cfg.method in POSITIVE_LOSSES_ONLY:
+        return ("critic",)
+    return tuple(n for n in NETWORKS if not (shared_temperature and n == "alpha"))
 
 
 def make_balancers(cfg: BalanceConfig, num_tasks: int, seed: int, device: torch.device,
-                   shared_layers: dict[str, torch.Tensor]) -> dict[str, Balancer]:
+                   shared_layers: dict[str, torch.Tensor], shared_temperature: bool = False) -> dict[str, Balancer]:
     """One balancer per network (each keeps its own state); the mean where `cfg` does not apply.
-    shared_layers: per network, its last shared weight matrix (GradNorm's W), if it has one."""
+    shared_layers: per network, its last shared weight matrix (GradNorm's W), if it has one.
+    shared_temperature: one temperature for every task (sac.shared_temperature)."""
     out = {}
     for network in NETWORKS:
-        if network not in balanced_networks(cfg) or cfg.method == "mean":
+        if network not in balanced_networks(cfg, shared_temperature) or cfg.method == "mean":
             out[network] = Balancer()
         elif cfg.method == "gradnorm" and shared_layers.get(network) is None:
             out[network] = Balancer()  # the temperatures share no layer: GradNorm has nothing to balance
@@ -72,10 +81,12 @@ def make_balancers(cfg: BalanceConfig, num_tasks: int, seed: int, device: torch.
             out[network] = BALANCERS[cfg.method](
                 num_tasks=num_tasks, seed=seed, network=network, device=device, layer=shared_layers.get(network),
                 lr=cfg.lr, famo_decay=cfg.famo_decay, gradnorm_alpha=cfg.gradnorm_alpha, cagrad_c=cfg.cagrad_c,
-                nashmtl_max_norm=cfg.nashmtl_max_norm, nashmtl_update_every=cfg.nashmtl_update_every)
+                nashmtl_max_norm=cfg.nashmtl_max_norm, nashmtl_update_every=cfg.nashmtl_update_every,
+                mgda_normalize=cfg.mgda_normalize)
     return out
 
 
-__all__ = ["BALANCERS", "BalanceConfig", "Balancer", "Gather", "NEEDS_EVERY_TASK", "NETWORKS", "PER_TASK_GRADIENTS",
+__all__ = ["BALANCERS", "BalanceConfig", "Balancer", "Gather", "MGDA_NORMALIZE", "NEEDS_EVERY_TASK", "NETWORKS",
+           "PER_TASK_GRADIENTS",
            "POSITIVE_LOSSES_ONLY",
            "TaskLosses", "balanced_networks", "make_balancers", "no_gather"]

@@ -26,10 +26,15 @@ FAMO (Liu et al. 2023), as its reference class (Cranial-XIX/FAMO, famo.py):
     pass, `TaskLosses.recompute`): delta_i = log D_i(before) - log D_i(after),
     xi <- Adam(lr, weight decay gamma) step with gradient (d softmax(xi) / d xi)^T delta.
   Defaults w_lr 0.025, gamma 0.01 (its MT10 script). Its Meta-World agent multiplies by c where
-  the class divides (FAMO issue #14); the class's rule is used here.
+  the class divides (FAMO issue #14); the class's rule is used here. The class also clips the
+  shared parameters' gradient to norm 1 in its `backward` (famo.py); its Meta-World agent does
+  not, and neither does polytask (only `sac.max_grad_norm`, off by default, clips).
 FAMO and GradNorm need every task's losses at once: with several learner ranks they are refused
-(launch/config.py). In a continual stage only the batch's tasks are weighted; the weights of the
-other tasks are kept as they are (not moved by Adam's momentum or weight decay).
+(launch/trainer.py). In a continual stage only the batch's tasks are weighted; the other tasks'
+weights and their Adam moments (exp_avg, exp_avg_sq) are kept as they are (not moved by Adam's
+momentum, FAMO's coupled weight decay or the moments' decay). Adam's step counter is one for the
+whole vector and counts every step: a task that returns later resumes its own moments with the
+bias correction of the total step count (1 - beta^t, ~1 after a few thousand updates).
 """
 
 from __future__ import annotations
@@ -54,12 +59,19 @@ class LearnedTaskWeights(Balancer):
         if grad is not None:
             self.learned.grad = torch.zeros_like(self.learned)
             self.learned.grad[ids] = grad
-        kept = self.learned.detach().clone()  # Adam's momentum and weight decay would move the others
+        absent = torch.ones_like(self.learned, dtype=torch.bool)
+        absent[ids] = False
+        # Adam's momentum, weight decay and moment decay would move the other tasks' values and moments
+        state = self.optimizer.state.get(self.learned, {})
+        kept = {key: state[key].clone() if key in state else torch.zeros_like(self.learned)
+                for key in ("exp_avg", "exp_avg_sq")}  # before the first step: zero moments
+        value = self.learned.detach().clone()
         self.optimizer.step()
-        with torch.no_grad():
-            absent = torch.ones_like(kept, dtype=torch.bool)
-            absent[ids] = False
-            self.learned[absent] = kept[absent]
+        with torch.no_grad():  # torch.where, not masked indexing: no wait for the device
+            self.learned.copy_(torch.where(absent, value, self.learned))
+            state = self.optimizer.state[self.learned]
+            for key, moment in kept.items():
+                state[key].copy_(torch.where(absent, moment, state[key]))
 
     def state_dict(self) -> dict:
         return {"learned": self.learned.detach(), "optimizer": self.optimizer.state_dict()}

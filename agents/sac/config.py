@@ -27,6 +27,7 @@ class SACConfig:
     hyper_hidden: int = 128          # trunk/head=hyper: hidden units of the hypernetwork
     gamma: float = 0.99
     tau: float = 0.005               # Polyak rate of the target critics
+    encoder_tau: float = 0.0         # the shared encoder's (sac.encoder) Polyak rate; 0: sac.tau (mtrl's CARE: 0.05)
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4

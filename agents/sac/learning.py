@@ -13,9 +13,10 @@ Update order (`sac.update_order`):
                 the start of the update, then every step (Spinning Up, Continual World).
 
 Stabilizers (Kurin et al. 2022's, all off by default): `sac.actor_weight_decay` (Adam's L2 term
-on the actor), `sac.max_grad_norm` (each network's gradient clipped just before its step),
-`sac.shared_temperature` (one temperature for every task), and per-task reward normalisation
-when replay samples (agents/replay.py).
+on the actor), `sac.shared_temperature` (one temperature for every task), and per-task reward
+normalisation when replay samples (agents/replay.py). Also off by default, and not Kurin et al.'s
+(their code clips no gradient): `sac.max_grad_norm`, the critic's and the actor's gradient norm
+clipped just before its step (the temperature's is not clipped).
 """
 
 from __future__ import annotations
@@ -69,13 +70,24 @@ class SACLearner:
                            "alpha": self.alpha_optimizer}
         self.balancers = make_balancers(balance or BalanceConfig(), num_tasks, seed, device,
                                         {"actor": last_shared_matrix(self.actor),
-                                         "critic": last_shared_matrix(self.critic)})
+                                         "critic": last_shared_matrix(self.critic)},
+                                        shared_temperature=cfg.shared_temperature)
         # A gradient combiner reads each task's gradient: record the linear layers' inputs and
         # outputs of the losses' forward passes (agents/balancers/jacobian.py).
         self.record = {net: b.per_task_gradients for net, b in self.balancers.items()}
         self.recorder = LinearRecorder(self.actor, self.critic) if any(self.record.values()) else None
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
+        # The Polyak groups (rate, targets, online): a shared encoder at sac.encoder_tau if set (mtrl's
+        # encoder_tau), everything else at sac.tau.
+        self._polyak = [(cfg.tau, self._target_params, self._critic_params)]
+        if self.critic.encoder is not None and cfg.encoder_tau:
+            encoder = {id(p) for p in self.critic.encoder.parameters()}
+            pairs = list(zip(self._target_params, self._critic_params))
+            self._polyak = [(rate, [q for q, p in pairs if (id(p) in encoder) == own],
+                             [p for q, p in pairs if (id(p) in encoder) == own])
+                            for rate, own in ((cfg.tau, False), (cfg.encoder_tau, True))]
+        self.hook_tensors: dict[str, dict[str, torch.Tensor]] = {"actor": {}, "critic": {}}  # add_hook_parameters
         self.num_updates = 0
         self.schedule_updates = cfg.lr_schedule_updates  # the trainer sets the run's planned updates if 0
         self.all_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss so far was finite
@@ -89,9 +101,26 @@ class SACLearner:
                 self.params[network] += params
 
     def add_hook_parameters(self, hooks: Sequence[LearnerHook]) -> None:
-        """Give the hooks' own parameters a param group in their network's optimizer."""
+        """Give the hooks' own parameters a param group in their network's optimizer, and keep
+        what the hooks' tensors ranks must agree on (`synced_tensors`) beside the networks'."""
         self._add_param_groups({net: [p for hook in hooks for p in hook.parameters(net)]
                                 for net in ("actor", "critic")})
+        self.hook_tensors = {net: {f"hook{i}.{name}": t for i, hook in enumerate(hooks)
+                                   for name, t in hook.synced_tensors(net).items()} for net in ("actor", "critic")}
+
+    def synced_tensors(self) -> dict[str, torch.Tensor]:
+        """{name: tensor} of everything learned that data-parallel ranks must hold alike: every
+        network's state (actor, critic, target critic: the encoder and task embeddings in them),
+        the temperatures and the hooks' tensors (auxiliary heads and PVN's targets). Read from the
+        modules' state dicts, not from the optimizers' lists, so a tensor the local-SGD average
+        misses still shows in the cross-rank check."""
+        out = {f"{name}.{key}": value for name, module in (("actor", self.actor), ("critic", self.critic),
+                                                           ("critic_target", self.critic_target))
+               for key, value in module.state_dict(keep_vars=True).items()}
+        out["log_alpha"] = self.log_alpha
+        for tensors in self.hook_tensors.values():
+            out.update(tensors)
+        return out
 
     def lr_factor(self, update: int | None = None) -> float:
         """The learning-rate schedule's factor for update `update` (0-based; None: the next one)."""
@@ -235,9 +264,10 @@ class SACLearner:
         self.alpha_optimizer.step()
         self.balancers["alpha"].after_step("alpha", losses["alpha"])
 
-        # Target critics track the critics: theta' <- (1 - tau) theta' + tau theta
+        # Target critics track the critics: theta' <- (1 - tau) theta' + tau theta (the encoder at encoder_tau)
         with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.tau)
+            for tau, targets, online in self._polyak:
+                torch._foreach_lerp_(targets, online, tau)
             means = torch.stack([losses[net].mean() for net in ("critic", "actor", "alpha")]).detach()
             # No host sync here: the flag is read when the trainer checks for divergence.
             self.all_finite &= torch.isfinite(means).all()

@@ -1,7 +1,9 @@
 """Our config tree as RLlib's AlgorithmConfig (launch/rllib_engine.py's docstring lists the mapping).
 
 RLlib SAC's update-to-data ratio is its training_intensity; `training_intensity` sets it so that
-the updates per env step equal our loop's.
+the updates per env step equal our loop's, up to RLlib's rounding of the updates per sampling
+round to an integer (see `training_intensity`: exact in the default layouts where the env runners
+divide tasks x envs_per_task, else typically 1-4% off).
 """
 
 from __future__ import annotations
@@ -40,7 +42,19 @@ def training_intensity(cfg, num_tasks: int, runners: int) -> float:
     update-to-data ratio, sac.updates_per_round per num_tasks x env.envs_per_task env steps.
     RLlib 2.60 (dqn.py calculate_rr_weights) divides it by a "native ratio" that counts the
     driver's env runner as a sampler too (num_env_runners + 1) though it does not sample beside
-    remote ones; the factor runners / (runners + 1) undoes that."""
+    remote ones; the factor runners / (runners + 1) undoes that.
+
+    The correction is exact, but RLlib then runs an integer number of updates per sampling round,
+    round(w) with w = updates_per_round x (fragment x envs x max(runners, 1)) / (num_tasks x
+    envs_per_task) (or one update every round(1/w) rounds when w < 1). The ratio is exact when w
+    (or 1/w) is an integer: with the default sizes (updates_per_round 1, envs_per_task 1,
+    chunk_steps 64) whenever the env runners divide num_tasks, e.g. PM4 on 1 runner (16 updates per
+    4 x 16 env steps: 0.25) or MT10 on 0, 1, 2 or 5. Otherwise, measured with RLlib's own
+    calculate_rr_weights: MT10 on 3 runners, 4 envs x 16 steps x 3 = 192 env steps per round, w =
+    19.2 -> 19 (0.0990 updates per env step for 0.1, -1.0%); on 4 runners 25 for 25.2 (-0.8%); PM8
+    on 3 runners 24 for 23.625 (+1.6%); MT50 on 4 runners 4 for 4.16 (-3.8%). rllib.envs_per_runner
+    or rollout_fragment_length overrides can make it larger; learners.json's `updates` and
+    `env_steps` show the ratio that ran. (tests/test_rllib.py checks an exact and an inexact case.)"""
     per_step = cfg.sac.updates_per_round / (num_tasks * cfg.env.envs_per_task)
     return per_step * cfg.sac.batch_size_per_task * num_tasks * max(runners, 1) / (runners + 1)
 

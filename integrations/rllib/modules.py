@@ -24,6 +24,7 @@ task-balanced. Exploration samples through RLlib's TorchSquashedGaussian, which 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from agents.auxiliary import AuxConfig, make_auxiliary_tasks
@@ -40,6 +41,7 @@ except ImportError as e:  # pragma: no cover
     raise ImportError("the RLlib engine needs ray[rllib]: pip install -e '.[rllib]'") from e
 
 CRITIC_FEATURES = "polytask_critic_features"  # the critic trunk's output in the loss pass [2, B, H]
+AUX_DRAWS = "aux_pvn_draws"  # module-state key: PVN's action-draw generator state (not a module tensor)
 
 
 def sac_config(model_config: dict) -> SACConfig:
@@ -136,6 +138,28 @@ class SACModule(_TaskSplit, TorchRLModule, InferenceOnlyAPI, TargetNetworkAPI):
     # -- InferenceOnlyAPI ----------------------------------------------------------------------
     def get_non_inference_attributes(self):
         return ["critic", "critic_target", "aux"]
+
+    # -- checkpoints: the module's tensors plus PVN's action-draw stream --------------------------
+    # ProtoValues.draws is a torch.Generator, not a module tensor: get_state adds its state (a
+    # uint8 array, as our own loop's checkpoint keeps it) so an RLlib checkpoint resumes PVN's
+    # drawn actions where they were; env runners (inference_only) never get it.
+    def _draws(self) -> list[torch.Generator]:
+        return [task.draws for task in getattr(self, "aux_tasks", ()) if hasattr(task, "draws")]
+
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        draws = self._draws()
+        if draws and not kwargs.get("inference_only", False):
+            state[AUX_DRAWS] = draws[0].get_state().numpy()
+        return state
+
+    def set_state(self, state) -> None:
+        if AUX_DRAWS in state:
+            state = dict(state)
+            draws = torch.as_tensor(np.asarray(state.pop(AUX_DRAWS)), dtype=torch.uint8)
+            for generator in self._draws():
+                generator.set_state(draws.clone())
+        super().set_state(state)
 
 
 class PPOModule(_TaskSplit, TorchRLModule, InferenceOnlyAPI, ValueFunctionAPI):

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_runtime.py: W learner ranks, each holding the rows of its
+"""Run under torchrun by tests/test_sync.py: W learner ranks, each holding the rows of its
 shard of the tasks, sync the critic's gradient; every rank compares the result with the
 gradient of the task-balanced mean loss over the whole batch, computed by one process.
 Each rank writes OUT_DIR/rank<r>.json: {"rank", "tasks", "weighted", "unweighted"}, maximum
