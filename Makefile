@@ -1,12 +1,13 @@
 # Two commands set everything up on a fresh machine:
 #   make train   -> creates .venv, installs polytask, trains on Meta-World MT10 (defaults)
 #   make test    -> creates .venv, installs polytask with test extras, runs the linter and the test suite
+#   make test-fast -> the fast tier of make test: the pure-contract tests, a minute or two
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: train test lint bench install clean
+.PHONY: train test test-fast lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ train: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests $(ARGS)
+
+# The pure contracts only (no gpu, multiproc or integration marks; see pyproject.toml): a minute or two.
+test-fast: install
+	$(BIN)/python -m pytest -q tests -m "not integration and not multiproc and not gpu" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -121,7 +121,7 @@ class CARETrunk(nn.Module):
     Initialisation as mtrl's (utils.weight_init on every Linear): Xavier-uniform weights and zero
     biases for the context and gate MLPs, the experts and the MLP; the embedding keeps N(0, 1).
     mtrl's CARE command (one shared output layer, encoder_tau 0.05) is, here, `sac.encoder=care
-    sac.encoder_sizes=[100] sac.task_input=false sac.head=single sac.encoder_tau=0.05` (README):
+    sac.encoder_sizes=[100] sac.task_input=false sac.head=single sac.encoder_tau=0.05` (docs/representation.md):
     the MLP part is then one extra layer, which mtrl's encoder does not have, and the context
     sits in the critic's encoder, so the target critic's context lags at encoder_tau (mtrl's
     task encoder has no target copy)."""

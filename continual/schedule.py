@@ -102,13 +102,41 @@ def stage_at(stages: list[Stage], step: int) -> int:
     return len(stages) - 1
 
 
+def updates_per_step(stage: Stage, updates_per_round: int, envs_per_task: int) -> float:
+    """What one env step (of any rank) earns in `stage`: a round steps each of its tasks' envs once
+    and earns `updates_per_round` updates."""
+    return updates_per_round / (len(stage.tasks) * envs_per_task)
+
+
+@dataclass
+class UpdateCredit:
+    """The update-to-data contract of the training loop: env steps collected while the learner is
+    ready earn `updates_per_step` updates each; whole updates are paid out and the fraction carried
+    to the next call; steps collected while it is not ready (warm-up, a replay refill) earn none
+    and drop what was carried. The same on every backend and every learner rank (every rank counts
+    the global steps), so the ratio depends on neither."""
+
+    carried: float = 0.0
+
+    def earn(self, new_steps: int, per_step: float, ready: bool) -> int:
+        """The updates due for `new_steps` env steps."""
+        self.carried = self.carried + new_steps * per_step if ready else 0.0
+        due = int(self.carried)
+        self.carried -= due
+        return due
+
+    def reset(self) -> None:
+        """A stage ended: nothing carries into the next one."""
+        self.carried = 0.0
+
+
 def planned_updates(stages: list[Stage], warmup_per_task: int, updates_per_round: int, envs_per_task: int) -> int:
     """Updates the stages earn (a round steps every task's envs once; each stage's warm-up earns
     none): the learning-rate schedule's length."""
     total = 0
     for stage in stages:
         learning = max(0, stage.steps - warmup_per_task * len(stage.tasks))
-        total += int(learning * updates_per_round / (len(stage.tasks) * envs_per_task))
+        total += int(learning * updates_per_round / (len(stage.tasks) * envs_per_task))  # exact integer ratio
     return max(total, 1)
 
 

@@ -33,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(prog="report.py", description="Lifelong-learning metrics report for polytask runs (see README).")
+    p = _Parser(prog="report.py",
+                description="Lifelong-learning metrics report for polytask runs (docs/metrics-and-reports.md).")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or folders of them)")
     p.add_argument("--reference", nargs="+", default=[], metavar="RUN_DIR",
                    help="single-task reference runs: forward transfer and the L2M single-task-expert metrics")

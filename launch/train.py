@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    p = _Parser(prog="train.py", description="Train a multi-task agent (see README).")
+    p = _Parser(prog="train.py", description="Train a multi-task agent (flags and keys: docs/configuration.md).")
     p.add_argument("--suite", help="metaworld (default) or pointmass")
     p.add_argument("--tasks", help="MT1 task name, MT10/MT25/MT50, PM4/PM8, or a comma list")
     p.add_argument("--steps", help="total env steps over all tasks (multi-task runs)")

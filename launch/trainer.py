@@ -45,7 +45,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from agents import seeding
@@ -53,7 +52,7 @@ from agents.auxiliary import make_auxiliary_tasks
 from agents.balancers import NEEDS_EVERY_TASK
 from agents.replay import make_replay
 from agents.sac import SACLearner
-from continual.schedule import Schedule, Stage, planned_updates, stage_at, steps_left
+from continual.schedule import Schedule, Stage, UpdateCredit, planned_updates, stage_at, steps_left, updates_per_step
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint, preemption, trainer_state
@@ -68,11 +67,12 @@ from launch.backends import (
     resolve_device,
 )
 from launch.config import Config
-from launch.distributed import Dist, state_digest
+from launch.distributed import Dist
 from launch.errors import Preempted, TrainingDiverged, UserError
 from launch.local_sgd import make_synchronizer
 from launch.progress import Progress
 from launch.runlog import RunLog
+from launch.telemetry import Telemetry
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -127,6 +127,7 @@ class Trainer:
         owed = trainer_state.restore(self) if resume else []
         log_from = self.step if resume else (-1 if discard_logs else None)
         self.runlog = RunLog(run_dir, resume_step=log_from) if dist.is_main else None
+        self.telemetry = Telemetry(dist, suite, self.runlog, log)
         self.evaluator = make_evaluator(cfg) if dist.is_main else None
         for request in owed:  # a preempted run's evaluations that had not come back
             self.evaluator.submit(*request)
@@ -272,7 +273,7 @@ class Trainer:
         total = cfg.run.steps
         progress = Progress(total, self.step, learner.num_updates)
         episodes = defaultdict(list)  # task -> finished training episodes since the last log
-        credit, since_publish = 0.0, 0
+        credit, since_publish = UpdateCredit(), 0
         start_step, start_time, paused = self.step, time.perf_counter(), 0.0
         if self.step == 0:
             self._evaluate()
@@ -281,8 +282,7 @@ class Trainer:
             self.version = self.publish(self.source, learner.num_updates, wait=True)  # resumed mid-stage: act at once
         while self.step < total:
             stage = self.stages[self.stage_index]
-            # Every env step (of any rank) earns its share of updates_per_round; warm-up is per stage.
-            updates_per_step = cfg.sac.updates_per_round / (len(stage.tasks) * cfg.env.envs_per_task)
+            per_step = updates_per_step(stage, cfg.sac.updates_per_round, cfg.env.envs_per_task)
             ready = self._ready(stage)  # steps collected from here on earn updates if the learner was ready
             polled = time.perf_counter()
             chunks = self.source.poll(timeout=1.0)
@@ -298,9 +298,7 @@ class Trainer:
                                                                    preemption.requested())
             if not finite:  # on some rank: every rank stops here together
                 self._diverged("a non-finite loss")
-            credit = credit + (self.step - before) * updates_per_step if ready else 0.0
-            due = int(credit)
-            credit -= due
+            due = credit.earn(self.step - before, per_step, ready)  # every rank's steps: the same on each
             updating = time.perf_counter()
             for _ in range(due):
                 batch = self.replay.sample(cfg.sac.batch_size_per_task, self.rng, self.train_tasks)
@@ -326,7 +324,7 @@ class Trainer:
             pause_start = time.perf_counter()
             if stage_done:
                 self._end_stage()
-                credit = 0.0
+                credit.reset()
             if crossed(before, self.step, cfg.eval.every) or last or stage_done:
                 self._evaluate()
             if crossed(before, self.step, cfg.run.checkpoint_every) or last or stop:
@@ -343,69 +341,32 @@ class Trainer:
         return self.runlog.eval_success if self.runlog else None
 
     def _finish(self, progress: Progress) -> None:
-        """Gather every rank's summary; rank 0 checks the networks are identical across ranks,
-        writes learners.json and prints the final line and the run's headline metrics."""
+        """Gather every rank's summary; rank 0 writes learners.json (with the cross-rank check of
+        everything learned) and prints the final line and the run's headline metrics."""
         self.learner.synchronizer.sync_point(self.learner)
         learner = self.learner
-        state = learner.synced_tensors()  # everything learned that ranks must hold alike
-        params = torch.cat([state[name].detach().cpu().float().flatten() for name in sorted(state)])
-        ranks = self.dist.gather_objects({
+        ranks = self.telemetry.gather_summaries(learner, {
             "rank": self.dist.rank, "tasks": [self.suite.tasks[i].name for i in self.own_tasks],
             "env_steps": self.local_step, "steps_by_actor": dict(self.steps_by_actor),
-            "actor_restarts": self.restarts(), "params": params, "updates": learner.num_updates,
-            "sync": learner.synchronizer.stats(), "state_digest": state_digest(state)})
-        if not self.dist.is_main:
-            return
-        self._write_evals(self.evaluator.wait())
-        max_difference = max(float((r["params"] - params).abs().max()) for r in ranks)
-        for r in ranks:
-            del r["params"]
-        restarts = sum(r["actor_restarts"] for r in ranks)
-        self.runlog.learners({"world_size": self.dist.world, "sync": self.cfg.sync.mode, "step": self.step,
-                              "actor_restarts": restarts,
-                              "max_parameter_difference_across_ranks": max_difference,
-                              "train_env_steps_per_s": self.train_steps_per_s, "workers": self.plan.note,
-                              "bound_by": progress.bound("run"), "ranks": ranks})
-        final = "n/a" if self.runlog.eval_success is None else f"{self.runlog.eval_success:.3f}"
-        by_actor = ", ".join(f"{k}: {v:,}" for r in ranks for k, v in sorted(r["steps_by_actor"].items()))
-        progress.done(f"done: step {self.step:,} | eval success {final} | training "
-                      f"{self.train_steps_per_s:,.0f} env-steps/s (evaluation excluded) | "
-                      f"actor restarts {restarts} | env steps by actor {{{by_actor}}} | run dir {self.run_dir}")
-        self.log(self.runlog.headline_metrics(self.step))
+            "actor_restarts": self.restarts(), "updates": learner.num_updates, "sync": learner.synchronizer.stats()})
+        if self.dist.is_main:
+            self._write_evals(self.evaluator.wait())
+            self.telemetry.finish(self.step, progress, ranks, {
+                "sync": self.cfg.sync.mode, "train_env_steps_per_s": self.train_steps_per_s,
+                "workers": self.plan.note}, self.run_dir)
 
     def _log_training(self, progress: Progress, episodes: dict) -> None:
-        gathered = self.dist.gather_objects((dict(episodes), self.restarts(), dict(self.steps_by_actor), self.lags))
-        self.lags = []
-        if not self.dist.is_main:
-            return
-        step = self.step
-        steps_per_s, updates_per_s = progress.rates(step, self.learner.num_updates)
-        every_task = torch.arange(len(self.suite.tasks), device=self.device)
-        alphas = self.learner.alpha(every_task).detach().exp().cpu().numpy()  # one shared, or one per task
-        restarts = sum(g[1] for g in gathered)
-        lags = [lag for g in gathered for lag in g[3]]
-        scalars = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s, **self.losses,
-                   "perf/lr_factor": self.learner.lr_factor(),
-                   "actors/restarts": restarts, **({"actors/policy_lag": np.mean(lags)} if lags else {}),
-                   **{f"actors/steps/actor{a}": n for g in gathered for a, n in g[2].items()},
-                   **{f"alpha/{task.name}": alphas[task.index] for task in self.suite.tasks}}
-        scalars.update({f"sync/{k}": v for k, v in self.learner.synchronizer.stats().items() if v is not None})
-        eta = progress.eta(*steps_left(self.stages, self.step, self.cfg.sac.warmup_steps_per_task))
-        if eta is not None:
-            scalars["perf/eta_hours"] = eta / 3600
-        self.runlog.scalars(step, scalars)
-        by_task = defaultdict(list)
-        for rank_episodes, *_ in gathered:
-            for task, eps in rank_episodes.items():
-                by_task[task] += eps
-        train_success = self.runlog.episodes(step, [
-            {"task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success), "return": float(e.ret)}
-            for t, eps in sorted(by_task.items()) for e in eps])
-        line = progress.line(step, steps_per_s, updates_per_s, train_success, self.runlog.eval_success, eta,
-                             progress.bound())
-        progress.show(line + (f" | actor restarts {restarts}" if restarts else ""))
+        lags, self.lags = self.lags, []
+        self.telemetry.training(self.step, progress, self.learner, self.losses,
+                                steps_left(self.stages, self.step, self.cfg.sac.warmup_steps_per_task),
+                                episodes, self.restarts(), self.steps_by_actor, lags)
 
     def close(self) -> None:
+        """Every part is closed even if closing another fails: a worker left running would block
+        the interpreter's exit (it joins daemon processes, which ignore SIGTERM here)."""
         for part in (self.source, self.evaluator, self.runlog):
             if part is not None:
-                part.close()
+                try:
+                    part.close()
+                except Exception as e:  # the run is ending: say so, and close the next part anyway
+                    self.log(f"closing {type(part).__name__} failed: {type(e).__name__}: {e}")

@@ -8,8 +8,9 @@ import json
 from metrics.runs import Run
 
 # Config keys that do not change what is learned: runs differing only here are seeds of one method.
+# `launch`: how the run was started (learner ranks, torchrun's run id: W ranks train as one learner does).
 NOT_METHOD_KEYS = ("run.seed", "run.device", "run.threads", "run.checkpoint_every", "run.keep_checkpoints",
-                   "run.log_every", "runtime", "versions", "replay.device", "sac.compile")
+                   "run.log_every", "runtime", "versions", "replay.device", "sac.compile", "launch")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

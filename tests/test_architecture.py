@@ -220,6 +220,7 @@ def test_a_new_trunk_is_one_class_and_one_registry_line(monkeypatch):
     assert set(HEADS) == {"single", "multi", "hyper"} and set(TRUNKS) >= {"mlp", "hyper"}
 
 
+@pytest.mark.integration
 def test_no_behaviour_change_pinned_evaluations(tmp_path):
     """The refactoring into seats changed no result: on a fixed seed, a multi-task and a continual
     (EWC) pointmass run give bit for bit the evaluations the code before it gave (pinned in

@@ -118,12 +118,14 @@ def test_resume_missing_dir(tmp_path):
     _assert_user_error(train_in_process("--resume", tmp_path / "nope"), "cannot resume", "no config.yaml")
 
 
+@pytest.mark.integration
 def test_resume_without_checkpoint(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     shutil.rmtree(run / "checkpoints")
     _assert_user_error(train_in_process("--resume", run), "no checkpoint")
 
 
+@pytest.mark.integration
 def test_resume_corrupt_checkpoint_changes_nothing(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     latest = sorted((run / "checkpoints").glob("*.pt"))[-1]
@@ -133,6 +135,7 @@ def test_resume_corrupt_checkpoint_changes_nothing(finished_run, tmp_path):
     assert _snapshot(run) == before
 
 
+@pytest.mark.integration
 def test_resume_incompatible_checkpoint_version(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     latest = sorted((run / "checkpoints").glob("*.pt"))[-1]
@@ -142,6 +145,7 @@ def test_resume_incompatible_checkpoint_version(finished_run, tmp_path):
     _assert_user_error(train_in_process("--resume", run, "--steps", 800), "incompatible checkpoint", "version 99")
 
 
+@pytest.mark.integration
 def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     config = run / "config.yaml"
@@ -151,10 +155,12 @@ def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
     assert _snapshot(run) == before
 
 
+@pytest.mark.integration
 def test_resume_rejects_config_changes(finished_run):
     _assert_user_error(train_in_process("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps, --device")
 
 
+@pytest.mark.integration
 def test_resume_malformed_saved_config(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path)
     (run / "config.yaml").write_text("env: [unclosed\n")

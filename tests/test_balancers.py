@@ -78,6 +78,7 @@ def test_a_learner_update_with_a_combiner_draws_what_the_means_draws(cuda_reseed
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the CUDA generators' states")
+@pytest.mark.gpu
 def test_a_combiner_leaves_the_cuda_generators_alone():
     torch.cuda.init()
     before = torch.cuda.get_rng_state_all()
@@ -387,6 +388,7 @@ def test_actor_weight_decay_and_gradient_clipping_act():
             assert norm <= bound if bound else norm > 1e-2
 
 
+@pytest.mark.integration
 def test_a_run_with_every_stabilizer_and_a_combiner(tmp_path):
     """End to end on pointmass: PCGrad with Kurin's stabilizers (one shared temperature, which
     takes the mean, reward normalisation, actor weight decay) and gradient clipping trains, logs

@@ -50,6 +50,8 @@ class _Runs(dict):
     """name -> Run, and .dirs: name -> run directory."""
 
 
+@pytest.mark.integration
+@pytest.mark.multiproc
 def test_continual_run_records_schedule_and_evaluates_every_task_at_every_stage_end(pm2_runs):
     run = pm2_runs["none"]
     assert run.tasks == ("reach-e", "reach-w")
@@ -67,6 +69,8 @@ def test_continual_run_records_schedule_and_evaluates_every_task_at_every_stage_
 LAST_K = 2  # evaluations averaged at a window's end (5 per stage here: CW's 5 would reach back to the start)
 
 
+@pytest.mark.integration
+@pytest.mark.multiproc
 def test_finetuning_forgets_the_first_task(pm2_runs):
     run = pm2_runs["none"]
     learned = continual.value_at_end(run, "reach-e", run.training_window("reach-e"), LAST_K)
@@ -75,6 +79,8 @@ def test_finetuning_forgets_the_first_task(pm2_runs):
 
 
 @pytest.mark.parametrize("method", [m for m in RUNS if not m.startswith("none")])
+@pytest.mark.integration
+@pytest.mark.multiproc
 def test_every_method_forgets_less_than_finetuning_and_still_learns_the_new_task(pm2_runs, method):
     baseline = pm2_runs["none-hyper" if method == "hnet" else "none"]
     run = pm2_runs[method]
@@ -91,6 +97,8 @@ def _updates(run) -> int:
 
 
 @pytest.mark.parametrize("method, save_replay", [("replay", False), ("ewc", True)])
+@pytest.mark.integration
+@pytest.mark.multiproc
 def test_continual_run_killed_at_a_boundary_and_mid_stage_resumes_as_if_never_stopped(tmp_path, pm2_runs, method,
                                                                                        save_replay):
     """SIGKILL right after the checkpoint at the stage boundary (1,000), resume, SIGKILL right
@@ -127,6 +135,7 @@ def test_continual_run_killed_at_a_boundary_and_mid_stage_resumes_as_if_never_st
         assert (run / "checkpoints" / "rehearsal" / "task-0000.pt").is_file()
 
 
+@pytest.mark.integration
 def test_single_task_reference_mode_writes_one_run_per_task(tmp_path):
     root = tmp_path / "refs"
     result = train_in_process("--suite", "pointmass", "--sequence", "reach-e:400,reach-w,reach-e",
@@ -142,6 +151,7 @@ def test_single_task_reference_mode_writes_one_run_per_task(tmp_path):
     assert evallog.read(root / "reach-w" / "evals.jsonl")[-1]["step"] == 300
 
 
+@pytest.mark.integration
 def test_cw10_is_in_v3_names_and_a_short_metaworld_sequence_covers_every_stage(tmp_path):
     """Every CW10 task is a Meta-World v3 env; a short continual run on its first three tasks
     trains each stage and evaluates every task at every stage end (the full CW10 would spend a

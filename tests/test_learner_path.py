@@ -50,6 +50,7 @@ def test_device_replay_samples_the_host_replays_batches(normalize):
     assert device.nbytes() == 2 * 100 * (5 + 2 + 1 + 5 + 1) * 4  # two tasks' full rings of float32 rows
 
 
+@pytest.mark.integration
 def test_runs_with_the_replay_on_the_learner_device_give_the_pinned_evaluations(tmp_path):
     """The multi-task and the continual (EWC: importances read replay rows) pointmass runs whose
     evaluations tests/data/pinned_evals.json pins give the same numbers bit for bit with the
@@ -107,6 +108,7 @@ def _compare(device, mode, updates=4, **sac):
     assert all(not torch.equal(p, q) for p, q in zip(initial, compiled.actor.parameters()))  # it did learn
 
 
+@pytest.mark.integration
 def test_compiled_update_matches_the_eager_update_on_cpu():
     """torch.compile (Inductor, C++ on this CPU) of the critic and actor passes, with an auxiliary
     loss on the critic's features: losses and networks equal the eager learner's after 4 updates."""
@@ -118,12 +120,14 @@ def test_compiled_update_matches_the_eager_update_on_cpu():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.gpu
 def test_cuda_graph_update_matches_the_eager_update_on_the_gpu():
     """mode reduce-overhead (the passes replayed as CUDA graphs) against eager CUDA updates."""
     _compare(torch.device("cuda"), "reduce-overhead", updates=6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.gpu
 def test_device_replay_on_the_gpu_samples_the_host_replays_batches():
     host = MultiTaskReplay(3, 100, 5, 2, normalize_rewards=True)
     device = DeviceReplay(3, 100, 5, 2, torch.device("cuda"), normalize_rewards=True)
@@ -134,6 +138,8 @@ def test_device_replay_on_the_gpu_samples_the_host_replays_batches():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.gpu
+@pytest.mark.integration
 def test_pointmass_learns_on_the_gpu_with_compiled_passes(tmp_path):
     result = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--eval-every", 6000,
                               "--device", "cuda", "--set", "sac.compile=reduce-overhead", "--set", "eval.goals=5",
@@ -148,6 +154,7 @@ def test_pointmass_learns_on_the_gpu_with_compiled_passes(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
+@pytest.mark.gpu
 def test_weight_publisher_hands_over_every_copy_it_starts_and_the_weights_of_its_version():
     """A GPU learner's weights reach the actors through one pinned copy at a time: every copy
     started is published once it has arrived (none dropped while the GPU runs behind), and what

@@ -1,9 +1,12 @@
 """Multi-task SAC learns the pointmass suite: mean eval success rises from ~0 to >= 0.8."""
 
+import pytest
+
 from metrics import evallog
 from tests.conftest import scalars, train_in_process
 
 
+@pytest.mark.integration
 def test_pointmass_multitask_success_rises(tmp_path):
     run = tmp_path / "run"
     proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--eval-every", 2000,

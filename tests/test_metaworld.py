@@ -14,6 +14,7 @@ MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3"
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 
 
+@pytest.mark.integration
 def test_mt10_builds_with_metaworld_goals_and_cache(monkeypatch):
     suite = make_suite("metaworld", "MT10", seed=3)
     assert suite.task_names == MT10 and suite.obs_dim == 39 and suite.action_dim == 4
@@ -62,6 +63,7 @@ def test_env_seeding_goals_and_success_flag():
     assert env_a.reset()[1]["goal"] == env_b.reset()[1]["goal"]
 
 
+@pytest.mark.integration
 def test_mt10_short_training_run_logs_every_task(tmp_path):
     run = tmp_path / "run"
     proc = train_in_process("--suite", "metaworld", "--backend", "single", "--tasks", "MT10", "--steps", 300,

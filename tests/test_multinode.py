@@ -20,6 +20,8 @@ from launch import checkpoint
 from metrics import evallog
 from tests.conftest import REPO, TRAIN, Lines, train_in_process
 
+pytestmark = [pytest.mark.multiproc, pytest.mark.integration]
+
 PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
 # run.threads=1: one torchrun agent with 2 ranks and two agents with 1 rank each would otherwise size
 # the learner's threads differently (1 vs 2), and a reduction split over 2 threads rounds differently.

@@ -39,6 +39,8 @@ def runs(tmp_path_factory):
     return root, procs
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_report_writes_every_file(runs, tmp_path):
     root, _ = runs
     out = tmp_path / "report"
@@ -75,6 +77,8 @@ def test_report_writes_every_file(runs, tmp_path):
     assert len(matrix["by_evaluation"]) == 2 and len(matrix["by_evaluation"][0]) == 5
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_methods_are_grouped_side_by_side(runs, tmp_path):
     root, _ = runs
     out = tmp_path / "report"
@@ -86,6 +90,8 @@ def test_methods_are_grouped_side_by_side(runs, tmp_path):
     assert all(label in (out / "report.md").read_text() for label in groups)
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_round_trip_through_l2logger(runs, tmp_path):
     root, _ = runs
     run = read_run(root / "mt-seed1")
@@ -103,6 +109,8 @@ def test_round_trip_through_l2logger(runs, tmp_path):
         assert np.isclose(direct["lifetime"][name], via_log["lifetime"][name], equal_nan=True), name
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_l2metrics_scores_our_exported_run(runs, tmp_path, monkeypatch):
     """The l2metrics tool runs on our export and agrees with our metrics, STE data included."""
     np.NaN = np.nan  # l2metrics 3.1.0 refers to the alias NumPy 2 removed
@@ -127,6 +135,8 @@ def test_l2metrics_scores_our_exported_run(runs, tmp_path, monkeypatch):
     assert not np.isnan(ours["lifetime"]["ste_rel_perf"]) and not np.isnan(ours["lifetime"]["sample_efficiency"])
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_run_ends_with_metrics_in_terminal_and_tensorboard(runs):
     root, procs = runs
     assert "metrics: final success" in procs["mt1"].stdout
@@ -137,6 +147,8 @@ def test_run_ends_with_metrics_in_terminal_and_tensorboard(runs):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "no_evals", "bad_config", "bad_evals", "bad_flag"])
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_bad_run_dirs_get_one_line_and_exit_2(runs, tmp_path, case):
     root, _ = runs
     target = tmp_path / "run"
@@ -159,6 +171,8 @@ def test_bad_run_dirs_get_one_line_and_exit_2(runs, tmp_path, case):
     assert not (tmp_path / "out").exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_default_output_goes_into_the_run_dir(runs, tmp_path):
     root, _ = runs
     run = tmp_path / "copy"

@@ -345,12 +345,16 @@ def _success(run_dir, step):
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_every_encoder_learns_the_pointmass_suite(encoder_runs, name):
     first, last = _success(encoder_runs / name, 0), _success(encoder_runs / name, STEPS)
     assert first <= 0.2 and last >= 0.8, (name, first, last)
 
 
 @pytest.mark.parametrize("aux", ["reward", "dynamics", "inverse", "pvn"])
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_each_auxiliary_loss_decreases_and_is_logged_on_its_own(encoder_runs, aux):
     values = [v for _, v in scalars(encoder_runs / "aux" / "tb", f"loss/aux/{aux}")]
     assert len(values) >= 5

@@ -6,6 +6,7 @@ import re
 import signal
 import time
 
+import pytest
 import torch
 
 from launch import checkpoint
@@ -19,6 +20,8 @@ def _eval_steps(run):
     return [r["step"] for r in evallog.read(run / "evals.jsonl")]
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_resume_after_sigkill_continues_without_gaps_or_duplicates(tmp_path):
     run = tmp_path / "run"
     proc = start_train("--suite", "pointmass", "--backend", "single", "--steps", STEPS, "--eval-every", EVAL_EVERY,
@@ -59,6 +62,7 @@ def test_resume_after_sigkill_continues_without_gaps_or_duplicates(tmp_path):
     assert final["learner"]["num_updates"] > 0
 
 
+@pytest.mark.integration
 def test_resume_refills_the_replay_before_updating(tmp_path):
     """The replay buffer is not checkpointed: after --resume, updates wait until every task holds
     its warm-up's worth again (300 transitions each, 1,200 env steps on PM4), then go on at the
@@ -77,6 +81,7 @@ def test_resume_refills_the_replay_before_updating(tmp_path):
     assert "steps: 3200" in (run / "config.yaml").read_text()
 
 
+@pytest.mark.integration
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     proc = train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 6000, "--run-dir", run,
@@ -95,6 +100,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path):
     assert rows and all(math.isfinite(r["return"]) for r in rows)
 
 
+@pytest.mark.integration
 def test_checkpoint_holds_everything_to_resume(tmp_path):
     run = tmp_path / "run"
     assert train_in_process("--suite", "pointmass", "--backend", "single", "--steps", 400, "--run-dir", run,

@@ -25,6 +25,8 @@ def _episodes(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_rllib_sac_with_our_module_learns_pm4_and_reports(tmp_path):
     run = tmp_path / "sac"
     proc = train_in_process("--engine", "rllib", "--suite", "pointmass", "--steps", 2400, "--eval-every", 800,
@@ -56,6 +58,8 @@ def test_rllib_sac_with_our_module_learns_pm4_and_reports(tmp_path):
     assert "run.engine=rllib" in text and "run.engine=polytask" in text
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_rllib_ppo_runs_two_iterations_resumes_from_its_checkpoint_and_reports(tmp_path):
     run = tmp_path / "ppo"
     ppo = ("--set", "rllib.ppo_batch_size=256", "--set", "rllib.ppo_minibatch_size=64", "--set", "rllib.ppo_epochs=2",
@@ -87,6 +91,8 @@ def _continual_pm2(run: Path, method: str, steps_per_task: int, *settings: str) 
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_rllib_continual_pm2_switches_tasks_at_the_boundary_and_ewc_penalizes_stage_two(tmp_path):
     run = tmp_path / "ewc"
     _continual_pm2(run, "ewc", 384, "--set", "run.log_every=64")
@@ -99,6 +105,8 @@ def test_rllib_continual_pm2_switches_tasks_at_the_boundary_and_ewc_penalizes_st
     assert penalty and min(step for step, _ in penalty) > 384 and all(v > 0 for _, v in penalty)
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_rllib_packnet_keeps_the_first_tasks_network_bit_for_bit(tmp_path):
     """PackNet inside RLlib's learner: after stage 2, task 1 is evaluated with the weights stage 1
     kept (masked gradients, restored weights), so its evaluation repeats exactly."""
@@ -169,6 +177,7 @@ def local_algo(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.mark.multiproc
 def test_rllib_learner_trains_the_auxiliary_head_and_env_runner_gets_the_policy(local_algo):
     learner = local_algo.learner_group._learner
     module = learner.module["default_policy"]
@@ -193,6 +202,7 @@ def test_rllib_learner_trains_the_auxiliary_head_and_env_runner_gets_the_policy(
     assert all(np.array_equal(runner_state[k], learner_state[k]) for k in runner_state)
 
 
+@pytest.mark.multiproc
 def test_rllib_policy_picks_its_per_task_head_by_the_one_hot(local_algo):
     module = local_algo.learner_group._learner.module["default_policy"]
     state = torch.tensor([[0.1, -0.2]])

@@ -10,15 +10,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from metrics import evallog
 from tests.conftest import TRAIN, Lines, run_train, scalars
+
+pytestmark = [pytest.mark.multiproc]
 
 PM4 = ["reach-e", "reach-n", "reach-s", "reach-w"]
 
 
+# A shell's foreground job gets SIGINT with its default action; a child inherits an ignored SIGINT
+# from its parent (and Python then installs no KeyboardInterrupt handler), so train.py is started
+# with the default action restored, whatever the test process's disposition is.
+_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def _start(args, env=None, **kwargs):
-    proc = subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(), **kwargs)
+    proc = subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGINT, sys.executable, str(TRAIN), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
+                            **kwargs)
     return proc, Lines(proc.stdout)
 
 
@@ -52,6 +64,7 @@ def _assert_learned_with_two_actors(run, proc):
     assert _final_success(run) >= 0.8, rows[-4:]
 
 
+@pytest.mark.integration
 def test_local_actor_processes_learn(tmp_path):
     run = tmp_path / "run"
     proc = run_train("--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 8010,
@@ -62,6 +75,7 @@ def test_local_actor_processes_learn(tmp_path):
     assert max(r["step"] for r in evallog.read(run / "evals.jsonl")) == 8010
 
 
+@pytest.mark.integration
 def test_ray_actors_learn_survive_a_lost_actor_and_write_nothing_outside_temp_dirs(tmp_path):
     # Short paths: Ray's unix sockets live under TMPDIR and must stay under ~100 characters.
     with tempfile.TemporaryDirectory(prefix="pt-", dir="/tmp") as scratch:
@@ -113,6 +127,7 @@ def test_actors_block_when_the_learner_does_not_read():
         pool.close()
 
 
+@pytest.mark.integration
 def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     run = tmp_path / "run"
     # 8,000 steps: actors run ahead during warm-up (a killed actor's buffered chunks are still
@@ -133,6 +148,23 @@ def test_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert scalars(run / "tb", "actors/restarts")[-1][1] == 1
 
 
+def _describe(pids: list[int]) -> str:
+    """Each process's state, kernel wait channel and command line, and its threads' wait channels."""
+    rows = []
+    for pid in pids:
+        proc = Path("/proc") / str(pid)
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            threads = [(t / "wchan").read_text() for t in (proc / "task").iterdir()]
+            ignored = next(line.split()[1] for line in (proc / "status").read_text().splitlines()
+                           if line.startswith("SigIgn:"))
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:160].decode(errors="replace")
+            rows.append(f"{pid} {state} ignoring signals {ignored} threads waiting in {threads}: {command}")
+        except OSError:
+            continue
+    return "\n".join(rows)
+
+
 def _session_processes(sid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -147,6 +179,7 @@ def _session_processes(sid: int) -> list[int]:
     return found
 
 
+@pytest.mark.integration
 def test_ctrl_c_shuts_everything_down(tmp_path):
     run = tmp_path / "run"
     proc, lines = _start(["--suite", "pointmass", "--backend", "local", "--actors", 2, "--steps", 10**7,
@@ -155,7 +188,12 @@ def test_ctrl_c_shuts_everything_down(tmp_path):
     lines.wait_for(lambda s: s.startswith("step "))
     assert len(_session_processes(proc.pid)) >= 4  # learner, 2 actors, evaluator
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:  # say what is stuck (60 s ran out in 2 of 3 full-suite runs, 2026-12-04)
+        stuck = _describe(_session_processes(proc.pid))
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"no exit 120 s after Ctrl-C:\n{stuck}\nstderr: {proc.stderr.read()[-2000:]}") from None
     assert proc.returncode == 130
     assert "Traceback" not in proc.stderr.read()
     deadline = time.time() + 10

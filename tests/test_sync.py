@@ -88,6 +88,8 @@ def _expected_qsr_averages(total, warmup, base, alpha, h_min):
     return expected
 
 
+@pytest.mark.multiproc
+@pytest.mark.integration
 def test_local_sgd_and_qsr_on_two_ranks(tmp_path):
     """2 torchrun ranks on different data (with auxiliary heads and PVN's target heads): every
     learned tensor differs between averages and is equal right after each; 1,000 updates make 1/4
@@ -118,6 +120,7 @@ def test_local_sgd_and_qsr_on_two_ranks(tmp_path):
         assert r["reason"] == "a non-finite temperature on rank 1"
 
 
+@pytest.mark.multiproc
 def test_every_step_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_path):
     """3 tasks on 2 ranks (2 + 1): the synced gradient equals one process's gradient of the mean
     over all tasks; plain averaging of the ranks' means would weight task 1 twice as much. Then

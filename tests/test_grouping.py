@@ -1,0 +1,28 @@
+"""Which runs are seeds of one method (metrics/grouping.py): configs that differ only in seed and
+in how the run was executed group together; a learning setting splits them."""
+
+import numpy as np
+
+from metrics.grouping import group_runs
+from metrics.runs import Run
+
+
+def _run(seed: int, **config) -> Run:
+    tree = {"env": {"suite": "pointmass", "tasks": "PM4"}, "run": {"seed": seed}, "sac": {"actor_lr": 1e-3},
+            **config}
+    return Run(tasks=("reach-e",), steps=np.array([0]), success=np.zeros((1, 1)), returns=np.zeros((1, 1)),
+               schedule=(), seed=seed, config=tree)
+
+
+def test_runs_differing_in_seed_and_launch_are_one_method():
+    torchrun = {"launch": {"world_size": 2, "elastic_run_id": "abc"}}
+    runs = [_run(0, **torchrun), _run(1, launch={"world_size": 2, "elastic_run_id": "def"}),
+            _run(2, launch={"world_size": 1, "elastic_run_id": None}), _run(3, runtime={"backend": "ray"})]
+    (group,) = group_runs(runs).values()
+    assert [r.seed for r in group] == [0, 1, 2, 3]
+
+
+def test_a_learning_setting_splits_the_groups():
+    groups = group_runs([_run(0), _run(1), _run(0, sac={"actor_lr": 3e-4})])
+    assert sorted(len(g) for g in groups.values()) == [1, 2]
+    assert any("sac.actor_lr=0.0003" in label for label in groups)
