@@ -287,9 +287,9 @@ class Trainer:
             polled = time.perf_counter()
             chunks = self.source.poll(timeout=1.0)
             polled = time.perf_counter() - polled
-            new_steps = 0
+            new_steps, local_end = 0, self._local_end(stage)
             for chunk in chunks:
-                room = self._local_end(stage) - self.local_step - new_steps
+                room = local_end - self.local_step - new_steps
                 if room > 0:  # a stage ends exactly at its budget: later experience is dropped
                     new_steps += self._ingest(chunk.head(room), episodes)
             self.local_step += new_steps
