@@ -72,7 +72,7 @@ class LearnerHook:
 
 class Synchronizer:
     """Keeps data-parallel learners identical. This one is for a single learner: it does nothing.
-    launch/distributed.py and launch/local_sgd.py implement it for torchrun ranks."""
+    launch/distributed/ranks.py and launch/distributed/local_sgd.py implement it for torchrun ranks."""
 
     local_optimizer_state = False  # True: ranks' optimizer states differ (each checkpoints its own)
 

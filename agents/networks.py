@@ -233,7 +233,7 @@ def task_axes(module: nn.Module) -> dict[str, tuple[int, int]]:
     """{parameter name: (axis, block)} of every parameter of `module` that holds one slice per task:
     task t's entries are [t * block, (t + 1) * block) along `axis`, and only task t's loss trains
     them (per-task heads, task embeddings, MOORE's task weights). Data-parallel ranks that own
-    different tasks keep each slice from its owner (launch/local_sgd.py). Declared by each module's
+    different tasks keep each slice from its owner (launch/distributed/local_sgd.py). Declared by each module's
     `task_axes()`; a shared hypernetwork (trained by every task) is not per task."""
     axes = {}
     for prefix, sub in module.named_modules():

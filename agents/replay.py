@@ -230,7 +230,7 @@ class DeviceReplay(MultiTaskReplay):
 
 
 def make_replay(cfg, num_tasks: int, obs_dim: int, action_dim: int, learner_device: torch.device) -> MultiTaskReplay:
-    """The replay `cfg` (launch/config.py: ReplayConfig) asks for: on the host, or on the learner's
+    """The replay `cfg` (launch/config/__init__.py: ReplayConfig) asks for: on the host, or on the learner's
     device (replay.device: host | learner | auto = the learner's device when it is a GPU)."""
     on_device = cfg.device == "learner" or (cfg.device == "auto" and learner_device.type == "cuda")
     if on_device:

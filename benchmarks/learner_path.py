@@ -111,7 +111,7 @@ def collection(args) -> None:
     import torch
 
     from agents.sac.config import SACConfig
-    from launch.actor import Actor, ActorSpec
+    from launch.actors.actor import Actor, ActorSpec
 
     torch.set_num_threads(1)
     rows = []

@@ -8,7 +8,7 @@ sac:        reach-v3 with the settings of our SAC-vs-SB3 row (MLP 256x256, batch
             env step, Adam 3e-4, gamma 0.99, tau 0.005, init alpha 1.0, 1 torch thread, sampling
             in the training process): training env-steps/s of our loop (--backend single),
             RLlib SAC with its default module, and RLlib SAC with our module (SACModule +
-            SACLearner); the three alternate within each repeat. Median of repeats.
+            RLlibSACLearner); the three alternate within each repeat. Median of repeats.
             (RLlib samples with its policy, not uniformly at random, during the warm-up.)
 profile:    where RLlib SAC's time goes in the `sac` setting (cProfile, ms per update, profiler
             overhead included), default module vs ours.
@@ -134,8 +134,8 @@ def sac(args) -> None:
 def collect_ours(seconds: float, seed: int) -> float:
     from agents.networks import build_policy
     from agents.sac.config import SACConfig
-    from launch.actor import ActorSpec
-    from launch.local_actors import LocalActorPool
+    from launch.actors.actor import ActorSpec
+    from launch.actors.local import LocalActorPool
     sac_cfg = SACConfig()
     policy = build_policy(sac_cfg, 39, 4, 10)
     flat = torch.nn.utils.parameters_to_vector(policy.parameters()).detach()

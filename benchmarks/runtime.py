@@ -34,8 +34,8 @@ def collection(args) -> None:
     from agents.sac.config import SACConfig
     from benchmarks.raw_metaworld import raw_steps_per_s
     from envs import make_suite
-    from launch.actor import ActorSpec
-    from launch.local_actors import LocalActorPool
+    from launch.actors.actor import ActorSpec
+    from launch.actors.local import LocalActorPool
 
     suite = make_suite("metaworld", "MT10", 0)
     sac = SACConfig()

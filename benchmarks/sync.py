@@ -46,8 +46,8 @@ def worker(args) -> None:
     from agents.replay import Batch
     from agents.sac import SACConfig, SACLearner
     from launch.config import SyncConfig
-    from launch.distributed import init_from_env
-    from launch.local_sgd import make_synchronizer
+    from launch.distributed import make_synchronizer
+    from launch.distributed.ranks import init_from_env
 
     torch.set_num_threads(1)
     rank_dist = init_from_env()

@@ -83,3 +83,14 @@ def load_latest(ckpt_dir: Path) -> dict:
 def rehearsal_path(ckpt_dir: Path, task: int) -> Path:
     """Where a rehearsing strategy's kept replay of a finished task is written, once."""
     return ckpt_dir / "rehearsal" / f"task-{task:04d}.pt"
+
+
+def to_device(tree, device: torch.device):
+    """A checkpoint's nested dicts/lists of tensors, moved to `device`."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree

@@ -21,7 +21,7 @@ from agents import seeding
 from agents.networks import build_policy
 from agents.sac.config import SACConfig
 from envs.evaluation import evaluate
-from launch.local_actors import signals_ignored_by_children
+from launch.actors.processes import signals_ignored_by_children
 
 
 class _Evaluation:
@@ -150,3 +150,8 @@ class EvaluatorWorker:
             self.process.kill()
             self.process.join()
 
+
+def make_evaluator(cfg):
+    """Inline for `single` (no process of its own), else an evaluator process beside the learner."""
+    args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy)
+    return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)

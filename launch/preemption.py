@@ -1,10 +1,10 @@
 """SIGTERM as a request to stop: clusters preempt jobs with SIGTERM and a grace period (torchrun's
 agent forwards it to every rank and waits 30 s before SIGKILL). While a trainer runs, SIGTERM
 only sets a flag; the training loop reads it once per iteration, every rank learns of any
-rank's request in the same all-gather (launch/distributed.py: sync_counts), and all ranks then
+rank's request in the same all-gather (launch/distributed/ranks.py: sync_counts), and all ranks then
 finish the iteration's update round, average (local SGD), write a checkpoint at the current
 step and stop (launch/trainer.py). Actor and evaluator processes ignore SIGTERM from birth
-(launch/local_actors.py): the learner shuts them down."""
+(launch/actors/local.py): the learner shuts them down."""
 
 from __future__ import annotations
 

@@ -90,9 +90,9 @@ def main(argv=None) -> int:
     tmp = None
     try:
         args = parse_args(argv)
+        from metrics.documents import write_report
         from metrics.grouping import group_runs
         from metrics.l2logger_io import export_run
-        from metrics.report import write_report
         from metrics.runs import read_run
         from metrics.summary import ReportSettings, compute
 

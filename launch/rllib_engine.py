@@ -10,7 +10,7 @@ The config tree maps onto RLlib's (integrations/rllib/ holds the parts):
   runtime.actors  remote env runners (Ray actors; their modules are inference-only: the policy);
                0: the driver's own env runner samples
   sac.*        SAC: our SACModule (integrations/rllib/modules.py) with RLlib's SAC loss, through our
-               SACLearner (integrations/rllib/learners.py: auxiliary losses, continual strategy);
+               RLlibSACLearner (integrations/rllib/learners.py: auxiliary losses, continual strategy);
                lrs, gamma, tau, init_alpha, target_entropy, batch = batch_size_per_task x tasks,
                learning starts after warmup_steps_per_task x tasks env steps, and RLlib's
                training_intensity set so that the updates per env step equal ours
@@ -23,7 +23,7 @@ The config tree maps onto RLlib's (integrations/rllib/ holds the parts):
                current weights in the driver, every eval.every env steps; checkpoints every
                run.checkpoint_every through RLlib's save_to_path.
 
-The run directory is ours (launch/runlog.py): config.yaml (with the schedule), evals.jsonl,
+The run directory is ours (metrics/runlog.py): config.yaml (with the schedule), evals.jsonl,
 episodes.jsonl (the env's per-episode records via integrations/rllib/callbacks.py), tb/,
 learners.json (per-task env steps per stage), so launch/report.py reads it like any run.
 
@@ -54,7 +54,7 @@ import torch
 from agents import seeding
 from integrations.rllib.algorithm import algorithm_config, build_algo, env_runners
 from launch.errors import TrainingDiverged, UserError
-from launch.progress import Progress, format_duration
+from launch.telemetry import Progress, format_duration
 
 SUPPORTED_METHODS = ("none", "l2", "ewc", "online-ewc", "mas", "packnet")
 CKPT_DIR = "rllib_checkpoints"
@@ -162,7 +162,7 @@ class RLlibRun:
 
     def _build(self, state: dict | None) -> None:
         from launch.evaluator import _Evaluation
-        from launch.runlog import RunLog
+        from metrics.runlog import RunLog
 
         cfg = self.cfg
         self.algo = build_algo(self.config, self.temp_dir)

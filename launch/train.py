@@ -37,8 +37,8 @@ if __package__ in (None, ""):  # `python launch/train.py` from a checkout
 import yaml
 
 from launch.config import Config, build_config, load_run_config, plan_schedule, single_task_configs
+from launch.config.overrides import set_key, to_dict
 from launch.errors import Preempted, TrainingDiverged, UserError
-from launch.overrides import set_key, to_dict
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,8 +175,8 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
     removed again if it fails before the run really started."""
     from envs import make_suite  # heavy imports after the cheap checks
     from launch.preemption import sigterm_requests_stop
-    from launch.runlog import write_config
     from launch.trainer import Trainer
+    from metrics.runlog import write_config
     created, trainer = False, None
     stack = contextlib.ExitStack()
     try:
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     run_dir, dist = None, None
     try:
         args = parse_args(argv)
-        from launch.distributed import init_from_env
+        from launch.distributed.ranks import init_from_env
 
         dist = init_from_env(args.dist_timeout)  # one process unless started by torchrun
         dist.check_same_launch(launch_signature(argv))

@@ -1,7 +1,7 @@
 """The learner runtime: experience from actors -> replay -> SAC updates -> weights -> actors,
 with evaluation, logging and checkpoints on step boundaries. One loop serves every backend
-(launch/backends.py: the loop itself, actor processes, Ray actors) and, under torchrun, every
-rank runs it on its shard of the tasks (launch/distributed.py).
+(launch/actors/: the loop itself, actor processes, Ray actors) and, under torchrun, every
+rank runs it on its shard of the tasks (launch/distributed/ranks.py).
 
 Stages: a run trains a schedule of stages (continual/schedule.py). A multi-task run is one stage
 of every task, ending exactly at run.steps (with W learner ranks, each rank ingests its share
@@ -24,7 +24,7 @@ Learner hooks (agents/hooks.py): the continual strategy and the auxiliary tasks
 
 Resume contract: a checkpoint at step S holds everything logged at steps <= S (pending
 evaluations are awaited and TensorBoard flushed before it is written). On resume from S, the run
-log drops what was logged after S (launch/runlog.py), so nothing is duplicated or missing. A
+log drops what was logged after S (metrics/runlog.py), so nothing is duplicated or missing. A
 rehearsing strategy's earlier tasks' replay is restored from the files written at the end of
 their stages (launch/checkpoint.py).
 
@@ -56,23 +56,17 @@ from continual.schedule import Schedule, Stage, UpdateCredit, planned_updates, s
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
 from launch import checkpoint, preemption, trainer_state
-from launch.actor import Chunk
-from launch.backends import (
-    WeightPublisher,
-    actor_specs,
-    free_cores,
-    make_actor_source,
-    make_evaluator,
-    plan_workers,
-    resolve_device,
-)
+from launch.actors import actor_specs, make_actor_source
+from launch.actors.actor import Chunk
+from launch.actors.weights import WeightPublisher
 from launch.config import Config
-from launch.distributed import Dist
+from launch.distributed import make_synchronizer
+from launch.distributed.ranks import Dist
 from launch.errors import Preempted, TrainingDiverged, UserError
-from launch.local_sgd import make_synchronizer
-from launch.progress import Progress
-from launch.runlog import RunLog
-from launch.telemetry import Telemetry
+from launch.evaluator import make_evaluator
+from launch.machine import free_cores, plan_workers, resolve_device
+from launch.telemetry import Progress, Telemetry
+from metrics.runlog import RunLog
 
 
 def crossed(before: int, after: int, every: int) -> bool:
@@ -83,7 +77,7 @@ def crossed(before: int, after: int, every: int) -> bool:
 class Trainer:
     def __init__(self, cfg: Config, suite: Suite, run_dir: Path, resume: bool, dist: Dist = Dist(),
                  log=print, schedule: Schedule | None = None, discard_logs: bool = False):
-        """schedule: a continual run's stages (launch/config.py: plan_schedule); None: one stage of
+        """schedule: a continual run's stages (launch/config/__init__.py: plan_schedule); None: one stage of
         every task for run.steps. discard_logs: the run dir holds logs of an attempt that failed
         before its first checkpoint (an elastic restart): start them afresh."""
         self.cfg, self.suite, self.run_dir, self.dist, self.log = cfg, suite, run_dir, dist, log

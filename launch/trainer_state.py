@@ -18,7 +18,7 @@ import torch
 
 from continual.schedule import stage_at
 from launch import checkpoint
-from launch.backends import to_device
+from launch.checkpoint import to_device
 from launch.errors import UserError
 
 

@@ -85,6 +85,45 @@ def test_the_layer_check_can_fail(tmp_path):
     assert _imports(sample) == {"continual.strategies", "launch.trainer"}
 
 
+# Inside launch/: the actors know neither the loop nor the learner ranks; the config tree knows only
+# the error type; the machine (devices, cores, sizing) knows nothing of launch.
+LAUNCH_FORBIDDEN = {"launch.actors": {"launch.trainer", "launch.distributed", "launch.rllib_engine", "launch.train"},
+                    "launch.config": "all but launch.config and launch.errors",
+                    "launch.machine": "all of launch but launch.errors"}
+
+
+def _launch_violations(graph) -> list[tuple[str, str]]:
+    found = []
+    for module, targets in graph.items():
+        for target in (t for t in targets if t.startswith("launch.") and not t.startswith(module)):
+            if module.startswith("launch.actors"):
+                bad = any(target == f or target.startswith(f + ".") for f in LAUNCH_FORBIDDEN["launch.actors"])
+            elif module.startswith("launch.config"):
+                bad = not (target.startswith("launch.config") or target == "launch.errors")
+            elif module == "launch.machine":
+                bad = target != "launch.errors"
+            else:
+                bad = False
+            if bad:
+                found.append((module, target))
+    return found
+
+
+def test_layers_inside_launch():
+    assert _launch_violations(_module_graph()) == []
+    # ... and the check can fail: an actor that imports the loop, config reading the machine
+    assert _launch_violations({"launch.actors.local": {"launch.trainer"},
+                               "launch.config.validate": {"launch.machine"},
+                               "launch.machine": {"launch.actors"}}) == [
+        ("launch.actors.local", "launch.trainer"), ("launch.config.validate", "launch.machine"),
+        ("launch.machine", "launch.actors")]
+
+
+def test_launch_has_about_ten_modules_at_its_top():
+    top = sorted(p.stem for p in (REPO / "launch").glob("*.py") if p.stem != "__init__")
+    assert len(top) <= 10, top
+
+
 def test_no_module_over_about_400_lines():
     long = {str(p.relative_to(REPO)): n for package in ALLOWED for p in (REPO / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 430}

@@ -329,8 +329,8 @@ def test_rewards_are_normalised_per_task_when_sampled_and_stored_raw():
 # Kurin et al. 2022's MT10 runs: yobibyte/unitary-scalarization-dmtl @875031d, rl_experiments/mtrl/
 # configs_mt10/run_mtsac_mt10_buffer_rewnorm_4x_buf_actor_reg_3em4.sh (MT-SAC; MGDA:
 # run_mgda_mt10_buffer_rewnorm_4x_buf_def_lr.sh, mtrl/agent/mtl_optimizer.py:57) and the mtrl configs
-# they load (config/agent/components/metaworld_actor.yaml, config/agent/state_sac.yaml,
-# config/agent/optimizers/metaworld_*.yaml, config/experiment/metaworld.yaml).
+# they load (mtrl repo: mtrl/config/agent/components/metaworld_actor.yaml, mtrl/config/agent/state_sac.yaml,
+# mtrl/config/agent/optimizers/metaworld_*.yaml, mtrl/config/experiment/metaworld.yaml).
 KURIN_MT10 = {"num_envs": 10, "batch_size": 1280, "capacity": 4_000_000, "num_train_steps": 2_000_000,
               "init_steps": 1500, "actor_weight_decay": 3e-4, "num_layers": 3, "hidden_dim": 400,
               "log_std_bounds": (-20.0, 2.0), "lr": 3e-4, "discount": 0.99, "critic_tau": 0.005,
@@ -343,7 +343,7 @@ def test_kurin_preset_builds_their_learner():
     only, their sizes and rates; per row, their batch, buffer and step counts. Their MGDA run is
     the preset with balance.mgda_normalize=l2, the temperature by the mean and no actor decay."""
     k = KURIN_MT10
-    cfg = build_config("metaworld", "launch/presets/mt10-kurin.yaml")
+    cfg = build_config("metaworld", "launch/config/presets/mt10-kurin.yaml")
     assert cfg.env.tasks == "MT10" and cfg.balance.method == "mean"
     assert cfg.sac.batch_size_per_task * k["num_envs"] == k["batch_size"]
     assert cfg.replay.capacity_per_task * k["num_envs"] == k["capacity"] and cfg.replay.normalize_rewards
@@ -362,7 +362,7 @@ def test_kurin_preset_builds_their_learner():
     groups = [o.param_groups[0] for o in (learner.actor_optimizer, learner.critic_optimizer, learner.alpha_optimizer)]
     assert [g["weight_decay"] for g in groups] == [k["actor_weight_decay"], 0, 0]
     assert all(g["lr"] == k["lr"] for g in groups)
-    mgda_run = build_config("metaworld", "launch/presets/mt10-kurin.yaml",
+    mgda_run = build_config("metaworld", "launch/config/presets/mt10-kurin.yaml",
                             overrides=["balance.method=mgda", "balance.mgda_normalize=l2", "sac.actor_weight_decay=0"])
     learner = SACLearner(mgda_run.sac, 39, 4, k["num_envs"], torch.device("cpu"), balance=mgda_run.balance)
     assert [type(learner.balancers[n].aggregator) for n in ("critic", "actor")] == [UnitRows, UnitRows]

@@ -3,8 +3,8 @@
 import pytest
 
 from launch.config import Config, build_config, load_run_config
+from launch.config.overrides import to_dict
 from launch.errors import UserError
-from launch.overrides import to_dict
 
 
 def test_precedence_defaults_preset_file_flags_set(tmp_path):

@@ -159,7 +159,7 @@ def test_weight_publisher_hands_over_every_copy_it_starts_and_the_weights_of_its
     """A GPU learner's weights reach the actors through one pinned copy at a time: every copy
     started is published once it has arrived (none dropped while the GPU runs behind), and what
     is published is the policy as it was at that version."""
-    from launch.backends import WeightPublisher
+    from launch.actors.weights import WeightPublisher
 
     class Source:  # what an actor source's publish receives; weights() read later, as a pool may
         def __init__(self):

@@ -5,9 +5,10 @@ import io
 
 import torch
 
-from launch.backends import actor_specs, plan_workers
+from launch.actors import actor_specs
 from launch.config import build_config
-from launch.progress import Progress
+from launch.machine import plan_workers
+from launch.telemetry import Progress
 
 
 def test_eta_is_estimating_until_a_learning_rate_is_measured_then_adds_both_phases():
@@ -53,7 +54,7 @@ def _plan(device, cores, tasks, *overrides, suite="metaworld"):
 
 
 def test_workers_sized_to_the_machine():
-    """By hand, for the module docstring's rules (launch/backends.py). Sizing splits the run's envs
+    """By hand, for the module docstring's rules (launch/machine.py). Sizing splits the run's envs
     over actors and never changes their number (env.envs_per_task per task: part of the experiment)."""
     # GPU learner, 16 free cores, MT10: 14 cores for actors -> the largest divisor of 10 is 10 actors of
     # one task (one env) each; the learner keeps 16 - 10 actors - 1 evaluator = 5 threads.

@@ -1,5 +1,5 @@
-"""Property-based tests of the pure contracts: override parsing (launch/overrides.py), schedule
-arithmetic (continual/schedule.py, agents/sac/schedule.py) and metric invariants
+"""Property-based tests of the pure contracts: override parsing (launch/config/overrides.py), schedule
+arithmetic (continual/schedule.py, agents/sac/lr_schedule.py) and metric invariants
 (metrics/multitask.py). Hypothesis runs a modest, derandomized set of examples (the same ones on
 every run, so CI never flakes); the explicit @example cases pin the inputs each property exists for.
 """
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agents.sac.schedule import SCHEDULES, lr_factor
+from agents.sac.lr_schedule import SCHEDULES, lr_factor
 from continual.schedule import planned_updates, schedule_from, stage_at, steps_left
+from launch.config.overrides import parse_override, set_key
 from launch.errors import UserError
-from launch.overrides import parse_override, set_key
 from metrics.multitask import iqm, mean, median, per_task_ci
 
 PROPERTY = settings(max_examples=60, derandomize=True, deadline=None, database=None)
@@ -186,7 +186,7 @@ def test_planned_updates_pays_the_learning_steps_of_each_stage(case, warmup, per
     assert planned_updates(stages, warmup, 2 * per_round, 2 * envs) == planned_updates(stages, warmup, per_round, envs)
 
 
-# ---- agents/sac/schedule.py: lr_factor ---------------------------------------------------------------
+# ---- agents/sac/lr_schedule.py: lr_factor ---------------------------------------------------------------
 
 @PROPERTY
 @given(st.sampled_from(SCHEDULES), st.integers(1, 500), st.integers(0, 50),

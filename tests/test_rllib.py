@@ -128,7 +128,7 @@ def test_sac_module_emits_what_rllibs_sac_learner_reads_for_every_trunk_and_head
     from agents.auxiliary import AuxConfig
     from agents.sac.config import SACConfig
     from integrations.rllib.modules import SACModule
-    from launch.overrides import to_dict
+    from launch.config.overrides import to_dict
     T, obs_dim, act_dim, B = 3, 5, 2, 8
     space = gym.spaces.Box(-np.inf, np.inf, (obs_dim + T,), np.float32)
     actions = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
@@ -216,7 +216,7 @@ def test_rllib_policy_picks_its_per_task_head_by_the_one_hot(local_algo):
     assert all(not torch.allclose(outputs[0], o) for o in outputs[1:])  # a head per task
 
 
-# -- RLlib's SAC update on a tiny batch: our SACLearner as RLlib builds it, no Ray, no env runner ----
+# -- RLlib's SAC update on a tiny batch: our RLlibSACLearner as RLlib builds it, no Ray, no env runner ----
 # The update is TorchLearner._uncompiled_update's: forward_train -> compute_losses ->
 # compute_gradients (SACTorchLearner's: one backward per stored loss and optimizer) ->
 # apply_gradients; `_gradients` runs its first three steps, `Learner.update` all of it.
@@ -225,7 +225,7 @@ MODULE = "default_policy"
 
 
 def _learner(*settings: str, flags: dict | None = None):
-    """Our SACLearner built by RLlib (AlgorithmConfig.build_learner) for a pointmass config with
+    """Our RLlibSACLearner built by RLlib (AlgorithmConfig.build_learner) for a pointmass config with
     small networks; RLlib seeds torch with the run seed before building the module."""
     import gymnasium as gym
 

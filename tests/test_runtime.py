@@ -103,8 +103,8 @@ def test_ray_actors_learn_survive_a_lost_actor_and_write_nothing_outside_temp_di
 def test_actors_block_when_the_learner_does_not_read():
     """Backpressure: experience waiting for the learner stays bounded (a pipe's worth per actor)."""
     from agents.sac.config import SACConfig
-    from launch.actor import ActorSpec
-    from launch.local_actors import LocalActorPool
+    from launch.actors.actor import ActorSpec
+    from launch.actors.local import LocalActorPool
 
     sac = SACConfig(hidden_sizes=(8,))
     specs = [ActorSpec(a, "pointmass", "PM4", 0, (a, a + 2), 2, sac, 4) for a in range(2)]

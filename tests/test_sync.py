@@ -1,4 +1,4 @@
-"""Learning-rate schedules, local SGD and the Quadratic Synchronization Rule (launch/local_sgd.py)."""
+"""Learning-rate schedules, local SGD and the Quadratic Synchronization Rule (launch/distributed/local_sgd.py)."""
 
 import json
 import math
@@ -11,8 +11,8 @@ import torch
 
 from agents.replay import Batch
 from agents.sac import SACConfig, SACLearner
-from agents.sac.schedule import lr_factor
-from launch.local_sgd import LocalSGDSync
+from agents.sac.lr_schedule import lr_factor
+from launch.distributed.local_sgd import LocalSGDSync
 from tests.conftest import REPO
 
 

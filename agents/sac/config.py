@@ -31,7 +31,7 @@ class SACConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
-    lr_schedule: str = "constant"    # constant | cosine | linear: every rate times agents/sac/schedule.py's factor
+    lr_schedule: str = "constant"    # constant | cosine | linear: every rate times agents/sac/lr_schedule.py's factor
     lr_warmup_updates: int = 0       # linear warm-up of every rate over this many updates
     lr_final_fraction: float = 0.0   # cosine / linear: the rates end at this fraction of their base
     lr_schedule_updates: int = 0     # the schedule's length in updates; 0: the run's planned updates

@@ -34,7 +34,7 @@ from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.compiled import compile_passes
 from agents.sac.config import SACConfig
-from agents.sac.schedule import lr_factor
+from agents.sac.lr_schedule import lr_factor
 
 
 def last_shared_matrix(module) -> torch.Tensor | None:

@@ -73,7 +73,7 @@ def algorithm_config(cfg, suite, stage_tasks: list[int], task_stage: list[int], 
     if cfg.rllib.algo == "sac":
         from ray.rllib.algorithms.sac import SACConfig
 
-        from integrations.rllib.learners import SACLearner
+        from integrations.rllib.learners import RLlibSACLearner
         from integrations.rllib.modules import SACModule
         batch = sac.batch_size_per_task * T
         config = SACConfig().training(
@@ -87,7 +87,7 @@ def algorithm_config(cfg, suite, stage_tasks: list[int], task_stage: list[int], 
         module_class = SACModule
         learner_extra = {"seed": cfg.run.seed, "task_stage": task_stage,
                          "continual": asdict(cfg.continual) if cfg.continual.sequence else None}
-        config.learners(learner_class=SACLearner, learner_config_dict=learner_extra)
+        config.learners(learner_class=RLlibSACLearner, learner_config_dict=learner_extra)
     else:
         from ray.rllib.algorithms.ppo import PPOConfig
 

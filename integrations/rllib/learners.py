@@ -3,7 +3,7 @@
 RLlib's SACTorchLearner.compute_gradients backpropagates the losses it stored per optimizer
 (`_temp_losses[(module, "qf_loss" | "qf_twin_loss" | "policy_loss" | "alpha_loss")]`) and ignores
 the loss compute_loss_for_module returns, so an extra loss added to the returned total would be
-silently dropped. `SACLearner` therefore adds every learner hook's loss terms (auxiliary tasks,
+silently dropped. `RLlibSACLearner` therefore adds every learner hook's loss terms (auxiliary tasks,
 a continual strategy's penalty; agents/hooks.py) to the *stored* loss of the network they belong
 to, and puts the hooks' own parameters (auxiliary heads) in that network's optimizer.
 
@@ -45,7 +45,7 @@ class _LearnerView:
             optimizer.state = defaultdict(dict)
 
 
-class SACLearner(SACTorchLearner):
+class RLlibSACLearner(SACTorchLearner):
     def build(self) -> None:
         super().build()
         extra = self.config.learner_config_dict

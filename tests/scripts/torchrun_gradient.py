@@ -23,7 +23,7 @@ from agents.balancers import BalanceConfig  # noqa: E402
 from agents.hooks import Synchronizer  # noqa: E402
 from agents.replay import Batch  # noqa: E402
 from agents.sac import SACConfig, SACLearner  # noqa: E402
-from launch.distributed import EveryStepSync, init_from_env  # noqa: E402
+from launch.distributed.ranks import EveryStepSync, init_from_env  # noqa: E402
 
 NUM_TASKS, PER_TASK = 3, 16
 

@@ -32,8 +32,8 @@ from agents.auxiliary import AuxConfig, make_auxiliary_tasks
 from agents.hooks import Synchronizer
 from agents.replay import Batch
 from agents.sac import SACConfig, SACLearner
-from launch.distributed import EveryStepSync, init_from_env
-from launch.local_sgd import LocalSGDSync, network_tensors
+from launch.distributed.local_sgd import LocalSGDSync, network_tensors
+from launch.distributed.ranks import EveryStepSync, init_from_env
 
 NUM_TASKS, PER_TASK, UPDATES = 4, 8, 1000
 

@@ -8,7 +8,7 @@ with a linear warm-up from 0 over the first `warmup` updates (factor (u + 1) / w
 clipped to [0, 1]. The factor is a pure function of the update count, so a resumed run follows
 the same schedule without any scheduler state in its checkpoint.
 
-Local SGD's Quadratic Synchronization Rule reads the decaying rate (launch/local_sgd.py); with a
+Local SGD's Quadratic Synchronization Rule reads the decaying rate (launch/distributed/local_sgd.py); with a
 constant rate it is a fixed period.
 """
 

@@ -1,6 +1,6 @@
 """Local SGD and the Quadratic Synchronization Rule: learner ranks that communicate less.
 
-`--sync step` (launch/distributed.py: EveryStepSync) all-reduces every network's gradient at
+`--sync step` (launch/distributed/ranks.py: EveryStepSync) all-reduces every network's gradient at
 every optimizer step. `--sync local` lets each rank take H optimizer steps on its own shard of
 the tasks, then averages the ranks' parameters (Stich 2019's local SGD; with Adam, "local Adam"):
 
@@ -13,7 +13,7 @@ the tasks, then averages the ranks' parameters (Stich 2019's local SGD; with Ada
 
 so that H grows as the rate decays (sac.lr_schedule: cosine or linear). With a constant rate QSR
 is local SGD with the fixed period max(H_min, floor((alpha / lr)^2)). `lr` is the critic's
-scheduled rate (every network follows the same factor, agents/sac/schedule.py). During the
+scheduled rate (every network follows the same factor, agents/sac/lr_schedule.py). During the
 learning-rate warm-up (`sac.lr_warmup_updates`) H is H_min, as in the reference (hmgxr128/QSR
 localopt.py: `if self.step_ctr < self.warmup_steps or self.alpha == 0: self.h = self.init_h`;
 its init_h is our H_min); a period that starts in the warm-up ends at H_min updates even if
@@ -182,16 +182,3 @@ class LocalSGDSync(Synchronizer):
     def stats(self) -> dict:
         return {"allreduces": self.allreduces, "bytes_sent": self.bytes_sent, "averages": self.averages,
                 "period": self.period}
-
-
-def make_synchronizer(sync_cfg, dist_, num_tasks: int) -> Synchronizer:
-    """The synchronizer `sync.mode` names, for this rank of `dist_` (its shard of `num_tasks`)."""
-    from launch.distributed import EveryStepSync
-    own = dist_.shard(num_tasks)
-    share = len(own) / num_tasks  # this rank's fraction of every global batch
-    if sync_cfg.mode == "step":
-        return EveryStepSync(dist_, share)
-    alpha = sync_cfg.qsr_alpha if sync_cfg.mode == "qsr" else 0.0
-    period = sync_cfg.period_min if sync_cfg.mode == "qsr" else sync_cfg.period
-    return LocalSGDSync(dist_.world, share, period, alpha, sync_cfg.average_optimizer_state, own)
-

@@ -11,7 +11,7 @@ every parameter takes part in every all-reduce: there are no unused parameters t
 
 The combination is a Synchronizer (the seat agents/hooks.py defines): `EveryStepSync` here
 (`--sync step`, the default); local SGD and the Quadratic Synchronization Rule (`--sync local`,
-`--sync qsr`) in launch/local_sgd.py. Both count their all-reduces and bytes (learners.json).
+`--sync qsr`) in launch/distributed/local_sgd.py. Both count their all-reduces and bytes (learners.json).
 
 Failures: collectives time out after `--dist-timeout` seconds (a peer that hangs); a peer that
 dies closes its connections and the others' collectives fail at once. Either way the rank exits

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from launch.actor import Actor, ActorSpec, Chunk
+from launch.actors.actor import Actor, ActorSpec, Chunk
 
 
 class RayActorWorker:

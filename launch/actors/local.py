@@ -8,16 +8,15 @@ vector with a version number: actors copy it when they are `max_policy_lag` vers
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import pickle
-import signal
 from multiprocessing.connection import wait
 
 import torch
 import torch.multiprocessing as mp
 
-from launch.actor import Actor, ActorSpec, Chunk
+from launch.actors.actor import Actor, ActorSpec, Chunk
+from launch.actors.processes import signals_ignored_by_children
 
 
 class SharedWeights:
@@ -39,20 +38,6 @@ class SharedWeights:
 
 
 READY = "ready"
-
-
-@contextlib.contextmanager
-def signals_ignored_by_children():
-    """Processes started inside ignore SIGINT and SIGTERM from birth (an ignored signal stays
-    ignored across exec, and Python then installs no KeyboardInterrupt handler): Ctrl-C and a
-    cluster's preemption are the learner's to handle (it stops its workers with SIGKILL), and a
-    worker still importing when one arrives prints no traceback."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _actor_main(spec: ActorSpec, weights: SharedWeights, conn, go, stop, chunk_steps: int,

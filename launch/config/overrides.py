@@ -1,6 +1,6 @@
 """A typed override machine for a tree of dataclasses: dotted keys (`sac.actor_lr`), values from
 YAML or the command line, checked against the fields' type hints. Knows nothing of polytask's
-config; launch/config.py applies it to the config tree."""
+config; launch/config/__init__.py applies it to the config tree."""
 
 from __future__ import annotations
 

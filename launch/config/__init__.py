@@ -1,6 +1,6 @@
 """One config tree: dataclass defaults < suite preset (presets/<suite>.yaml) < --config FILE
 < named flags (--steps, --seed, ...) < --set key=value. The resolved tree is saved with the run.
-Keys and values are checked by launch/overrides.py; this module holds the tree, the presets,
+Keys and values are checked by launch/config/overrides.py; this module holds the tree, the presets,
 the cross-field validation, and the schedule a continual sequence resolves to."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from agents.auxiliary import AuxConfig
 from agents.balancers import PER_TASK_GRADIENTS, BalanceConfig
 from agents.sac.compiled import COMPILE_MODES
 from agents.sac.config import SACConfig
+from launch.config.overrides import merge, parse_override, read_yaml, set_key
 from launch.errors import UserError
-from launch.overrides import merge, parse_override, read_yaml, set_key
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -50,7 +50,7 @@ class RunConfig:
     steps: int = 20_000_000       # total env steps over all tasks (MT10: 2M per task)
     seed: int = 0
     device: str = "auto"          # cpu | cuda | cuda:N | auto (the GPU when there is one)
-    threads: int = 0              # the learner's intra-op threads; 0: sized to the free cores (launch/backends.py)
+    threads: int = 0              # the learner's intra-op threads; 0: sized to the free cores (launch/machine.py)
     checkpoint_every: int = 100_000
     keep_checkpoints: int = 2
     log_every: int = 10_000       # env steps between progress lines / training scalars
@@ -86,7 +86,7 @@ BACKENDS = ("single", "local", "ray")
 @dataclass
 class RuntimeConfig:
     backend: str = "local"        # single (one loop, no workers) | local (actor processes) | ray
-    actors: int | str = "auto"    # actor workers per learner rank; auto: sized to the machine (launch/backends.py)
+    actors: int | str = "auto"    # actor workers per learner rank; auto: sized to the machine (launch/machine.py)
     envs_per_actor: int = 0       # 0: env.envs_per_task envs for each task the actor steps
     chunk_steps: int = 64         # env steps an actor sends at once
     max_policy_lag: int = 1       # an actor refreshes its weights once it is this many versions behind
@@ -99,7 +99,7 @@ SYNC_MODES = ("step", "local", "qsr")
 
 @dataclass
 class SyncConfig:
-    """How torchrun's learner ranks stay in agreement (launch/distributed.py, launch/local_sgd.py)."""
+    """How torchrun's learner ranks stay in agreement (launch/distributed/ranks.py, launch/distributed/local_sgd.py)."""
     mode: str = "step"            # step: all-reduce gradients every step | local: average parameters every
                                   # `period` updates | qsr: every H = max(period_min, (qsr_alpha / lr)^2) updates
     period: int = 4               # local: H
@@ -307,7 +307,7 @@ def validate(cfg: Config) -> None:
 
 def validate_schedule(cfg: Config) -> None:
     """The learning-rate schedule and the learner ranks' synchronization."""
-    from agents.sac.schedule import SCHEDULES
+    from agents.sac.lr_schedule import SCHEDULES
     sac, sync = cfg.sac, cfg.sync
     if sac.lr_schedule not in SCHEDULES:
         raise UserError(f"unknown sac.lr_schedule {sac.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
