@@ -329,8 +329,8 @@ def test_rewards_are_normalised_per_task_when_sampled_and_stored_raw():
 # Kurin et al. 2022's MT10 runs: yobibyte/unitary-scalarization-dmtl @875031d, rl_experiments/mtrl/
 # configs_mt10/run_mtsac_mt10_buffer_rewnorm_4x_buf_actor_reg_3em4.sh (MT-SAC; MGDA:
 # run_mgda_mt10_buffer_rewnorm_4x_buf_def_lr.sh, mtrl/agent/mtl_optimizer.py:57) and the mtrl configs
-# they load (mtrl repo: mtrl/config/agent/components/metaworld_actor.yaml, mtrl/config/agent/state_sac.yaml,
-# mtrl/config/agent/optimizers/metaworld_*.yaml, mtrl/config/experiment/metaworld.yaml).
+# they load (mtrl's config folder: agent/components/metaworld_actor.yaml, agent/state_sac.yaml,
+# agent/optimizers/metaworld_*.yaml, experiment/metaworld.yaml).
 KURIN_MT10 = {"num_envs": 10, "batch_size": 1280, "capacity": 4_000_000, "num_train_steps": 2_000_000,
               "init_steps": 1500, "actor_weight_decay": 3e-4, "num_layers": 3, "hidden_dim": 400,
               "log_std_bounds": (-20.0, 2.0), "lr": 3e-4, "discount": 0.99, "critic_tau": 0.005,
