@@ -33,7 +33,7 @@ Nature-DQN on pixels, ending in a ReLU), and it has no bias-only warm-up.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,16 +46,20 @@ from agents.replay import Batch
 
 @dataclass
 class AuxConfig:
-    reward: float = 0.0       # weights of the auxiliary losses; 0 = off
-    dynamics: float = 0.0
-    inverse: float = 0.0
-    pvn: float = 0.0
-    on: str = ""              # the representation they train: encoder | actor; "": encoder if sac.encoder else actor
-    hidden: int = 256         # hidden width of the auxiliary heads
-    pvn_tasks: int = 100      # PVN: number of indicator rewards (the paper's default)
-    pvn_rate: float = 0.01    # PVN: fraction of states each indicator fires on
-    pvn_actions: int = 8      # PVN: uniformly drawn next actions averaged in the TD target
-    pvn_tau: float = 0.01     # PVN: Polyak rate of the target value heads (theirs: 0.01)
+    """Metadata: the constraints launch/config/overrides.py checks."""
+    reward: float = field(default=0.0, metadata={"min": 0, "note": "a loss weight; 0: off"})  # loss weights
+    dynamics: float = field(default=0.0, metadata={"min": 0, "note": "a loss weight; 0: off"})
+    inverse: float = field(default=0.0, metadata={"min": 0, "note": "a loss weight; 0: off"})
+    pvn: float = field(default=0.0, metadata={"min": 0, "note": "a loss weight; 0: off"})
+    on: str = field(  # the representation they train
+        default="", metadata={"choices": ("encoder", "actor"), "empty": "the encoder if there is one"})
+    hidden: int = field(default=256, metadata={"above": 0})      # hidden width of the auxiliary heads
+    pvn_tasks: int = field(default=100, metadata={"above": 0})   # PVN: number of indicator rewards (the paper's)
+    pvn_rate: float = field(default=0.01, metadata={"above": 0, "below": 1})  # PVN: fraction of states each
+                                                                              # indicator fires on
+    pvn_actions: int = field(default=8, metadata={"above": 0})   # PVN: drawn next actions averaged in the TD target
+    pvn_tau: float = field(default=0.01, metadata={"above": 0, "max": 1})  # PVN: Polyak rate of the target
+                                                                           # value heads (theirs: 0.01)
 
 
 NAMES = ("reward", "dynamics", "inverse", "pvn")

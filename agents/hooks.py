@@ -18,7 +18,7 @@ them in this order:
     7. step           the optimizers step
     8. after step     every hook's `after_step(networks)`: repair weights (PackNet's frozen ones)
   then the balancer's `after_step` (FAMO's and GradNorm's weight updates), the temperatures
-  (2, 5, 7) and the target critics, and once per update
+  (2, 5, 7 only: agents/sac/temperature.py) and the target critics, and once per update
     9. sync           `synchronizer.after_update(learner)` (local SGD averages here)
 
 A hook may own parameters (`parameters(network)`): they join that network's optimizer as a

@@ -8,13 +8,20 @@ A task that comes back later in the sequence is a new task with its own id (and 
 need one training window per task.
 
 The suite of a continual run holds the sequence's tasks in order of first training, so task ids
-are sequence positions and every task of the sequence is evaluated throughout the run.
+are sequence positions and every task of the sequence is evaluated throughout the run. A
+multi-task run is the one-stage schedule `Schedule.multitask`: both training loops (launch/trainer.py,
+launch/rllib_engine.py) read stages, which stage trains each task, and each stage's TaskContext
+from a Schedule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from continual.strategies.base import TaskContext
 from envs.base import REPEAT_MARK
 
 
@@ -84,9 +91,29 @@ class Schedule:
     names: tuple[str, ...]
     stages: tuple[Stage, ...]
 
+    @classmethod
+    def multitask(cls, names: Sequence[str], steps: int) -> Schedule:
+        """A multi-task run's plan: one stage of every task, env steps [0, steps)."""
+        return cls(tuple(names), (Stage(tuple(range(len(names))), 0, steps),))
+
     def records(self) -> list[dict]:
         """The stages with task names, as config.yaml records them for the metrics."""
         return [{"tasks": [self.names[t] for t in st.tasks], "start": st.start, "end": st.end} for st in self.stages]
+
+    @property
+    def task_stage(self) -> list[int]:
+        """task_stage[t]: the stage that trains task t (a task trains in one stage: a repeat is a new task)."""
+        return [next(k for k, st in enumerate(self.stages) if t in st.tasks) for t in range(len(self.names))]
+
+    def context(self, k: int, replay, rng: np.random.Generator, train: Callable[[int], None] | None = None,
+                resumed: bool = False) -> TaskContext:
+        """What stage k's task hooks get (continual/strategies/base.py): its tasks, the tasks of the
+        stages before it, its budget, the replay its end_task reads, and `train` (extra learner
+        updates on replay; None: there are none)."""
+        stage = self.stages[k]
+        earlier = tuple(t for st in self.stages[:k] for t in st.tasks)
+        extra = {} if train is None else {"train": train}
+        return TaskContext(k, len(self.stages), stage.tasks, earlier, stage.steps, replay, rng, resumed, **extra)
 
 
 def schedule_from(text: str, presets: dict[str, list[str]], steps_per_task: int) -> Schedule:

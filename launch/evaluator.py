@@ -1,5 +1,7 @@
 """Evaluators: run the evaluation protocol on a snapshot of the policy.
 
+`Evaluation` is the protocol on a flat weight vector (the RLlib engine's SAC evaluations too) and
+`labelled` the evals.jsonl rows it makes of envs/evaluation.py's results (PPO's as well).
 `InlineEvaluator` evaluates on the spot (single-process backend). `EvaluatorWorker` runs in its
 own process beside the learner, so evaluation does not stall training; results come back
 tagged with the learner step and weight version they were asked for. Both have one interface:
@@ -24,7 +26,15 @@ from envs.evaluation import evaluate
 from launch.actors.processes import signals_ignored_by_children
 
 
-class _Evaluation:
+def labelled(results: list[dict], step: int, version: int, names: list[str], env_names: list[str],
+             policy: str) -> list[dict]:
+    """evals.jsonl rows: envs/evaluation.py's results, each with the learner step and weight version
+    it was asked for, its task's name and env, and the policy mode (eval.policy)."""
+    return [{"step": step, "task": names[r["task_index"]], "env": env_names[r["task_index"]], **r,
+             "policy": policy, "policy_version": version} for r in results]
+
+
+class Evaluation:
     """Eval envs for every task plus a policy copy; built once, reused for every evaluation.
     policy="sample" draws each task's action noise from a generator of its own, reseeded at every
     evaluation, so a task's result does not depend on which other tasks it is evaluated with."""
@@ -58,8 +68,7 @@ class _Evaluation:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
             results += evaluate(self.act, [self.envs[t] for t in group], group, self.goals,
                                 seed=seeding.seed_for(self.seed, "eval"))
-        return [{"step": step, "task": self.names[r["task_index"]], "env": self.env_names[r["task_index"]], **r,
-                 "policy": self.mode, "policy_version": version} for r in results]
+        return labelled(results, step, version, self.names, self.env_names, self.mode)
 
     def close(self) -> None:
         for env in self.envs:
@@ -68,7 +77,7 @@ class _Evaluation:
 
 class InlineEvaluator:
     def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
-        self.evaluation = _Evaluation(suite_name, tasks, seed, sac, goals, policy)
+        self.evaluation = Evaluation(suite_name, tasks, seed, sac, goals, policy)
         self.done = []
 
     def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
@@ -90,7 +99,7 @@ class InlineEvaluator:
 def _evaluator_main(args: tuple, requests, replies) -> None:
     torch.set_num_threads(1)
     os.nice(10)  # its results may come late; a CPU learner's threads should not wait for its core
-    evaluation = _Evaluation(*args)
+    evaluation = Evaluation(*args)
     try:
         while (request := requests.recv()) is not None:
             replies.send(evaluation(*request))

@@ -19,9 +19,10 @@ The config tree maps onto RLlib's (integrations/rllib/ holds the parts):
                (save_in_checkpoint -> store_buffer_in_checkpoints)
   rllib.*      PPO's batch/minibatch/epochs, env runner sizes; PPO uses sac.actor_lr and the
                network settings of sac.* (PPOModule)
-  eval.*, run.*  our evaluation protocol (envs/evaluation.py, launch/evaluator.py) on the learner's
-               current weights in the driver, every eval.every env steps; checkpoints every
-               run.checkpoint_every through RLlib's save_to_path.
+  eval.*, run.*  our evaluation protocol (envs/evaluation.py, launch/evaluator.py; PPO's policy:
+               integrations/rllib/policy.py) on the learner's current weights in the driver, every
+               eval.every env steps; checkpoints every run.checkpoint_every: RLlib's save_to_path
+               with the strategy and the driver's counters (integrations/rllib/checkpoint.py).
 
 The run directory is ours (metrics/runlog.py): config.yaml (with the schedule), evals.jsonl,
 episodes.jsonl (the env's per-episode records via integrations/rllib/callbacks.py), tb/,
@@ -40,8 +41,6 @@ length (integrations/rllib/algorithm.py: sizes), so stages switch exactly at the
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import tempfile
 import time
@@ -49,58 +48,27 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from agents import seeding
+from continual.schedule import Schedule
+from continual.strategies import METHODS
+from integrations.rllib import checkpoint
 from integrations.rllib.algorithm import algorithm_config, build_algo, env_runners
+from integrations.rllib.policy import PPOEvaluation
+from integrations.rllib.replay_view import ReplayView
+from launch.actors.ray_pool import init_ray
+from launch.config.validate import check_engine
 from launch.errors import TrainingDiverged, UserError
+from launch.evaluator import Evaluation, labelled
 from launch.telemetry import Progress, format_duration
-
-SUPPORTED_METHODS = ("none", "l2", "ewc", "online-ewc", "mas", "packnet")
-CKPT_DIR = "rllib_checkpoints"
-
-
-def check_supported(cfg, dist_world: int = 1) -> None:
-    """One UserError line for every setting the RLlib engine cannot honour."""
-    algo = cfg.rllib.algo
-    problems = []
-    if dist_world > 1:
-        problems.append("torchrun learner ranks (RLlib scales its learners with its own num_learners)")
-    if cfg.balance.method != "mean":
-        problems.append(f"--balancer {cfg.balance.method} (RLlib's SAC loss is the mean over the batch)")
-    if cfg.replay.normalize_rewards or cfg.sac.actor_weight_decay or cfg.sac.max_grad_norm:
-        problems.append("the Kurin stabilizers (replay.normalize_rewards, sac.actor_weight_decay, sac.max_grad_norm)")
-    if cfg.continual.method not in SUPPORTED_METHODS:
-        problems.append(f"continual method {cfg.continual.method} (supported: {', '.join(SUPPORTED_METHODS)})")
-    if algo == "ppo" and cfg.continual.sequence:
-        problems.append("continual sequences with --algo ppo (use --algo sac)")
-    if algo == "ppo" and any(getattr(cfg.aux, n) for n in ("reward", "dynamics", "inverse", "pvn")):
-        problems.append("auxiliary losses with --algo ppo (use --algo sac)")
-    if cfg.run.device not in ("cpu", "auto"):
-        problems.append(f"--device {cfg.run.device} (the RLlib engine's learner runs on the CPU here)")
-    if cfg.sac.compile != "none" or cfg.replay.device == "learner":
-        problems.append("sac.compile and replay.device=learner (the GPU learner path is our loop's)")
-    if cfg.sac.encoder_tau:
-        problems.append("sac.encoder_tau (RLlib's target update has one rate: sac.tau)")
-    if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
-        problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
-    if problems:
-        raise UserError(f"--engine rllib does not support {'; '.join(problems)}")
 
 
 def _init_ray(cfg) -> str:
-    """Start (or join) Ray; returns a private temp dir (under $TMPDIR) for Ray's session files and
-    RLlib's trainable log dir, removed at the end of the run."""
-    import ray
-
+    """Start (or join) Ray (launch/actors/ray_pool.py), with a CPU for each env runner and the
+    driver's; returns a private temp dir (under $TMPDIR) for Ray's session files and RLlib's
+    trainable log dir, removed at the end of the run."""
     temp = tempfile.mkdtemp(prefix="polytask-rllib-")
-    if not ray.is_initialized():
-        if cfg.runtime.ray_address:
-            ray.init(address=cfg.runtime.ray_address, log_to_driver=False, configure_logging=False)
-        else:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster on loopback only
-            ray.init(num_cpus=max(os.cpu_count() or 1, env_runners(cfg) + 1), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", _temp_dir=temp, log_to_driver=False, configure_logging=False)
+    init_ray(cfg.runtime.ray_address, env_runners(cfg) + 1, temp)
     return temp
 
 
@@ -109,48 +77,29 @@ def _on_learner(algo, fn):
     return next(iter(algo.learner_group.foreach_learner(fn))).get()
 
 
-class _ReplayView:
-    """What a continual strategy's end_task reads of replay (size[t], rows(t, idx)), filled with
-    transitions sampled from RLlib's replay buffer and split by task."""
-
-    def __init__(self, buffer, num_tasks: int, count: int, gamma: float):
-        episodes = buffer.sample(num_items=count, n_step=1, gamma=gamma, sample_episodes=True)
-        obs = np.stack([e.get_observations(0) for e in episodes]).astype(np.float32)
-        action = np.stack([e.get_actions(0) for e in episodes]).astype(np.float32)
-        task = obs[:, -num_tasks:].argmax(1)
-        self.data = {t: {"obs": obs[task == t, :-num_tasks], "action": action[task == t]} for t in range(num_tasks)}
-        self.size = [len(self.data[t]["obs"]) for t in range(num_tasks)]
-
-    def rows(self, task: int, idx) -> dict:
-        return {k: v[idx] for k, v in self.data[task].items()}
-
-
 class RLlibRun:
+    """The driver: RLlib's training iterations, our stages, evaluations, logs and checkpoints."""
+
     def __init__(self, cfg, suite, schedule, run_dir: Path, resume: bool, log=print):
-        check_supported(cfg)
+        check_engine(cfg)  # launch/config/validate.py (train.py checked it already; a direct caller too)
         self.cfg, self.suite, self.run_dir, self.log = cfg, suite, Path(run_dir), log
-        T = len(suite.tasks)
-        if schedule is None:  # a multi-task run: one stage of every task
-            from continual.schedule import Stage
-            self.stages = [Stage(tuple(range(T)), 0, cfg.run.steps)]
-        else:
-            self.stages = list(schedule.stages)
-        task_stage = [0] * T
-        for k, stage in enumerate(self.stages):
-            for t in stage.tasks:
-                task_stage[t] = k
-        self.task_stage = task_stage
+        self.schedule = schedule or Schedule.multitask(suite.task_names, cfg.run.steps)
+        self.stages = self.schedule.stages
         self.step, self.stage_index, self.next_eval, self.next_ckpt = 0, 0, 0, cfg.run.checkpoint_every
         self.stage_steps = [Counter() for _ in self.stages]  # per stage: task name -> env steps (finished episodes)
         self.rng = seeding.rng(cfg.run.seed, "replay", 0)
-        state = self._latest_state() if resume else None
+        try:
+            state = checkpoint.latest(self.run_dir / checkpoint.DIR) if resume else None
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if state is not None:
             self.step, self.stage_index, self.next_eval, self.next_ckpt = (
                 state["step"], state["stage"], state["next_eval"], state["next_ckpt"])
             self.stage_steps = [Counter(c) for c in state["stage_steps"]]
         lengths = tuple(stage.steps for stage in self.stages) if schedule is not None else ()
         try:
-            self.config = algorithm_config(cfg, suite, list(self.stages[self.stage_index].tasks), task_stage, lengths)
+            self.config = algorithm_config(cfg, suite, list(self.stages[self.stage_index].tasks),
+                                           self.schedule.task_stage, lengths)
         except ValueError as e:
             raise UserError(str(e)) from None
         self.temp_dir = _init_ray(cfg)
@@ -161,7 +110,6 @@ class RLlibRun:
             raise
 
     def _build(self, state: dict | None) -> None:
-        from launch.evaluator import _Evaluation
         from metrics.runlog import RunLog
 
         cfg = self.cfg
@@ -177,28 +125,16 @@ class RLlibRun:
         elif cfg.continual.sequence:
             self._start_stage(resumed=False)
         self.runlog = RunLog(self.run_dir, resume_step=self.step if state is not None else None)
-        self.evaluation = _Evaluation(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals,
-                                      cfg.eval.policy) if cfg.rllib.algo == "sac" else None
-        self.ppo_envs = self._ppo_envs() if self.evaluation is None else None
+        self.evaluation = Evaluation(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals,
+                                     cfg.eval.policy) if cfg.rllib.algo == "sac" else None
+        self.ppo_evaluation = PPOEvaluation(self.suite, cfg.run.seed, cfg.eval.goals, cfg.eval.policy) \
+            if self.evaluation is None else None
         self.updates = 0
         self.env_runners = env_runners(cfg)
 
     # -- stages (continual runs) ----------------------------------------------------------
-    def _context(self, train=None):
-        from continual.strategies import TaskContext
-        k, stage = self.stage_index, self.stages[self.stage_index]
-        earlier = tuple(t for st in self.stages[:k] for t in st.tasks)
-        needs_states = self.cfg.continual.method in ("ewc", "online-ewc", "mas")  # importances from states
-        replay = _ReplayView(self.algo.local_replay_buffer, len(self.suite.tasks),
-                             max(self.cfg.continual.importance_samples * 2, 512), self.cfg.sac.gamma) \
-            if needs_states else None
-        return TaskContext(k, len(self.stages), stage.tasks, earlier, stage.steps, replay, self.rng,
-                           train=train or (lambda updates: None))
-
     def _start_stage(self, resumed: bool) -> None:
-        from continual.strategies import TaskContext
-        k, stage = self.stage_index, self.stages[self.stage_index]
-        ctx = TaskContext(k, len(self.stages), stage.tasks, (), stage.steps, None, self.rng, resumed=resumed)
+        ctx = self.schedule.context(self.stage_index, None, self.rng, resumed=resumed)
         _on_learner(self.algo, lambda learner: learner.strategy.start_task(ctx))
 
     def _train_on_replay(self, updates: int) -> None:
@@ -211,7 +147,11 @@ class RLlibRun:
                                                 inference_only=True)
 
     def _end_stage(self) -> None:
-        ctx = self._context(train=self._train_on_replay)
+        """The strategy's end_task; one that reads stored states gets a sample of RLlib's replay."""
+        cl = self.cfg.continual
+        replay = ReplayView(self.algo.local_replay_buffer, len(self.suite.tasks), max(cl.importance_samples * 2, 512),
+                            self.cfg.sac.gamma) if METHODS[cl.method].needs_states else None
+        ctx = self.schedule.context(self.stage_index, replay, self.rng, self._train_on_replay)
         # The learner is local (num_learners=0), so PackNet's retraining (ctx.train) can call back
         # into the driver's learner group from inside end_task.
         _on_learner(self.algo, lambda learner: learner.strategy.end_task(ctx))
@@ -238,35 +178,16 @@ class RLlibRun:
         self._start_stage(resumed=False)
 
     # -- evaluation ------------------------------------------------------------------------
-    def _ppo_envs(self) -> list:
-        suite, seed = self.suite, self.cfg.run.seed
-        return [suite.make_env(t, seeding.seed_for(seed, "eval-envs", t.index)) for t in suite.tasks]
-
     def _policy_rows(self) -> list[dict]:
         """One evaluation by our protocol on the learner's current weights."""
-        cfg, stage = self.cfg, self.stage_index
+        stage, suite = self.stage_index, self.suite
         if self.evaluation is not None:  # SAC: our evaluator on the actor's weight vector (PackNet: per task)
             flat = _on_learner(self.algo, lambda learner: learner.strategy.eval_weights(learner.policy_vector(), stage)
                                if learner.strategy is not None else learner.policy_vector())
             return self.evaluation(self.step, self.updates, flat)
-        from envs.evaluation import evaluate
-        module = _on_learner(self.algo, lambda learner: learner.module["default_policy"])
-        T = len(self.suite.tasks)
-        noise = torch.Generator().manual_seed(seeding.seed_for(cfg.run.seed, "eval", 1))
-
-        def act(obs, task):  # PPO's Gaussian: its mean (or a sample), clipped to the action box as RLlib does
-            flat = np.concatenate([obs, np.eye(T, dtype=np.float32)[task]], axis=1)
-            with torch.no_grad():
-                out = module.forward_inference({"obs": torch.from_numpy(flat)})["action_dist_inputs"]
-            mean, log_std = out.chunk(2, dim=-1)
-            if cfg.eval.policy == "sample":
-                mean = mean + log_std.exp() * torch.randn(mean.shape, generator=noise)
-            return mean.clamp(-1, 1).numpy()
-
-        rows = evaluate(act, self.ppo_envs, list(range(T)), cfg.eval.goals, seed=seeding.seed_for(cfg.run.seed, "eval"))
-        return [{"step": self.step, "task": self.suite.tasks[r["task_index"]].name,
-                 "env": self.suite.tasks[r["task_index"]].env_name, **r, "policy": cfg.eval.policy,
-                 "policy_version": self.updates} for r in rows]
+        results = self.ppo_evaluation(_on_learner(self.algo, lambda learner: learner.module["default_policy"]))
+        return labelled(results, self.step, self.updates, suite.task_names, [t.env_name for t in suite.tasks],
+                        self.cfg.eval.policy)
 
     def _evaluate(self) -> None:
         rows = self._policy_rows()
@@ -275,35 +196,13 @@ class RLlibRun:
             float("inf")
 
     # -- checkpoints ---------------------------------------------------------------------
-    def _latest_state(self) -> dict | None:
-        root = self.run_dir / CKPT_DIR
-        found = sorted(p for p in root.glob("step-*") if (p / "polytask.json").is_file()) if root.is_dir() else []
-        if not found:
-            raise UserError(f"no RLlib checkpoint in {root}")
-        path = found[-1]
-        try:
-            state = json.loads((path / "polytask.json").read_text())
-            strategy = torch.load(path / "strategy.pt", weights_only=True) if (path / "strategy.pt").is_file() else None
-        except (ValueError, OSError, RuntimeError) as e:
-            raise UserError(f"corrupt checkpoint {path}: {type(e).__name__}") from None
-        return {**state, "path": path, "strategy": strategy}
-
     def _checkpoint(self) -> None:
-        """Atomic: written to a temp dir, renamed into place; the newest run.keep_checkpoints kept."""
-        root = self.run_dir / CKPT_DIR
-        final, tmp = root / f"step-{self.step:012d}", root / f".tmp-step-{self.step:012d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.algo.save_to_path(str((tmp / "algorithm").resolve()))
-        if self.cfg.continual.sequence:
-            torch.save(_on_learner(self.algo, lambda learner: learner.strategy.state_dict()), tmp / "strategy.pt")
-        (tmp / "polytask.json").write_text(json.dumps({
-            "step": self.step, "stage": self.stage_index, "next_eval": self.next_eval,
-            "next_ckpt": self.next_ckpt, "stage_steps": [dict(c) for c in self.stage_steps]}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(root.glob("step-*"))[:-self.cfg.run.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        """integrations/rllib/checkpoint.py; the newest run.keep_checkpoints are kept."""
+        strategy = _on_learner(self.algo, lambda learner: learner.strategy.state_dict()) \
+            if self.cfg.continual.sequence else None
+        checkpoint.save(self.run_dir / checkpoint.DIR, self.step, self.algo.save_to_path, strategy, {
+            "step": self.step, "stage": self.stage_index, "next_eval": self.next_eval, "next_ckpt": self.next_ckpt,
+            "stage_steps": [dict(c) for c in self.stage_steps]}, self.cfg.run.keep_checkpoints)
 
     # -- the loop ------------------------------------------------------------------------
     def _episodes(self, result: dict) -> float | None:

@@ -135,7 +135,7 @@ class Telemetry:
             return
         steps_per_s, updates_per_s = progress.rates(step, learner.num_updates)
         every_task = torch.arange(len(self.suite.tasks), device=learner.device)
-        alphas = learner.alpha(every_task).detach().exp().cpu().numpy()  # one shared, or one per task
+        alphas = learner.temperature.log_alpha(every_task).detach().exp().cpu().numpy()  # shared, or per task
         restarts = sum(g[1] for g in gathered)
         lags = [lag for g in gathered for lag in g[3]]
         scalars = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s, **losses,

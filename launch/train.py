@@ -29,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python launch/train.py` from a checkout
@@ -37,8 +38,65 @@ if __package__ in (None, ""):  # `python launch/train.py` from a checkout
 import yaml
 
 from launch.config import Config, build_config, load_run_config, plan_schedule, single_task_configs
-from launch.config.overrides import set_key, to_dict
+from launch.config.overrides import choices, leaves, set_key, to_dict
+from launch.config.validate import check_launch, validate
 from launch.errors import Preempted, TrainingDiverged, UserError
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag: the config key it sets (None: a flag of the launch itself), its help
+    ("{choices}" is filled in from the key's declared choices), whether --resume takes it, and any
+    other argparse options. A flag's value is typed by its key's type hint, as --set's are."""
+    name: str
+    key: str | None
+    help: str = ""
+    resumable: bool = False
+    options: dict = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.name[2:].replace("-", "_")
+
+
+FLAGS = (
+    Flag("--suite", "env.suite", "{choices} (default: metaworld)"),
+    Flag("--tasks", "env.tasks", "MT1 task name, MT10/MT25/MT50, PM4/PM8, or a comma list"),
+    Flag("--steps", "run.steps", "total env steps over all tasks (multi-task runs)", resumable=True),
+    Flag("--sequence", "continual.sequence", "continual run: CW10, CW20, PM2, ... or task[+task][:steps],... in order"),
+    Flag("--steps-per-task", "continual.steps_per_task", "continual run: env steps of each task's stage (CW: 1000000)"),
+    Flag("--method", "continual.method", "continual strategy: {choices} (default: none, fine-tuning)"),
+    Flag("--mode", None, "with --sequence: train the sequence (default), or one single-task reference run per task "
+         "of it, in subdirectories of the run dir", options={"choices": ("continual", "single-task"),
+                                                             "default": "continual"}),
+    Flag("--balancer", "balance.method", "multi-task loss balancing: {choices} (default: mean)"),
+    Flag("--engine", "run.engine", "polytask (our actor/learner loop, default) or rllib (RLlib's new API stack)"),
+    Flag("--algo", "rllib.algo", "with --engine rllib: {choices} (default: sac)"),
+    Flag("--seed", "run.seed"),
+    Flag("--eval-every", "eval.every", "env steps between evaluations"),
+    Flag("--device", "run.device", "cpu, cuda, cuda:N or auto", resumable=True),
+    Flag("--backend", "runtime.backend", "local (actor processes, default), ray (Ray actors) or single (one loop)",
+         resumable=True),
+    Flag("--actors", "runtime.actors", "actor workers per learner rank: auto (default: sized to the machine) or N",
+         resumable=True),
+    Flag("--envs-per-actor", "runtime.envs_per_actor",
+         "envs each actor steps (default: env.envs_per_task per task it steps)", resumable=True),
+    Flag("--ray-address", "runtime.ray_address", "join this Ray cluster (default: start a private local one)",
+         resumable=True),
+    Flag("--sync", "sync.mode", "torchrun learner ranks: step (all-reduce gradients, default), local (average "
+         "every --sync-period updates) or qsr (the Quadratic Synchronization Rule)"),
+    Flag("--sync-period", "sync.period", "--sync local: updates between parameter averages (H)"),
+    Flag("--sync-period-min", "sync.period_min", "--sync qsr: the smallest period H_min"),
+    Flag("--qsr-alpha", "sync.qsr_alpha", "--sync qsr: alpha in H = (alpha / learning rate)^2"),
+    Flag("--dist-timeout", None, "torchrun: a collective waiting longer than this for the other ranks fails "
+         "(default 1800)", resumable=True, options={"type": float, "default": 1800.0, "metavar": "SECONDS"}),
+    Flag("--run-dir", None, "where to write the run (default runs/<suite>-<tasks>-seed<seed>-<time>)"),
+    Flag("--resume", None, "continue a run from its latest checkpoint", resumable=True,
+         options={"metavar": "RUN_DIR"}),
+    Flag("--config", None, "YAML file of config overrides", options={"metavar": "FILE.yaml"}),
+    Flag("--set", None, "override any config field, e.g. --set sac.actor_lr=1e-3 (repeatable)",
+         options={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,55 +106,27 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv):
     p = _Parser(prog="train.py", description="Train a multi-task agent (flags and keys: docs/configuration.md).")
-    p.add_argument("--suite", help="metaworld (default) or pointmass")
-    p.add_argument("--tasks", help="MT1 task name, MT10/MT25/MT50, PM4/PM8, or a comma list")
-    p.add_argument("--steps", help="total env steps over all tasks (multi-task runs)")
-    p.add_argument("--sequence", help="continual run: CW10, CW20, PM2, ... or task[+task][:steps],... in order")
-    p.add_argument("--steps-per-task", help="continual run: env steps of each task's stage (CW: 1000000)")
-    p.add_argument("--method", help="continual strategy: none, l2, ewc, online-ewc, si, mas, packnet, agem, "
-                                    "replay, bc, hnet")
-    p.add_argument("--mode", choices=("continual", "single-task"), default="continual",
-                   help="with --sequence: train the sequence (default), or one single-task reference run "
-                        "per task of it, in subdirectories of the run dir")
-    p.add_argument("--balancer", help="multi-task loss balancing: mean (default), uncertainty, gradnorm, famo, "
-                                      "pcgrad, cagrad, mgda, nashmtl, upgrad")
-    p.add_argument("--engine", help="polytask (our actor/learner loop, default) or rllib (RLlib's new API stack)")
-    p.add_argument("--algo", help="with --engine rllib: sac (default) or ppo")
-    p.add_argument("--seed")
-    p.add_argument("--eval-every", help="env steps between evaluations")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--backend", help="local (actor processes, default), ray (Ray actors) or single (one loop)")
-    p.add_argument("--actors", help="actor workers per learner rank: auto (default: sized to the machine) or N")
-    p.add_argument("--envs-per-actor", help="envs each actor steps (default: env.envs_per_task per task it steps)")
-    p.add_argument("--ray-address", help="join this Ray cluster (default: start a private local one)")
-    p.add_argument("--sync", help="torchrun learner ranks: step (all-reduce gradients, default), local "
-                                  "(average every --sync-period updates) or qsr (the Quadratic Synchronization Rule)")
-    p.add_argument("--sync-period", help="--sync local: updates between parameter averages (H)")
-    p.add_argument("--sync-period-min", help="--sync qsr: the smallest period H_min")
-    p.add_argument("--qsr-alpha", help="--sync qsr: alpha in H = (alpha / learning rate)^2")
-    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
-                   help="torchrun: a collective waiting longer than this for the other ranks fails (default 1800)")
-    p.add_argument("--run-dir", help="where to write the run (default runs/<suite>-<tasks>-seed<seed>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config overrides")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set sac.actor_lr=1e-3 (repeatable)")
+    fields = {key: f for key, f, _ in leaves(Config())}
+    for flag in FLAGS:
+        meta = fields[flag.key].metadata if flag.key else {}
+        text = flag.help.format(choices=", ".join(choices(meta))) if "choices" in meta else flag.help
+        p.add_argument(flag.name, help=text or None, **flag.options)
     return p.parse_args(argv)
 
 
 def _flag_values(args) -> dict:
-    """Named flags as config keys; values go through the same type checks as --set."""
-    raw = {"env.tasks": args.tasks, "run.steps": args.steps, "run.seed": args.seed,
-           "continual.sequence": args.sequence, "continual.steps_per_task": args.steps_per_task,
-           "continual.method": args.method, "balance.method": args.balancer,
-           "eval.every": args.eval_every, "run.device": args.device, "runtime.backend": args.backend,
-           "runtime.actors": args.actors, "runtime.envs_per_actor": args.envs_per_actor,
-           "runtime.ray_address": args.ray_address, "run.engine": args.engine, "rllib.algo": args.algo,
-           "sync.mode": args.sync, "sync.period": args.sync_period, "sync.period_min": args.sync_period_min,
-           "sync.qsr_alpha": args.qsr_alpha}
-    as_text = {"env.tasks", "runtime.backend", "runtime.ray_address", "run.device", "continual.sequence",
-               "continual.method", "balance.method", "run.engine", "rllib.algo", "sync.mode"}
-    return {k: (yaml.safe_load(v) if k not in as_text and v is not None else v) for k, v in raw.items()}
+    """Named flags as config keys, their values as typed (set_key reads them by the key's type
+    hint, as it reads --set's)."""
+    return {flag.key: getattr(args, flag.dest) for flag in FLAGS if flag.key}
+
+
+def _refuse_changes_on_resume(args) -> None:
+    given = [flag.name for flag in FLAGS
+             if not flag.resumable and getattr(args, flag.dest) != flag.options.get("default")]
+    if given:
+        may = [flag.name for flag in FLAGS if flag.resumable and flag.name != "--resume"]
+        raise UserError(f"--resume continues a run with its saved config; only {', '.join(may[:-1])} and "
+                        f"{may[-1]} may change (not {', '.join(given)})")
 
 
 def elastic_run_id() -> str | None:
@@ -114,18 +144,21 @@ def _restarted_job_owns(run_dir: Path) -> bool:
     return (tree.get("launch") or {}).get("elastic_run_id") == os.environ.get("TORCHELASTIC_RUN_ID")
 
 
-def resolve(args) -> tuple[Config, object, Path, bool, bool]:
-    """The config, a continual run's schedule (None for a multi-task run), the run directory,
-    whether this is a resume, and whether the run dir's logs are to be discarded (an elastic
-    restart before the first checkpoint); nothing is written yet."""
+@dataclass
+class Resolved:
+    """What resolve() decided; nothing is written yet."""
+    cfg: Config
+    schedule: object           # a continual run's Schedule (continual/schedule.py); None: a multi-task run
+    run_dir: Path
+    resume: bool = False       # continue the run dir from its latest checkpoint
+    discard_logs: bool = False  # an elastic restart before the first checkpoint: its logs start afresh
+
+
+def resolve(args) -> Resolved:
+    """The config, its schedule and the run directory, checked; nothing is written yet."""
     if args.resume:
         run_dir = Path(args.resume)
-        changed = [args.suite, args.tasks, args.seed, args.config, args.set, args.run_dir, args.eval_every,
-                   args.sequence, args.steps_per_task, args.method, args.balancer, args.mode != "continual",
-                   args.engine, args.algo, args.sync, args.sync_period, args.sync_period_min, args.qsr_alpha]
-        if any(changed):
-            raise UserError("--resume continues a run with its saved config; only --steps, --device and "
-                            "the runtime flags (--backend, --actors, --envs-per-actor, --ray-address) may change")
+        _refuse_changes_on_resume(args)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"cannot resume {run_dir}: no config.yaml (not a polytask run directory)")
         cfg = load_run_config(run_dir / "config.yaml")
@@ -134,7 +167,8 @@ def resolve(args) -> tuple[Config, object, Path, bool, bool]:
         for key, value in _flag_values(args).items():
             if value is not None:
                 set_key(cfg, key, value)
-        return cfg, plan_schedule(cfg), run_dir, True, False
+        validate(cfg)  # the flags a resume may change are checked like any others
+        return Resolved(cfg, plan_schedule(cfg), run_dir, resume=True)
     if args.sequence and (args.tasks or args.steps):
         raise UserError("with --sequence, the sequence names the tasks and --steps-per-task the budget "
                         "(--tasks and --steps are for multi-task runs)")
@@ -147,9 +181,6 @@ def resolve(args) -> tuple[Config, object, Path, bool, bool]:
                         "--backend and --mode single-task do not apply")
     cfg = build_config(args.suite, args.config, _flag_values(args), args.set)
     schedule = plan_schedule(cfg)
-    if cfg.run.engine == "rllib":
-        from launch.rllib_engine import check_supported
-        check_supported(cfg)
     what = cfg.continual.sequence if cfg.continual.sequence else (cfg.env.tasks or "default")
     if cfg.continual.sequence:
         what += f"-{cfg.continual.method}" if args.mode == "continual" else "-single-task"
@@ -165,9 +196,9 @@ def resolve(args) -> tuple[Config, object, Path, bool, bool]:
         if _restarted_job_owns(run_dir):
             from launch.checkpoint import list_checkpoints
             resume = bool(list_checkpoints(run_dir / "checkpoints"))
-            return cfg, schedule, run_dir, resume, not resume
+            return Resolved(cfg, schedule, run_dir, resume=resume, discard_logs=not resume)
         raise UserError(f"run directory {run_dir} already exists; use --resume {run_dir} to continue it")
-    return cfg, schedule, run_dir, False, False
+    return Resolved(cfg, schedule, run_dir)
 
 
 def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_logs: bool = False) -> None:
@@ -184,15 +215,13 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
             suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed)
         except ValueError as e:
             raise UserError(str(e)) from None
-        if cfg.eval.goals > suite.num_goals:
-            raise UserError(f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}")
+        check_launch(cfg, dist.world, suite)  # learner ranks, the suite, the engine: before anything is built
         if not resume and dist.is_main:
             created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
         log = print if dist.is_main else (lambda *a, **k: print(f"[rank {dist.rank}]", *a, **k))
         if cfg.run.engine == "rllib":
-            from launch.rllib_engine import RLlibRun, check_supported
-            check_supported(cfg, dist.world)
+            from launch.rllib_engine import RLlibRun
             trainer = RLlibRun(cfg, suite, schedule, run_dir, resume, log=log)
         else:
             stack.enter_context(sigterm_requests_stop())  # SIGTERM: checkpoint and stop (launch/preemption.py)
@@ -204,13 +233,7 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
             created = False  # from here on the directory is a real run
             if resume:
                 print(f"polytask: resuming {run_dir} from step {trainer.step:,}", flush=True)
-            what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
-                    else suite.name)
-            where = (f"RLlib {cfg.rllib.algo.upper()}, {trainer.env_runners} env runners" if cfg.run.engine == "rllib"
-                     else f"{trainer.device}, backend {cfg.runtime.backend} ({trainer.plan.note})")
-            print(f"polytask: training {what} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} "
-                  f"env steps on {where}"
-                  f"{f', {dist.world} learner ranks' if dist.world > 1 else ''}; run dir {run_dir}", flush=True)
+            print(_banner(cfg, suite, trainer, run_dir, dist.world), flush=True)
         trainer.run()
     except BaseException:
         if created:
@@ -220,6 +243,17 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
         if trainer is not None:
             trainer.close()
         stack.close()
+
+
+def _banner(cfg: Config, suite, trainer, run_dir: Path, world: int) -> str:
+    """The start line: what is trained, for how long, on what, and where it is written."""
+    what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
+            else suite.name)
+    where = (f"RLlib {cfg.rllib.algo.upper()}, {trainer.env_runners} env runners" if cfg.run.engine == "rllib"
+             else f"{trainer.device}, backend {cfg.runtime.backend} ({trainer.plan.note})")
+    ranks = f", {world} learner ranks" if world > 1 else ""
+    return (f"polytask: training {what} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} env steps on "
+            f"{where}{ranks}; run dir {run_dir}")
 
 
 def _lost_peer(error: Exception, dist) -> bool:
@@ -260,13 +294,13 @@ def main(argv=None) -> int:
         resolved, error = dist.broadcast_object((resolved, error))
         if error:
             raise UserError(error)
-        cfg, schedule, base_dir, resume, discard_logs = resolved
         if args.mode == "single-task":  # one reference run per task of the sequence
-            jobs = [(task_cfg, None, base_dir / task) for task, task_cfg in single_task_configs(cfg, schedule)]
+            jobs = [(task_cfg, None, resolved.run_dir / task)
+                    for task, task_cfg in single_task_configs(resolved.cfg, resolved.schedule)]
         else:
-            jobs = [(cfg, schedule, base_dir)]
+            jobs = [(resolved.cfg, resolved.schedule, resolved.run_dir)]
         for job_cfg, job_schedule, run_dir in jobs:
-            train_one(job_cfg, job_schedule, run_dir, resume, dist, discard_logs)
+            train_one(job_cfg, job_schedule, run_dir, resolved.resume, dist, resolved.discard_logs)
         return 0
     except UserError as e:
         sys.stderr.write(f"train.py: error: {e}\n")

@@ -1,5 +1,5 @@
 """The architecture's promises: imports only point down the layers, no import cycles, no module
-over ~400 lines, and every seat (learner hooks, trunks, heads, balancers, synchronizers) is
+over ~400 lines nor class over ~200, and every seat (learner hooks, trunks, heads, balancers, synchronizers) is
 called where agents/hooks.py says, in that order."""
 
 import ast
@@ -127,6 +127,13 @@ def test_launch_has_about_ten_modules_at_its_top():
 def test_no_module_over_about_400_lines():
     long = {str(p.relative_to(REPO)): n for package in ALLOWED for p in (REPO / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 430}
+    assert long == {}
+
+
+def test_no_class_over_about_200_lines():
+    long = {f"{p.relative_to(REPO)}: {node.name}": n for package in ALLOWED for p in (REPO / package).rglob("*.py")
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, ast.ClassDef) and (n := node.end_lineno - node.lineno + 1) > 215}
     assert long == {}
 
 

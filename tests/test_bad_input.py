@@ -51,15 +51,20 @@ def _assert_user_error(proc, *fragments):
     (["--suite", "pointmass", "--balancer", "famo", "--set", "balance.networks=[critic,actor]"],
      ["balance.method famo", "balance.networks=[critic]"]),
     (["--suite", "pointmass", "--set", "balance.networks=[policy]"], ["balance.networks must name some of"]),
-    (["--suite", "pointmass", "--set", "balance.cagrad_c=-1"], ["cagrad_c >= 0"]),
+    (["--suite", "pointmass", "--set", "balance.cagrad_c=-1"], ["balance.cagrad_c must be >= 0, got -1.0"]),
     (["--suite", "pointmass", "--balancer", "mgda", "--set", "balance.mgda_normalize=l1"],
      ["unknown balance.mgda_normalize 'l1'", "none, l2"]),
-    (["--suite", "pointmass", "--set", "balance.nashmtl_max_norm=-1"], ["nashmtl_max_norm (0: no clip)"]),
+    (["--suite", "pointmass", "--set", "balance.nashmtl_max_norm=-1"],
+     ["balance.nashmtl_max_norm must be >= 0 (0: no clip)"]),
     (["--suite", "pointmass", "--sync", "gossip"], ["unknown sync.mode 'gossip'", "step, local, qsr"]),
-    (["--suite", "pointmass", "--sync", "local", "--sync-period", "0"], ["sync.period and sync.period_min must be"]),
+    (["--suite", "pointmass", "--sync", "local", "--sync-period", "0"], ["sync.period must be positive, got 0"]),
     (["--suite", "pointmass", "--sync", "qsr", "--qsr-alpha", "1e-3x"], ["sync.qsr_alpha expects float"]),
     (["--suite", "pointmass", "--set", "sac.lr_schedule=step"], ["unknown sac.lr_schedule 'step'", "cosine"]),
-    (["--suite", "pointmass", "--set", "sac.lr_final_fraction=2"], ["sac.lr_final_fraction in [0, 1]"]),
+    (["--suite", "pointmass", "--set", "sac.trunk=resnet"], ["unknown sac.trunk 'resnet'", "mlp, hyper"]),
+    (["--suite", "pointmass", "--set", "aux.pvn_rate=1"], ["aux.pvn_rate must be in (0, 1), got 1.0"]),
+    (["--suite", "pointmass", "--method", "ewc"], ["continual.method ewc needs a task sequence"]),
+    (["--suite", "pointmass", "--set", "sac.lr_final_fraction=2"],
+     ["sac.lr_final_fraction must be in [0, 1], got 2.0"]),
 ])
 def test_bad_flags(tmp_path, capsys, args, fragments):
     """In-process (the CLI's main, as `python launch/train.py` runs it): one line, exit 2."""
@@ -158,6 +163,12 @@ def test_resume_checkpoint_not_matching_config(finished_run, tmp_path):
 @pytest.mark.integration
 def test_resume_rejects_config_changes(finished_run):
     _assert_user_error(train_in_process("--resume", finished_run, "--set", "sac.gamma=0.5"), "only --steps, --device")
+
+
+@pytest.mark.integration
+def test_resume_checks_the_flags_it_may_change(finished_run):
+    _assert_user_error(train_in_process("--resume", finished_run, "--steps", 0), "run.steps must be positive, got 0")
+    _assert_user_error(train_in_process("--resume", finished_run, "--backend", "mpi"), "unknown backend 'mpi'")
 
 
 @pytest.mark.integration

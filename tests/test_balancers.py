@@ -286,6 +286,26 @@ def test_one_backward_jacobian_equals_torchjds(sac):
         assert plain.abs().sum() > 0
 
 
+def test_losses_are_prepared_only_as_their_balancer_needs():
+    """The learner's losses carry what their balancer reads and nothing more (agents/balancers/
+    prepare.py): the mean neither recorded layers nor a re-computation; a combiner the recorded
+    layers; FAMO a re-computation that, before any step, gives the losses again exactly: the same
+    batch, the critic's same target, the actor's same random draws (replayed, not drawn anew)."""
+    batch, log_pi = _batch(), torch.tensor([3.0, -5.0]).repeat_interleave(8)
+    mean, pcgrad_learner = _tiny_learner("mean"), _tiny_learner("pcgrad")
+    for learner in (mean, pcgrad_learner):
+        for losses in (learner.critic_loss(batch)[0], learner.actor_loss(batch)[0]):
+            assert losses.recompute is None and bool(losses.calls) == (learner is pcgrad_learner)
+    famo = _tiny_learner("famo", networks=("critic", "actor", "alpha"))
+    for loss in (lambda: famo.critic_loss(batch)[0], lambda: famo.actor_loss(batch)[0],
+                 lambda: famo.temperature_loss(log_pi, batch.task)):
+        torch.manual_seed(3)
+        losses = loss()
+        torch.randn(5)  # the generators move on before FAMO recomputes
+        with torch.no_grad():
+            assert torch.equal(losses.recompute(), losses.per_task().detach())
+
+
 class _Penalty:
     """A hook's loss term (as a continual penalty): k |theta|^2 on the critic."""
 

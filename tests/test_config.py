@@ -1,9 +1,14 @@
-"""Config precedence, type checks and the saved-config round trip."""
+"""Config precedence, type checks, the saved-config round trip, and the rule book (field constraints,
+cross-field and world rules, the flag table)."""
+
+import re
+from types import SimpleNamespace
 
 import pytest
 
 from launch.config import Config, build_config, load_run_config
-from launch.config.overrides import to_dict
+from launch.config.overrides import check_fields, check_value, choices, leaves, to_dict
+from launch.config.validate import check_launch
 from launch.errors import UserError
 
 
@@ -83,3 +88,142 @@ def test_agem_honours_or_refuses_an_explicit_update_order(tmp_path):
         build_config("pointmass", config_file=str(file), overrides=agem)
     separate = [*agem, "continual.agem_projection=separate", "sac.update_order=sequential"]
     assert build_config("pointmass", overrides=separate).sac.update_order == "sequential"
+
+
+# ---- the rule book: constraints declared next to the fields, rules in launch/config/validate.py ------
+
+FIELDS = {key: (f.metadata, default) for key, f, default in leaves(Config())}  # key: (constraints, default)
+CHOICE_KEYS = sorted(key for key, (meta, _) in FIELDS.items() if "choices" in meta)
+BOUND_KEYS = sorted(key for key, (meta, _) in FIELDS.items() if set(meta) & {"min", "max", "above", "below"})
+
+
+def _meta(key):
+    return FIELDS[key][0]
+
+
+def test_every_rule_validate_had_is_declared_on_its_field():
+    """Pinned, so that deleting a field's constraint fails here (a new field only adds to the sets)."""
+    assert set(CHOICE_KEYS) >= {
+        "env.suite", "runtime.backend", "sac.encoder", "sac.trunk", "sac.head", "sac.activation", "balance.method",
+        "sac.log_std_mode", "sac.update_order", "eval.policy", "sac.compile", "replay.device",
+        "balance.mgda_normalize", "balance.networks", "sac.lr_schedule", "sync.mode", "aux.on", "continual.method",
+        "continual.regularize", "continual.agem_projection", "run.engine", "rllib.algo"}
+    assert set(BOUND_KEYS) >= {
+        "run.steps", "eval.goals", "run.checkpoint_every", "run.log_every", "env.envs_per_task",
+        "run.keep_checkpoints", "replay.capacity_per_task", "sac.batch_size_per_task", "runtime.chunk_steps",
+        "runtime.max_policy_lag", "runtime.publish_every", "eval.every", "run.threads", "sac.warmup_steps_per_task",
+        "sac.updates_per_round", "runtime.envs_per_actor", "sac.hidden_sizes", "sac.critic_hidden_sizes",
+        "sac.tau", "sac.gamma", "sac.encoder_tau", "sac.experts", "sac.task_embedding_dim", "sac.actor_weight_decay",
+        "sac.max_grad_norm", "sac.lr_warmup_updates", "sac.lr_schedule_updates", "sac.lr_final_fraction",
+        "sync.period", "sync.period_min", "sync.qsr_alpha", "aux.reward", "aux.dynamics", "aux.inverse", "aux.pvn",
+        "aux.hidden", "aux.pvn_tasks", "aux.pvn_actions", "aux.pvn_rate", "aux.pvn_tau", "balance.lr",
+        "balance.gradnorm_alpha", "balance.nashmtl_update_every", "balance.famo_decay", "balance.cagrad_c",
+        "balance.nashmtl_max_norm", "continual.steps_per_task", "continual.si_xi", "continual.importance_samples",
+        "continual.memory_per_task", "continual.agem_batch_size", "continual.coef", "continual.packnet_retrain_steps",
+        "continual.online_ewc_gamma", "rllib.envs_per_runner", "rllib.rollout_fragment_length",
+        "rllib.ppo_batch_size", "rllib.ppo_minibatch_size", "rllib.ppo_epochs"}
+
+
+def test_the_defaults_and_presets_keep_the_rules():
+    check_fields(Config())
+    for suite in ("metaworld", "pointmass"):
+        build_config(suite)
+        build_config(suite, overrides=["continual.sequence=PM2" if suite == "pointmass" else "continual.sequence=CW10"])
+
+
+@pytest.mark.parametrize("key", CHOICE_KEYS)
+def test_every_field_with_choices_refuses_a_bad_value_in_one_line_naming_the_valid_ones(key):
+    meta = _meta(key)
+    bad = "[nosuch]" if isinstance(FIELDS[key][1], tuple) else "nosuch"
+    with pytest.raises(UserError) as refused:
+        build_config("pointmass", overrides=[f"{key}={bad}"])
+    message = str(refused.value)
+    assert "\n" not in message and "nosuch" in message and meta.get("name", key) in message
+    assert all(valid in message for valid in choices(meta)), message
+
+
+@pytest.mark.parametrize("key", BOUND_KEYS)
+def test_every_bounded_field_refuses_a_value_outside_and_takes_its_bound(key):
+    meta = _meta(key)
+    outside = [meta["above"]] if "above" in meta else [meta["min"] - 1] if "min" in meta else []
+    outside += [meta["max"] + 1] if "max" in meta else [meta["below"]] if "below" in meta else []
+    is_list = isinstance(FIELDS[key][1], tuple)
+    for value in outside:
+        with pytest.raises(UserError, match=re.escape(f"{meta.get('name', key)} must be")):
+            build_config("pointmass", overrides=[f"{key}={[value] if is_list else value}"])
+    for edge in ([meta["min"]] if "min" in meta else []) + ([meta["max"]] if "max" in meta else []):
+        check_value(key, (edge,) if is_list else edge, meta)
+
+
+@pytest.mark.parametrize("text, steps", [("0", None), ("-1", None), ("1e3", 1000), ("1_000", 1000), ("1", 1)])
+def test_a_positive_count_refuses_0_and_below_and_takes_numbers_as_typed(text, steps):
+    if steps is None:
+        with pytest.raises(UserError, match=rf"^run.steps must be positive, got {text}$"):
+            build_config("pointmass", overrides=[f"run.steps={text}"])
+        with pytest.raises(UserError, match="run.steps must be positive"):
+            build_config("pointmass", flags={"run.steps": text})  # a named flag: the same check, the same line
+    else:
+        assert build_config("pointmass", overrides=[f"run.steps={text}"]).run.steps == steps
+        assert build_config("pointmass", flags={"run.steps": text}).run.steps == steps
+
+
+def test_choices_are_read_from_the_live_registries(monkeypatch):
+    from agents.balancers import BALANCERS
+    from agents.trunks import TRUNKS
+    from continual.strategies import METHODS
+    for key, registry in (("sac.trunk", TRUNKS), ("balance.method", BALANCERS), ("continual.method", METHODS)):
+        with pytest.raises(UserError, match=f"unknown {key} 'newcomer'"):
+            build_config("pointmass", overrides=[f"{key}=newcomer", "continual.sequence=PM2"])
+        monkeypatch.setitem(registry, "newcomer", object)
+        assert "newcomer" in choices(_meta(key))
+    cfg = build_config("pointmass", overrides=["sac.trunk=newcomer", "balance.method=newcomer",
+                                                "continual.method=newcomer", "continual.sequence=PM2"])
+    assert (cfg.sac.trunk, cfg.balance.method, cfg.continual.method) == ("newcomer",) * 3
+
+
+def test_zero_actors_means_the_driver_samples_with_rllib_only():
+    assert build_config("pointmass", flags={"run.engine": "rllib", "runtime.actors": 0}).runtime.actors == 0
+    for flags in ({"runtime.actors": 0}, {"run.engine": "rllib", "runtime.actors": -1}):
+        with pytest.raises(UserError, match="runtime.actors must be a positive number or auto"):
+            build_config("pointmass", flags=flags)
+
+
+PM4 = SimpleNamespace(name="PM4", tasks=range(4), num_goals=50)
+
+
+@pytest.mark.parametrize("overrides, world, message", [
+    (["continual.sequence=PM2"], 2, "continual runs (--sequence) train one stage at a time and need a single"),
+    ([], 5, "5 learner ranks but only 4 tasks: every rank needs a task"),
+    (["replay.save_in_checkpoint=true"], 2, "replay.save_in_checkpoint is not supported with several learner"),
+    (["balance.method=famo"], 2, "balance.method famo reads every task's losses in one place"),
+    (["eval.goals=51"], 1, "eval.goals must be at most 50 for PM4, got 51"),
+    (["run.engine=rllib"], 2, "--engine rllib does not support torchrun learner ranks"),
+    (["run.engine=rllib", "balance.method=pcgrad"], 1, "--engine rllib does not support --balancer pcgrad"),
+    (["run.engine=rllib", "continual.sequence=PM2", "continual.method=si"], 1, "continual method si (supported:"),
+])
+def test_the_world_checks_fire_from_validate_py(overrides, world, message):
+    """What Trainer.__init__, train_one and the RLlib driver checked, now before anything is built."""
+    cfg = build_config("pointmass", overrides=overrides)
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_launch(cfg, world, PM4)
+    if world > 1:
+        check_launch(cfg, 1, PM4)  # the ranks were the only reason
+    check_launch(build_config("pointmass"), 4, PM4)
+
+
+def test_flags_are_one_table_typed_by_their_keys_and_resume_names_what_may_change(tmp_path, monkeypatch, capsys):
+    from agents.balancers import BALANCERS
+    from launch.train import FLAGS, _flag_values, parse_args, resolve
+    keys = {key for key, _, _ in leaves(Config())}
+    assert [f.key for f in FLAGS if f.key and f.key not in keys] == []
+    args = parse_args(["--steps", "1e3", "--actors", "2", "--device", "cpu", "--qsr-alpha", "1e-3", "--seed", "7"])
+    cfg = build_config("pointmass", flags=_flag_values(args))
+    assert (cfg.run.steps, cfg.runtime.actors, cfg.run.device, cfg.sync.qsr_alpha, cfg.run.seed) == \
+        (1000, 2, "cpu", 1e-3, 7)
+    with pytest.raises(UserError, match=re.escape("only --steps, --device, --backend, --actors, --envs-per-actor, "
+                                                  "--ray-address and --dist-timeout may change (not --seed)")):
+        resolve(parse_args(["--resume", str(tmp_path), "--seed", "1"]))
+    monkeypatch.setitem(BALANCERS, "newcomer", object)  # the help lists the registry as it is
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "newcomer" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from agents.sac.lr_schedule import SCHEDULES, lr_factor
 from continual.schedule import planned_updates, schedule_from, stage_at, steps_left
-from launch.config.overrides import parse_override, set_key
+from launch.config.overrides import check_value, parse_override, set_key
 from launch.errors import UserError
 from metrics.multitask import iqm, mean, median, per_task_ci
 
@@ -109,6 +110,27 @@ def test_parse_override_splits_at_the_first_equals_and_keeps_the_value(key, valu
 @example("sac.steps", -3).via("a negative int keeps its sign")
 def test_parse_override_reads_ints_with_their_sign(key, n):
     assert parse_override(f"{key}={n}") == (key, n)
+
+
+# A field's declared bounds (launch/config/overrides.py) and the set of numbers each one admits.
+_BOUNDS = [({"above": 0}, lambda x: x > 0, "positive"), ({"min": 0}, lambda x: x >= 0, ">= 0"),
+           ({"min": 0, "max": 1}, lambda x: 0 <= x <= 1, "in [0, 1]"),
+           ({"above": 0, "max": 1}, lambda x: 0 < x <= 1, "in (0, 1]"),
+           ({"above": 0, "below": 1}, lambda x: 0 < x < 1, "in (0, 1)")]
+
+
+@PROPERTY
+@given(st.sampled_from(range(len(_BOUNDS))), st.one_of(st.integers(-3, 3), st.floats(-2, 2)))
+@example(0, 0).via("positive refuses 0")
+@example(3, 1.0).via("an inclusive upper bound takes itself")
+@example(4, 1.0).via("an exclusive one does not")
+def test_a_bound_refuses_exactly_the_numbers_outside_it_in_one_line_that_says_it(which, x):
+    meta, admits, words = _BOUNDS[which]
+    if admits(x):
+        check_value("sac.k", x, meta)
+    else:
+        with pytest.raises(UserError, match=rf"^sac\.k must be {re.escape(words)}, got "):
+            check_value("sac.k", x, meta)
 
 
 # ---- continual/schedule.py: stages, steps left, planned updates --------------------------------------

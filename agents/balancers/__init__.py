@@ -22,7 +22,7 @@ combines it (as mtrl's PCGrad does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,15 +33,23 @@ from agents.balancers.weighting import FAMO, GradNorm, UncertaintyWeighting
 
 @dataclass
 class BalanceConfig:
-    method: str = "mean"              # see BALANCERS
-    networks: tuple[str, ...] = ()    # the losses it balances (the rest: the mean); (): the method's default
-    lr: float = 0.025                 # Adam lr of the learned weights: uncertainty's s, GradNorm's w, FAMO's logits
-    famo_decay: float = 0.01          # FAMO: weight decay gamma of its logits (its MT10 script)
-    gradnorm_alpha: float = 1.5       # GradNorm: asymmetry alpha (the paper: 1.5 on NYUv2)
-    cagrad_c: float = 0.9             # CAGrad: c (its paper: 0.9 on MT10, 0.5 on MT50)
-    nashmtl_max_norm: float = 1.0     # Nash-MTL: the update's norm is clipped to this (authors' default; 0: no clip)
-    nashmtl_update_every: int = 1     # Nash-MTL: solve for its weights every this many updates (authors' default)
-    mgda_normalize: str = "none"      # MGDA: "none" (the paper) or "l2": unit-length task gradients (Kurin's MT10 run)
+    """Metadata: the constraints launch/config/overrides.py checks (registries read at check time)."""
+    method: str = field(default="mean", metadata={"choices": lambda: BALANCERS})
+    networks: tuple[str, ...] = field(  # the losses it balances (the rest: the mean)
+        default=(), metadata={"choices": lambda: NETWORKS, "empty": "the method's default"})
+    lr: float = field(default=0.025, metadata={"above": 0})  # Adam lr of the learned weights: uncertainty's s,
+                                                             # GradNorm's w, FAMO's logits
+    famo_decay: float = field(default=0.01, metadata={"min": 0})  # FAMO: weight decay gamma of its logits
+                                                                  # (its MT10 script)
+    gradnorm_alpha: float = field(default=1.5, metadata={"above": 0})  # GradNorm: asymmetry alpha (the paper:
+                                                                       # 1.5 on NYUv2)
+    cagrad_c: float = field(default=0.9, metadata={"min": 0})  # CAGrad: c (its paper: 0.9 on MT10, 0.5 on MT50)
+    nashmtl_max_norm: float = field(  # Nash-MTL: the update's norm is clipped to this (authors' default)
+        default=1.0, metadata={"min": 0, "note": "0: no clip"})
+    nashmtl_update_every: int = field(default=1, metadata={"above": 0})  # Nash-MTL: solve for its weights
+                                                                         # every this many updates (authors')
+    mgda_normalize: str = field(  # MGDA: "none" (the paper) or "l2": unit-length task gradients (Kurin's MT10)
+        default="none", metadata={"choices": MGDA_NORMALIZE})
 
 
 BALANCERS = {

@@ -11,7 +11,8 @@ of rows of each task, contiguous per task. For each network it balances, the lea
 `gather(rows, task_ids)`: with data-parallel learner ranks, the rows of every rank in task order
 (a gradient-combining balancer needs every task's gradient); the identity on one learner.
 The mean here is the default; the others are in weighting.py (loss weights) and gradients.py
-(gradient combination).
+(gradient combination). What a balancer reads besides the losses (`per_task_gradients`,
+`recomputes`) the learner prepares around its loss functions: prepare.py.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Balancer:
     """Unitary scalarization: the gradient of the mean of the task losses (the default)."""
 
     per_task_gradients = False  # does it read each task's gradient (then the learner records `calls`)
+    recomputes = False  # does it call `losses.recompute()` (then the learner provides it: prepare.py)
 
     def backward(self, losses: TaskLosses, params: list[torch.Tensor], network: str,
                  retain_graph: bool = False, gather: Gather = no_gather) -> None:

@@ -141,6 +141,7 @@ class GradNorm(LearnedTaskWeights):
 
 class FAMO(LearnedTaskWeights):
     EPS = 1e-8
+    recomputes = True  # after_step reads the losses again, through the updated network
 
     def __init__(self, num_tasks: int, lr: float = 0.025, famo_decay: float = 0.01,
                  device: torch.device = torch.device("cpu"), **_):

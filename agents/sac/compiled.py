@@ -1,9 +1,11 @@
 """`sac.compile`: the learner's network passes compiled with torch.compile.
 
 Every network evaluation of a SAC update sits in two pure tensor functions of the learner
-(agents/sac/learning.py): `_critic_pass` (the target's actor sample and target critics, the
-critics on the batch) and `_actor_pass` (the policy sample and the critics on it). With
-`sac.compile` set they are compiled at the first update and every later update of the same
+(agents/sac/learning.py): `critic_pass` (the target's actor sample and target critics, the
+critics on the batch) and `actor_pass` (the policy sample and the critics on it). The losses
+call them as `learner.passes.critic` and `.actor`: the methods themselves, or with
+`sac.compile` set their compiled versions; FAMO's re-computations (no gradient) run eagerly.
+Compiled, they are compiled at the first update and every later update of the same
 batch shape replays them (a new shape compiles again: a continual stage whose rehearsal adds
 tasks to the batch, A-GEM's memory batch; past Dynamo's recompile limit torch falls back to
 eager); their backward passes are compiled with them (AOTAutograd), so the whole forward and
@@ -32,19 +34,27 @@ layers' inputs through forward hooks, which compiled code does not run: it needs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 
-def compile_passes(learner, mode: str):
-    """(critic pass, actor pass) of `learner`: its own methods, or their compiled versions."""
+class Passes(NamedTuple):
+    critic: Callable
+    actor: Callable
+
+
+def compile_passes(learner, mode: str) -> Passes:
+    """The passes the losses of `learner` run: its own methods, or their compiled versions."""
     if mode == "none":
-        return learner._critic_pass, learner._actor_pass
+        return Passes(learner.critic_pass, learner.actor_pass)
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown sac.compile {mode!r}; valid: {', '.join(COMPILE_MODES)}")
     import torch._inductor.config as inductor
 
     inductor.fallback_random = True  # the eager run's random streams, draw for draw
     options = dict(mode=None if mode == "default" else mode, dynamic=False)
-    return torch.compile(learner._critic_pass, **options), torch.compile(learner._actor_pass, **options)
+    return Passes(torch.compile(learner.critic_pass, **options), torch.compile(learner.actor_pass, **options))

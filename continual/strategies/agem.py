@@ -29,6 +29,7 @@ from continual.strategies.base import Strategy, TaskContext
 
 class AGEM(Strategy):
     default_networks = "both"  # CW's published runs regularize the critic too
+    needs_states = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -21,7 +21,8 @@ heads or task embeddings), as Continual World's `common_variables`.
 
 A strategy that `rehearses` trains on earlier tasks' replay as well: the trainer then keeps
 their buffers (and checkpoints them once, at the end of their stage) and samples every seen
-task in each update batch.
+task in each update batch. A strategy that `needs_states` reads stored transitions of the
+stage's tasks from ctx.replay in end_task (importances, a memory); the others never touch it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Strategy(LearnerHook):
     """Fine-tuning: every hook does nothing. Subclasses override what they need."""
 
     rehearses = False
+    needs_states = False  # end_task reads ctx.replay (a training loop without our replay builds a view of its own)
     default_networks = "actor"  # what continual.regularize="" means for this method
 
     def __init__(self, cfg=None, learner=None, task_stage: list[int] | None = None, seed: int = 0):

@@ -32,6 +32,7 @@ class AnchoredPenalty(Strategy):
     """coef * sum(importance * (theta - theta*)^2) per protected network, after the first task."""
 
     default_coef = 1.0
+    needs_states = True  # importances from the finished task's states (L2 and SI need none)
     # network -> importance estimate from the finished task's states: (actor, obs, task) or (critic, obs, action, task)
     estimators: dict = {}
 
@@ -81,6 +82,7 @@ class AnchoredPenalty(Strategy):
 
 class L2(AnchoredPenalty):
     default_coef = 1e5
+    needs_states = False
 
     def task_importance(self, network, ctx):
         return [torch.ones_like(p) for _, p in self.shared(network)]
@@ -109,6 +111,7 @@ class SI(AnchoredPenalty):
     sequence once the per-task heads are free)."""
 
     default_coef = 10.0
+    needs_states = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -26,6 +26,7 @@ class Replay(Strategy):
 
 class BehaviourCloning(Strategy):
     default_coef = 1.0
+    needs_states = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

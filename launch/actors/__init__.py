@@ -13,7 +13,8 @@ same interface:
     ray     launch/actors/ray_pool.py: Ray actors
 
 Every backend wraps the same `Actor` (launch/actors/actor.py); the learner's weights reach them
-through `WeightPublisher` (launch/actors/weights.py). How many actors a rank runs is the machine's
+through `WeightPublisher` (launch/actors/weights.py); `StageActors` (launch/actors/stage.py) is a
+stage's actors as the loop sees them. How many actors a rank runs is the machine's
 question (launch/machine.py).
 """
 

@@ -1,6 +1,17 @@
 """A typed override machine for a tree of dataclasses: dotted keys (`sac.actor_lr`), values from
-YAML or the command line, checked against the fields' type hints. Knows nothing of polytask's
-config; launch/config/__init__.py applies it to the config tree."""
+YAML or the command line, checked against the fields' type hints (set_key) and against the
+constraints declared in the fields' metadata (check_fields). Knows nothing of polytask's config;
+launch/config/__init__.py applies it to the config tree.
+
+A field's metadata may say (plain data, so that any package can declare it without importing this):
+    "choices": ("a", "b")   the valid values, or a zero-arg callable returning them (a registry,
+                            read when the value is checked: entries added later count)
+    "empty": "meaning"      "" (or an empty list) is valid too, and means this
+    "min" / "max": x        inclusive bounds; "above" / "below": x exclusive ("above": 0 = positive)
+    "nonempty": True        a list must not be empty
+    "note": "0: off"        said after the bound in the message
+    "name": "backend"       what the message calls the key (default: the dotted key)
+On a list, choices and bounds apply to every item."""
 
 from __future__ import annotations
 
@@ -124,3 +135,69 @@ def parse_override(text: str) -> tuple[str, object]:
         return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError:
         raise UserError(f"--set {key}: cannot parse value {raw!r}") from None
+
+
+# ---- constraints declared next to the fields (see the module docstring) -------------------------
+
+def leaves(cfg, prefix: str = ""):
+    """(dotted key, dataclasses.Field, value) of every field of a dataclass tree that is not a section."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from leaves(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def choices(meta) -> tuple:
+    """A field's valid values, read now (a registry may have grown since it was declared)."""
+    valid = meta["choices"]
+    return tuple(valid() if callable(valid) else valid)
+
+
+def _within(meta, x) -> bool:
+    return (x >= meta.get("min", x) and x <= meta.get("max", x)
+            and ("above" not in meta or x > meta["above"]) and ("below" not in meta or x < meta["below"]))
+
+
+def _bound(meta) -> str:
+    """The bounds in words: `positive`, `>= 0`, `in (0, 1]`; "" if none."""
+    lo = ("[", meta["min"]) if "min" in meta else ("(", meta["above"]) if "above" in meta else None
+    hi = (meta["max"], "]") if "max" in meta else (meta["below"], ")") if "below" in meta else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[0]}{hi[1]}"
+    if lo:
+        return "positive" if lo == ("(", 0) else f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f"{'<=' if hi[1] == ']' else '<'} {hi[0]}"
+    return ""
+
+
+def check_value(key: str, value, meta) -> None:
+    """Refuse `value` of the field `key` in one line if it breaks the field's declared constraints."""
+    name = meta.get("name", key)
+    if value is None or ("empty" in meta and value in ("", ())):
+        return
+    aside = "; ".join(x for x in (meta.get("note"), f"or empty: {meta['empty']}" if "empty" in meta else None) if x)
+    aside = f" ({aside})" if aside else ""
+    items = value if isinstance(value, tuple) else None
+    if "choices" in meta:
+        valid = choices(meta)
+        if items is not None and set(items) - set(valid):
+            raise UserError(f"{name} must name some of {', '.join(valid)}, got {list(items)}")
+        if items is None and value not in valid:
+            raise UserError(f"unknown {name} {value!r}; valid: {', '.join(valid)}{aside}")
+    bound = _bound(meta)
+    if items is not None and (not all(_within(meta, v) for v in items) or (meta.get("nonempty") and not items)):
+        what = f"{'non-empty ' if meta.get('nonempty') else ''}list of " + \
+            ("positive numbers" if bound == "positive" else f"numbers {bound}" if bound else "values")
+        raise UserError(f"{name} must be a {what}{aside}, got {list(items)}")
+    if items is None and bound and not _within(meta, value):
+        raise UserError(f"{name} must be {bound}{aside}, got {value}")
+
+
+def check_fields(cfg) -> None:
+    """Every field against its declared constraints: the first one broken is one UserError line."""
+    for key, f, value in leaves(cfg):
+        if f.metadata:
+            check_value(key, value, f.metadata)

@@ -1,0 +1,208 @@
+"""The config's rule book, part two: rules between fields, and between the config and the world it
+runs in. A rule on one field (its choices, its bounds) is not here but in that field's metadata,
+next to the field (launch/config/overrides.py checks it and words its message).
+
+    validate(cfg)                      every field's constraints, then RULES in order
+    check_launch(cfg, world, suite)    WORLD_RULES: the learner ranks, the suite, the RLlib engine;
+                                       launch/train.py calls it before anything is built
+
+A rule is a small function that returns the one-line message when the config breaks it, else None;
+the first broken one is raised as a UserError (exit code 2). A setting the user gave is honoured or
+refused, never replaced. `cfg` is a launch.config.Config (not imported: that package imports this)."""
+
+from __future__ import annotations
+
+from agents.auxiliary import NAMES as AUX_LOSSES
+from agents.balancers import NEEDS_EVERY_TASK, PER_TASK_GRADIENTS, POSITIVE_LOSSES_ONLY
+from launch.config.overrides import check_fields
+from launch.errors import UserError
+
+RULES = []        # rule(cfg) -> message | None
+WORLD_RULES = []  # rule(cfg, world, suite) -> message | None; world: learner ranks; suite: envs.base.Suite
+
+
+def rule(fn):
+    RULES.append(fn)
+    return fn
+
+
+def world_rule(fn):
+    WORLD_RULES.append(fn)
+    return fn
+
+
+def validate(cfg) -> None:
+    """One UserError line for the first field constraint or rule the config breaks."""
+    check_fields(cfg)
+    for check in RULES:
+        if message := check(cfg):
+            raise UserError(message)
+
+
+def check_launch(cfg, world: int, suite) -> None:
+    """The config against the world it is about to run in: `world` learner ranks (torchrun), the
+    built `suite`, and, with run.engine=rllib, what that engine supports."""
+    if cfg.run.engine == "rllib":
+        check_engine(cfg, world)
+    for check in WORLD_RULES:
+        if message := check(cfg, world, suite):
+            raise UserError(message)
+
+
+# ---- between fields ---------------------------------------------------------------------------
+
+@rule
+def actors_positive_or_auto(cfg):
+    actors = cfg.runtime.actors
+    if actors == "auto" or (isinstance(actors, int) and actors > 0):
+        return None
+    if actors == 0 and cfg.run.engine == "rllib":  # RLlib: 0 env runners = sample in the driver
+        return None
+    return f"runtime.actors must be a positive number or auto, got {actors!r}"
+
+
+@rule
+def replay_holds_a_batch(cfg):
+    if cfg.replay.capacity_per_task < cfg.sac.batch_size_per_task:
+        return (f"replay.capacity_per_task ({cfg.replay.capacity_per_task}) must hold at least one batch "
+                f"(sac.batch_size_per_task = {cfg.sac.batch_size_per_task})")
+
+
+@rule
+def encoder_tau_needs_an_encoder(cfg):
+    if cfg.sac.encoder_tau and not cfg.sac.encoder:
+        return "sac.encoder_tau is the target rate of a shared encoder: set sac.encoder too"
+
+
+@rule
+def encoder_has_layers(cfg):
+    if cfg.sac.encoder and (not cfg.sac.encoder_sizes or min(cfg.sac.encoder_sizes) <= 0):
+        return "sac.encoder_sizes must be a non-empty list of positive sizes"
+
+
+@rule
+def compiled_passes_run_no_gradient_hooks(cfg):
+    if cfg.sac.compile != "none" and cfg.balance.method in PER_TASK_GRADIENTS:
+        return (f"balance.method {cfg.balance.method} reads per-task gradients through forward hooks, which "
+                f"compiled passes do not run: use sac.compile=none with it")
+
+
+@rule
+def log_std_range(cfg):
+    if not cfg.sac.log_std_min < cfg.sac.log_std_max:
+        return "sac.log_std_min must be below sac.log_std_max"
+
+
+@rule
+def bronet_has_one_width(cfg):
+    sac = cfg.sac
+    sizes = ([sac.encoder_sizes] if sac.encoder == "bronet" else []) + \
+        ([sac.hidden_sizes, sac.critic_hidden_sizes] if sac.trunk == "bronet" else [])
+    if any(len(set(s)) > 1 for s in sizes):
+        return ("a bronet trunk has one width: its sizes must repeat it, e.g. [512, 512, 512] "
+                "(a first layer and two residual blocks)")
+
+
+@rule
+def hyper_trunk_has_no_layer_norm(cfg):
+    if cfg.sac.trunk == "hyper" and cfg.sac.layer_norm:
+        return "sac.trunk=hyper generates every trunk layer and has no LayerNorm: set sac.layer_norm=false"
+
+
+@rule
+def aux_on_encoder_needs_an_encoder(cfg):
+    if cfg.aux.on == "encoder" and not cfg.sac.encoder:
+        return "aux.on=encoder needs a shared encoder: set sac.encoder (e.g. mlp)"
+
+
+@rule
+def loss_weightings_balance_the_critic_only(cfg):
+    b = cfg.balance
+    if b.method in POSITIVE_LOSSES_ONLY and set(b.networks) - {"critic"}:
+        return (f"balance.method {b.method} weights log-losses or loss ratios, defined for the critic's "
+                f"positive loss only (SAC's actor and temperature losses take any sign): balance.networks=[critic]")
+
+
+@rule
+def agem_joint_projection_needs_simultaneous_updates(cfg):
+    c = cfg.continual
+    if c.method == "agem" and c.agem_projection == "joint" and cfg.sac.update_order != "simultaneous":
+        return ("A-GEM's joint projection needs sac.update_order=simultaneous "
+                "(or set continual.agem_projection=separate)")
+
+
+@rule
+def method_needs_a_sequence(cfg):
+    if cfg.continual.method != "none" and not cfg.continual.sequence:
+        return f"continual.method {cfg.continual.method} needs a task sequence (--sequence)"
+
+
+@rule
+def hnet_needs_generated_weights(cfg):
+    if cfg.continual.method == "hnet" and "hyper" not in (cfg.sac.head, cfg.sac.trunk):
+        return "continual.method hnet regularizes generated weights: set sac.head=hyper and/or sac.trunk=hyper"
+
+
+# ---- against the world: learner ranks and the suite (our loop's Trainer builds on these) ------------
+
+@world_rule
+def goals_exist(cfg, world, suite):
+    if cfg.eval.goals > suite.num_goals:
+        return f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}"
+
+
+@world_rule
+def continual_needs_one_rank(cfg, world, suite):
+    if cfg.continual.sequence and world > 1:
+        return "continual runs (--sequence) train one stage at a time and need a single learner rank"
+
+
+@world_rule
+def every_rank_has_a_task(cfg, world, suite):
+    if world > len(suite.tasks):  # launch/distributed/ranks.py: rank r trains tasks r, r + world, ...
+        return f"{world} learner ranks but only {len(suite.tasks)} tasks: every rank needs a task"
+
+
+@world_rule
+def replay_checkpoint_needs_one_rank(cfg, world, suite):
+    if cfg.replay.save_in_checkpoint and world > 1:
+        return "replay.save_in_checkpoint is not supported with several learner ranks"
+
+
+@world_rule
+def balancer_reads_every_task(cfg, world, suite):
+    if cfg.balance.method in NEEDS_EVERY_TASK and world > 1:
+        return (f"balance.method {cfg.balance.method} reads every task's losses in one place; it "
+                f"needs a single learner rank (the gradient combiners work across ranks)")
+
+
+# ---- the RLlib engine (launch/rllib_engine.py) ------------------------------------------------
+
+SUPPORTED_METHODS = ("none", "l2", "ewc", "online-ewc", "mas", "packnet")  # continual methods it runs
+
+
+def check_engine(cfg, world: int = 1) -> None:
+    """One UserError line naming every setting the RLlib engine cannot honour."""
+    problems = []
+    if world > 1:
+        problems.append("torchrun learner ranks (RLlib scales its learners with its own num_learners)")
+    if cfg.balance.method != "mean":
+        problems.append(f"--balancer {cfg.balance.method} (RLlib's SAC loss is the mean over the batch)")
+    if cfg.replay.normalize_rewards or cfg.sac.actor_weight_decay or cfg.sac.max_grad_norm:
+        problems.append("the Kurin stabilizers (replay.normalize_rewards, sac.actor_weight_decay, sac.max_grad_norm)")
+    if cfg.continual.method not in SUPPORTED_METHODS:
+        problems.append(f"continual method {cfg.continual.method} (supported: {', '.join(SUPPORTED_METHODS)})")
+    if cfg.rllib.algo == "ppo" and cfg.continual.sequence:
+        problems.append("continual sequences with --algo ppo (use --algo sac)")
+    if cfg.rllib.algo == "ppo" and any(getattr(cfg.aux, n) for n in AUX_LOSSES):
+        problems.append("auxiliary losses with --algo ppo (use --algo sac)")
+    if cfg.run.device not in ("cpu", "auto"):
+        problems.append(f"--device {cfg.run.device} (the RLlib engine's learner runs on the CPU here)")
+    if cfg.sac.compile != "none" or cfg.replay.device == "learner":
+        problems.append("sac.compile and replay.device=learner (the GPU learner path is our loop's)")
+    if cfg.sac.encoder_tau:
+        problems.append("sac.encoder_tau (RLlib's target update has one rate: sac.tau)")
+    if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
+        problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
+    if problems:
+        raise UserError(f"--engine rllib does not support {'; '.join(problems)}")
