@@ -130,8 +130,8 @@ class TaskNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, task: torch.Tensor, with_features: bool = False):
         features = self.features(x, task)
-        out = self.head(features, task)
-        return (out, features) if with_features else out
+        out = self.head(features, task).float()  # fp32 whatever the matmuls ran in (sac.precision)
+        return (out, features.float()) if with_features else out
 
     def named_shared_parameters(self):
         """(name, parameter) of what every task uses: not per-task heads, not task embeddings."""

@@ -4,6 +4,8 @@
     python benchmarks/learner_path.py collection   # an actor's share of time in Meta-World's own step
     python benchmarks/learner_path.py contention   # a run alone and beside a busy process: old vs auto sizing
     python benchmarks/learner_path.py run          # a real MT10 run with the defaults: rates, bound, projection
+                                                   # (--precision bf16: the same run in bf16)
+    python benchmarks/learner_path.py precision    # learner updates/s, fp32 vs bf16 (benchmarks/precision.py)
 
 updates: the MT10 (10 x 128) and MT50 (50 x 128) default learners (3x400, multi-head), each
 variant in a fresh process (its own compile, its own memory), interleaved over --repeats rounds;
@@ -197,7 +199,8 @@ def run(args) -> None:
     warm-up, what bound it, and the full 20M-step run projected from those rates."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "launch" / "train.py"), "--suite", "metaworld", "--eval-every", "0",
-               "--run-dir", f"{tmp}/run", "--set", "run.log_every=20000", *args.set]
+               "--run-dir", f"{tmp}/run", "--set", "run.log_every=20000", "--set", f"sac.precision={args.precision}",
+               *args.set]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines, start = [], time.perf_counter()
         for line in proc.stdout:
@@ -220,7 +223,7 @@ def run(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["updates", "collection", "contention", "run", "_one"])
+    p.add_argument("mode", choices=["updates", "collection", "contention", "run", "precision", "_one", "_precision"])
     p.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tasks", type=int, nargs="+", default=[10, 50])
@@ -229,11 +232,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--set", action="append", default=[], help="run: extra train.py arguments")
+    p.add_argument("--precision", default="fp32", help="run: sac.precision (fp32, bf16, auto)")
     args = p.parse_args()
+    from benchmarks import precision
     if args.mode == "_one":
         print(json.dumps(one_update_rate(*json.loads(args.spec))))
         return
-    {"updates": updates, "collection": collection, "contention": contention, "run": run}[args.mode](args)
+    if args.mode == "_precision":
+        print(json.dumps(precision.one(json.loads(args.spec))))
+        return
+    {"updates": updates, "collection": collection, "contention": contention, "run": run,
+     "precision": precision.precision}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """polytask's single-process SAC trainer vs Stable-Baselines3 SAC on Meta-World reach-v3.
 
     python benchmarks/sac_vs_sb3.py throughput [--steps 2000] [--repeats 5] [--threads 1] [--device cpu]
+                                               [--precision bf16]
     python benchmarks/sac_vs_sb3.py quality [--steps 40000] [--seeds 3] [--device cpu]
 
 Same settings for both: MLP 256x256 (actor and twin critics), batch 256, one gradient update
@@ -36,7 +37,8 @@ from benchmarks.common import median, table
 TASK = "reach-v3"
 
 
-def train_ours(steps: int, warmup: int, seed: int, eval_goals: int, device: str, threads: int) -> tuple[float, float]:
+def train_ours(steps: int, warmup: int, seed: int, eval_goals: int, device: str, threads: int,
+               precision: str = "fp32") -> tuple[float, float]:
     """(training env-steps/s, final eval success)."""
     from envs import make_suite
     from launch.config import build_config
@@ -49,6 +51,7 @@ def train_ours(steps: int, warmup: int, seed: int, eval_goals: int, device: str,
                                   "sac.batch_size_per_task=256",
                                   "sac.head=single", "sac.task_input=false",
                                   f"sac.warmup_steps_per_task={warmup}", "replay.capacity_per_task=1000000",
+                                  f"sac.precision={precision}",
                                   f"run.log_every={steps}", f"run.checkpoint_every={steps}"])
     suite = make_suite("metaworld", TASK, seed)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -82,11 +85,12 @@ def train_sb3(steps: int, warmup: int, seed: int, eval_goals: int, device: str, 
 def throughput(args) -> None:
     ours, sb3 = [], []
     for r in range(args.repeats):  # alternate, so machine noise hits both alike
-        ours.append(train_ours(args.steps, args.warmup, r, 1, args.device, args.threads)[0])
+        ours.append(train_ours(args.steps, args.warmup, r, 1, args.device, args.threads, args.precision)[0])
         sb3.append(train_sb3(args.steps, args.warmup, r, 1, args.device, args.threads)[0])
         print(f"repeat {r}: polytask {ours[-1]:,.1f}  SB3 {sb3[-1]:,.1f} env-steps/s", flush=True)
     print(f"\nreach-v3, {args.steps} env steps ({args.warmup} random first), 1 update/step, batch 256, "
-          f"256x256, {args.device}, {args.threads} torch thread(s); median of {args.repeats}")
+          f"256x256, {args.device}, {args.threads} torch thread(s), polytask in {args.precision} (SB3: fp32); "
+          f"median of {args.repeats}")
     print(table(["trainer", "env-steps/s (median)", "runs"],
                 [["polytask", median(ours), " ".join(f"{x:.0f}" for x in ours)],
                  ["Stable-Baselines3", median(sb3), " ".join(f"{x:.0f}" for x in sb3)]]))
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="both trainers' torch device: cpu, cuda, cuda:N")
+    parser.add_argument("--precision", default="fp32", help="throughput: our sac.precision (fp32, bf16, auto); "
+                                                           "SB3 has fp32 only")
     args = parser.parse_args()
     if args.mode == "throughput":
         args.steps, args.warmup = args.steps or 2000, args.warmup or 256

@@ -229,6 +229,8 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
                               discard_logs=discard_logs)
         if dist.is_main:
             launch = {"world_size": dist.world, "elastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
+            if cfg.run.engine != "rllib":  # sac.precision as this machine resolved it (auto: its bf16 units)
+                launch["precision"] = trainer.learner.precision
             write_config(run_dir, to_dict(cfg), schedule.records() if schedule else None, launch)
             created = False  # from here on the directory is a real run
             if resume:
@@ -250,10 +252,17 @@ def _banner(cfg: Config, suite, trainer, run_dir: Path, world: int) -> str:
     what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
             else suite.name)
     where = (f"RLlib {cfg.rllib.algo.upper()}, {trainer.env_runners} env runners" if cfg.run.engine == "rllib"
-             else f"{trainer.device}, backend {cfg.runtime.backend} ({trainer.plan.note})")
+             else f"{trainer.device} in {_precision(trainer.learner)}, backend {cfg.runtime.backend} "
+                  f"({trainer.plan.note})")
     ranks = f", {world} learner ranks" if world > 1 else ""
     return (f"polytask: training {what} [{', '.join(suite.task_names)}] for {cfg.run.steps:,} env steps on "
             f"{where}{ranks}; run dir {run_dir}")
+
+
+def _precision(learner) -> str:
+    """The learner's precision and how it was chosen: 'bf16 (auto: AMX)', 'fp32'."""
+    why = learner.precision_reason
+    return learner.precision + (f" ({why})" if why != "set" else "")
 
 
 def _lost_peer(error: Exception, dist) -> bool:

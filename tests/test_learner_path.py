@@ -183,3 +183,11 @@ def test_weight_publisher_hands_over_every_copy_it_starts_and_the_weights_of_its
     assert all(torch.equal(weights(), snapshots[v]) for v, weights in source.published)
     publisher.reset()  # a new stage: nothing of the last one is published
     assert publisher(source, 1) is None
+
+
+@pytest.mark.integration
+def test_compiled_update_matches_the_eager_update_in_bf16():
+    """sac.precision=bf16 (agents/sac/precision.py) with compiled passes: the autocast regions are
+    compiled with the passes, and losses and networks equal the eager bf16 learner's after 4
+    updates (an auxiliary loss on the critic's features included)."""
+    _compare(torch.device("cpu"), "default", precision="bf16")

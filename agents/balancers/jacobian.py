@@ -69,8 +69,9 @@ def task_jacobian(per_task: torch.Tensor, task: torch.Tensor, params: list[torch
             if dy is None:
                 continue
             k = layer.weight.shape[0]
-            x = x.detach().expand(k, *x.shape[1:]).reshape(k, num_tasks, rows // num_tasks, -1)
-            dy = dy.reshape(k, num_tasks, rows // num_tasks, -1)
+            # .float(): under bf16 autocast a layer's input and output are bf16, its parameters fp32
+            x = x.detach().float().expand(k, *x.shape[1:]).reshape(k, num_tasks, rows // num_tasks, -1)
+            dy = dy.float().reshape(k, num_tasks, rows // num_tasks, -1)
             for p, g in ((layer.weight, torch.einsum("ktni,ktno->tkio", x, dy)),
                          (layer.bias, dy.sum(dim=2, keepdim=True).transpose(0, 1))):
                 fast[id(p)] = fast[id(p)] + g.flatten(1) if id(p) in fast else g.flatten(1)

@@ -27,6 +27,11 @@ def _schedules():
     return SCHEDULES
 
 
+def _precisions():
+    from agents.sac.precision import PRECISIONS
+    return PRECISIONS
+
+
 def _compile_modes():
     from agents.sac.compiled import COMPILE_MODES
     return COMPILE_MODES
@@ -83,6 +88,8 @@ class SACConfig:
         default=0.0, metadata={"min": 0, "note": "0: off"})
     compile: str = field(default="none", metadata={"choices": _compile_modes})  # torch.compile the network
                                      # passes (reduce-overhead: CUDA graphs on a GPU; agents/sac/compiled.py)
+    precision: str = field(default="fp32", metadata={"choices": _precisions})  # the learner's network passes:
+                                     # bf16: under autocast; auto: bf16 on bf16 matrix units (agents/sac/precision.py)
     update_order: str = field(default="sequential", metadata={"choices": ("sequential", "simultaneous")})
                                      # sequential: critic step, then the actor against the updated critic
                                      # (CleanRL, SB3); simultaneous: every gradient from the same networks,

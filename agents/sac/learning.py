@@ -42,6 +42,7 @@ from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.compiled import compile_passes
 from agents.sac.config import SACConfig
+from agents.sac.precision import autocast, resolve_precision
 from agents.sac.state import LearnerState
 from agents.sac.temperature import Temperature
 
@@ -74,6 +75,7 @@ class SACLearner(LearnerState):
         """planned_updates: the run's planned updates, the learning-rate schedule's length unless
         sac.lr_schedule_updates sets one."""
         self.cfg, self.device = cfg, device
+        self.precision, self.precision_reason = resolve_precision(cfg.precision, device)  # fp32 | bf16, why
         self.synchronizer = synchronizer or Synchronizer()
         actor, critic = build_actor_and_critic(cfg, obs_dim, action_dim, num_tasks)
         self.actor, self.critic = actor.to(device), critic.to(device)
@@ -105,6 +107,11 @@ class SACLearner(LearnerState):
         self._finite_copy = torch.ones((), dtype=torch.bool, pin_memory=device.type == "cuda")  # its host copy
         self.passes = compile_passes(self, cfg.compile)  # critic_pass, actor_pass; compiled with sac.compile
 
+    def autocast(self):
+        """The context every network pass of an update runs in: bf16 autocast with
+        sac.precision=bf16, else none (agents/sac/precision.py); the networks' outputs are fp32."""
+        return autocast(self.device, self.precision)
+
     # -- the losses: pure functions of (networks, batch, temperatures) -------------------------------
     # critic_pass and actor_pass hold every network evaluation of an update; the losses run them as
     # self.passes.critic and .actor (compiled with sac.compile: agents/sac/compiled.py), and FAMO's
@@ -113,18 +120,21 @@ class SACLearner(LearnerState):
         """(Q1, Q2 [B], the soft Bellman target y [B], the critic trunk's features)."""
         alpha = self.temperature.log_alpha(task).detach().exp()
         with torch.no_grad():
-            next_action, next_log_pi = self.actor.sample(next_obs, task)
-            qf_next_target = self.critic_target(next_obs, next_action, task)
+            with self.autocast():
+                next_action, next_log_pi = self.actor.sample(next_obs, task)
+                qf_next_target = self.critic_target(next_obs, next_action, task)
             min_qf_next_target = qf_next_target.min(dim=0).values - alpha * next_log_pi
             next_q_value = reward + (1.0 - terminated) * self.cfg.gamma * min_qf_next_target
-        (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
+        with self.autocast():
+            (qf1_a_values, qf2_a_values), features = self.critic(obs, action, task, with_features=True)
         return qf1_a_values, qf2_a_values, next_q_value, features
 
     def actor_pass(self, obs, task):
         """(alpha * log pi(a|s) - min_j Q_j(s, a) [B] with a ~ pi(.|s), log pi [B], the actor
         trunk's features)."""
-        pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
-        min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
+        with self.autocast():
+            pi, log_pi, features = self.actor.sample(obs, task, with_features=True)
+            min_qf_pi = self.critic(obs, pi, task).min(dim=0).values
         return self.temperature.log_alpha(task).detach().exp() * log_pi - min_qf_pi, log_pi, features
 
     # Each loss per task, prepared for its network's balancer (agents/balancers/prepare.py): the pass
@@ -137,7 +147,8 @@ class SACLearner(LearnerState):
             qf1_a_values, qf2_a_values, next_q_value, features = self.passes.critic(*batch)
 
         def again():  # the same batch and target through the (updated) critic
-            q = self.critic(batch.obs, batch.action, batch.task)
+            with self.autocast():
+                q = self.critic(batch.obs, batch.action, batch.task)
             return [(q[0] - next_q_value) ** 2, (q[1] - next_q_value) ** 2]
         losses = prepared.losses([(qf1_a_values - next_q_value) ** 2, (qf2_a_values - next_q_value) ** 2],
                                  batch.task, again)

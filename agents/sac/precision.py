@@ -1,0 +1,61 @@
+"""`sac.precision`: the learner's network passes in bf16 mixed precision, or in fp32.
+
+    fp32   every pass in fp32 (the default until bf16's learning parity is measured: BENCHMARKS.md)
+    bf16   the network passes of an update under `torch.autocast(device, torch.bfloat16)`
+    auto   bf16 where the learner's device has bf16 matrix units (a CPU with AMX or AVX512-BF16,
+           a CUDA GPU that supports bf16), else fp32; the start-up line says which, and why
+
+What runs in bf16: the matmuls of the learner's passes (agents/sac/learning.py: `critic_pass`,
+`actor_pass` and FAMO's re-computations): every trunk, head and shared encoder layer, the target
+critics included. Autocast casts the weights to bf16 per call; the tensors a network returns are
+cast back to fp32 at its output (agents/networks.py: TaskNetwork), so everything after a network
+is fp32: the tanh-squashed Gaussian's log-probability and its correction, the soft Bellman target,
+the entropy term, every loss and its reduction, the temperatures and their loss. What stays fp32
+throughout: the master weights, Adam's moments, the gradients (so torchrun's all-reduces and
+local SGD's averages are fp32), the target critics' Polyak update, checkpoints (they load in either
+precision), the auxiliary tasks' own passes, EWC's and MAS's per-sample gradients at a task's end,
+the actors and the evaluator (they run their own fp32 copy). A-GEM's reference gradient runs
+through the learner's passes, so in the update's precision.
+
+References: torch's automatic mixed precision (torch.amp); keeping master weights, optimizer
+state and reductions in fp32 is Micikevicius et al. 2018's recipe (bf16 needs no loss scaling:
+it has fp32's exponent range).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_units(device: torch.device) -> str | None:
+    """The bf16 matrix units of `device` ("AMX", "AVX512-BF16", "CUDA bf16"), or None."""
+    if device.type == "cuda":
+        return "CUDA bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        if torch.cpu._is_amx_tile_supported():
+            return "AMX"
+        if torch.cpu._is_avx512_bf16_supported():
+            return "AVX512-BF16"
+    return None
+
+
+def resolve_precision(name: str, device: torch.device, units=None) -> tuple[str, str]:
+    """(fp32 | bf16, why): `sac.precision` for a learner on `device`. units: the capability check
+    (a function of the device; tests simulate a device without bf16 units)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown sac.precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name, "set"
+    found = (units or bf16_units)(device)
+    return ("bf16", f"auto: {found}") if found else ("fp32", f"auto: no bf16 units on {device.type}")
+
+
+def autocast(device: torch.device, precision: str):
+    """The context the learner's network passes run in."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
