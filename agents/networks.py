@@ -130,8 +130,14 @@ class TaskNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, task: torch.Tensor, with_features: bool = False):
         features = self.features(x, task)
-        out = self.head(features, task).float()  # fp32 whatever the matmuls ran in (sac.precision)
-        return (out, features.float()) if with_features else out
+        if not torch.is_autocast_enabled(features.device.type):
+            out = self.head(features, task)
+        else:  # sac.precision=bf16: the trunk ran in bf16, the output layer runs in fp32 (a bf16 Q of
+            # ~1,000 would be rounded to steps of 4, coarser than a step's reward)
+            features = features.float()
+            with torch.autocast(features.device.type, enabled=False):
+                out = self.head(features, task)
+        return (out, features) if with_features else out
 
     def named_shared_parameters(self):
         """(name, parameter) of what every task uses: not per-task heads, not task embeddings."""

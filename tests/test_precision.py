@@ -155,3 +155,22 @@ def test_a_bf16_learners_checkpoint_is_fp32_and_loads_into_an_fp32_learner():
     fp32.load_state_dict(state)
     for a, b in zip(fp32.synced_tensors().values(), bf16.synced_tensors().values(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("head", ["multi", "single"])
+def test_q_values_keep_fp32_resolution_under_bf16(head):
+    """The output layer runs in fp32 on the bf16 trunk's features: Q values near 1,000 (Meta-World's
+    scale) stay within a fraction of a reward of fp32's. A bf16 head would round them to steps of 4."""
+    torch.manual_seed(0)
+    learner = SACLearner(SACConfig(hidden_sizes=(64, 64), head=head, precision="bf16"), 6, 2, 3, CPU)
+    with torch.no_grad():
+        for name, p in learner.critic.named_parameters():
+            if name.endswith("head.linear.bias") or name.endswith("head.bias"):
+                p.add_(1000.3)  # Q ~ 1,000
+    obs, action, task = torch.randn(64, 6), torch.rand(64, 2) * 2 - 1, torch.arange(64) % 3
+    with torch.no_grad():
+        q_fp32 = learner.critic(obs, action, task)
+        with learner.autocast():
+            q_bf16 = learner.critic(obs, action, task)
+    assert q_bf16.dtype == torch.float32 and q_fp32.abs().min() > 900
+    assert (q_bf16 - q_fp32).abs().max() < 0.25

@@ -6,15 +6,19 @@
            a CUDA GPU that supports bf16), else fp32; the start-up line says which, and why
 
 What runs in bf16: the matmuls of the learner's passes (agents/sac/learning.py: `critic_pass`,
-`actor_pass` and FAMO's re-computations): every trunk, head and shared encoder layer, the target
-critics included. Autocast casts the weights to bf16 per call; the tensors a network returns are
-cast back to fp32 at its output (agents/networks.py: TaskNetwork), so everything after a network
-is fp32: the tanh-squashed Gaussian's log-probability and its correction, the soft Bellman target,
-the entropy term, every loss and its reduction, the temperatures and their loss. What stays fp32
+`actor_pass` and FAMO's re-computations) below each network's output layer: every trunk layer and
+the shared encoder, the target critics' included. Autocast casts the weights to bf16 per call. The
+output layer (the head: agents/networks.py, TaskNetwork) runs in fp32 on the trunk's features cast
+to fp32, so Q values, the policy's mean and log-std come out at fp32 resolution (a bf16 Q near
+1,000 would be rounded to steps of 4, coarser than one step's reward on Meta-World), and
+everything after them is fp32: the tanh-squashed Gaussian's log-probability and its correction,
+the soft Bellman target, the entropy term, every loss and its reduction, the temperatures and
+their loss. What stays fp32
 throughout: the master weights, Adam's moments, the gradients (so torchrun's all-reduces and
 local SGD's averages are fp32), the target critics' Polyak update, checkpoints (they load in either
-precision), the auxiliary tasks' own passes, EWC's and MAS's per-sample gradients at a task's end,
-the actors and the evaluator (they run their own fp32 copy). A-GEM's reference gradient runs
+precision), the auxiliary tasks' own passes, behaviour cloning's penalty pass and hnet's generated
+weights (continual strategies' passes outside the learner's), EWC's and MAS's per-sample gradients
+at a task's end, the actors and the evaluator (they run their own fp32 copy). A-GEM's reference gradient runs
 through the learner's passes, so in the update's precision.
 
 References: torch's automatic mixed precision (torch.amp); keeping master weights, optimizer
@@ -34,7 +38,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 def bf16_units(device: torch.device) -> str | None:
     """The bf16 matrix units of `device` ("AMX", "AVX512-BF16", "CUDA bf16"), or None."""
     if device.type == "cuda":
-        return "CUDA bf16" if torch.cuda.is_bf16_supported() else None
+        # bf16 tensor cores (compute capability 8.0+); not the emulation older GPUs also accept
+        return "CUDA bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else None
     if device.type == "cpu":
         if torch.cpu._is_amx_tile_supported():
             return "AMX"
