@@ -146,16 +146,7 @@ def load_latest_on_every_rank(ckpt_dir: Path, dist) -> dict:
     """The newest checkpoint's state, read on rank 0 and sent to every rank (dist:
     launch/distributed/ranks.py); the same UserError on every rank if there is none or it is
     corrupt or incompatible."""
-    loaded, error = None, None
-    if dist.is_main:
-        try:
-            loaded = load_latest(ckpt_dir)
-        except UserError as e:
-            error = str(e)
-    loaded, error = dist.broadcast_object((loaded, error))
-    if error:
-        raise UserError(error)
-    return loaded
+    return dist.from_main(lambda: load_latest(ckpt_dir))
 
 
 @contextlib.contextmanager

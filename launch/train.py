@@ -294,15 +294,7 @@ def main(argv=None) -> int:
         dist = init_from_env(args.dist_timeout)  # one process unless started by torchrun
         dist.check_same_launch(launch_signature(argv))
         # Rank 0 resolves the config (it may read the run dir) and tells every rank: all fail alike.
-        resolved, error = None, None
-        if dist.is_main:
-            try:
-                resolved = resolve(args)
-            except UserError as e:
-                error = str(e)
-        resolved, error = dist.broadcast_object((resolved, error))
-        if error:
-            raise UserError(error)
+        resolved = dist.from_main(lambda: resolve(args))
         if args.mode == "single-task":  # one reference run per task of the sequence
             jobs = [(task_cfg, None, resolved.run_dir / task)
                     for task, task_cfg in single_task_configs(resolved.cfg, resolved.schedule)]

@@ -158,11 +158,18 @@ def test_a_checkpoint_that_does_not_fit_is_one_user_error():
             raise UserError("written by")
 
 
+class _RankOneHearing(Dist):
+    """Rank 1 of 2, told by rank 0 that its checkpoint is corrupt."""
+
+    def broadcast_object(self, obj):
+        return None, "corrupt checkpoint x"
+
+
 def test_every_rank_gets_the_checkpoint_or_the_same_error(tmp_path):
-    main = SimpleNamespace(is_main=True, broadcast_object=lambda obj: obj)
+    main = Dist()
     with pytest.raises(UserError, match="no checkpoint in"):
         checkpoint.load_latest_on_every_rank(tmp_path, main)
-    other = SimpleNamespace(is_main=False, broadcast_object=lambda obj: (None, "corrupt checkpoint x"))
+    other = _RankOneHearing(rank=1, world=2)
     with pytest.raises(UserError, match="corrupt checkpoint x"):
         checkpoint.load_latest_on_every_rank(tmp_path, other)
     checkpoint.save(tmp_path, 5, {"learner": {}}, keep=1)

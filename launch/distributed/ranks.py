@@ -88,6 +88,20 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def from_main(self, fn):
+        """fn() run on rank 0, its result on every rank; a UserError it raises is raised on every
+        rank (all fail alike, with rank 0's message)."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except UserError as e:
+                error = str(e)
+        result, error = self.broadcast_object((result, error))
+        if error:
+            raise UserError(error)
+        return result
+
     def gather_objects(self, obj) -> list | None:
         """Every rank's `obj` on rank 0 (None elsewhere)."""
         if self.world == 1:
