@@ -96,6 +96,23 @@ def test_torchrun_two_learner_ranks(standalone, tmp_path):
                                                      "learners.json", "tb"]
 
 
+def test_torchrun_two_ranks_in_bf16_keep_fp32_weights_and_agree(standalone, tmp_path):
+    """sac.precision=bf16 on 2 ranks: the passes run in bf16 (the networks end unlike the fp32 run's),
+    one all-reduce per network per update (of fp32 gradients: the master weights are fp32), everything
+    learned stays fp32, and the ranks still agree bit for bit."""
+    run = tmp_path / "run"
+    proc = _torchrun(*FLAGS, "--run-dir", run, "--set", "sac.precision=bf16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert " in bf16, " in proc.stdout
+    summary = json.loads((run / "learners.json").read_text())
+    assert summary["world_size"] == 2 and _ranks_agree(summary)
+    assert all(r["sync"]["allreduces"] == 3 * r["updates"] for r in summary["ranks"])
+    learner = _latest(run)["learner"]
+    networks = [t for net in ("actor", "critic", "critic_target") for t in learner[net].values()]
+    assert {t.dtype for t in networks} == {torch.float32}
+    assert not _same_networks(learner, standalone[1]["learner"])
+
+
 def _two_agents(run, port, extra=((), ())):
     """Two torchrun agents, one rank each, meeting at a c10d rendezvous on loopback."""
     procs = []

@@ -174,3 +174,53 @@ def test_q_values_keep_fp32_resolution_under_bf16(head):
             q_bf16 = learner.critic(obs, action, task)
     assert q_bf16.dtype == torch.float32 and q_fp32.abs().min() > 900
     assert (q_bf16 - q_fp32).abs().max() < 0.25
+
+
+SUBNORMAL = 1e-39  # below fp32's smallest normal number, 1.2e-38
+
+
+def test_adam_steps_with_subnormals_flushed_leave_every_weight_bit_identical():
+    """Flushing only zeroes Adam's subnormal moments: after 20 steps on gradients that vanish on
+    some entries (a dead unit), every weight is bit-identical to plain Adam's, while the moments
+    show the flush really happened (zero against plain Adam's subnormals)."""
+    from agents.sac.precision import subnormals_flushed
+
+    def train(flush: bool):
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter(torch.randn(64, 64) * 0.05)
+        optimizer = torch.optim.Adam([weight], lr=3e-4, fused=True)
+        for step in range(20):
+            weight.grad = torch.randn(64, 64)
+            weight.grad[:, :8] = 0.0 if step else SUBNORMAL  # columns 0-7: a unit that stopped learning
+            with subnormals_flushed(CPU) if flush else torch.autograd.grad_mode.no_grad():
+                optimizer.step()
+        return weight.detach().clone(), optimizer.state[weight]["exp_avg"]
+
+    plain, plain_moment = train(flush=False)
+    flushed, flushed_moment = train(flush=True)
+    assert torch.equal(plain, flushed)
+    dead = plain_moment[:, :8]
+    assert bool(((dead != 0) & (dead.abs() < 1.1754944e-38)).all())  # plain Adam kept subnormal moments
+    assert bool((flushed_moment[:, :8] == 0).all())
+    assert torch.equal(plain_moment[:, 8:], flushed_moment[:, 8:])
+
+
+def test_the_learners_optimizer_steps_flush_subnormal_moments():
+    """SACLearner.update steps its optimizers with subnormals flushed: a dead unit's subnormal
+    first moment becomes 0 (unflushed, Adam would leave 0.9 x 1e-39, still subnormal); flushing is
+    off again after the update."""
+    learner, _, _ = _one_update("fp32")
+    layer = learner.critic.net.trunk.layers[0]
+    with torch.no_grad():
+        layer.bias[:, :, :4] = -1e3  # units 0-3 of the first critic layer never fire: no gradient
+    moment = learner.critic_optimizer.state[layer.weight]["exp_avg"]
+    moment[:, :, :4] = SUBNORMAL
+    rng = np.random.default_rng(2)
+    replay = MultiTaskReplay(3, 100, 6, 2)
+    replay.add(np.repeat([0, 1, 2], 100), rng.normal(size=(300, 6)).astype(np.float32),
+               rng.uniform(-1, 1, (300, 2)).astype(np.float32), rng.normal(size=300).astype(np.float32),
+               rng.normal(size=(300, 6)).astype(np.float32), np.zeros(300, np.float32))
+    learner.update(replay.sample(32, rng))
+    assert bool((moment[:, :, :4] == 0).all())
+    assert bool((moment[:, :, 4:] != 0).any())
+    assert torch.tensor(SUBNORMAL).item() != 0.0  # flushing did not leak out of the update

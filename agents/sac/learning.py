@@ -42,7 +42,7 @@ from agents.networks import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.compiled import compile_passes
 from agents.sac.config import SACConfig
-from agents.sac.precision import autocast, resolve_precision
+from agents.sac.precision import autocast, resolve_precision, subnormals_flushed
 from agents.sac.state import LearnerState
 from agents.sac.temperature import Temperature
 
@@ -204,7 +204,8 @@ class SACLearner(LearnerState):
         for network in networks:
             if self.cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params[network], self.cfg.max_grad_norm)
-            self.optimizers[network].step()
+            with subnormals_flushed(self.device):  # dead units' Adam moments: agents/sac/precision.py
+                self.optimizers[network].step()
         for hook in hooks:
             hook.after_step(networks)
         for network in networks:
