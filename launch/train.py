@@ -229,8 +229,8 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
                               discard_logs=discard_logs)
         if dist.is_main:
             launch = {"world_size": dist.world, "elastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}
-            if cfg.run.engine != "rllib":  # sac.precision as this machine resolved it (auto: its bf16 units)
-                launch["precision"] = trainer.learner.precision
+            # sac.precision as this machine resolved it (auto: its bf16 units; RLlib's learner: fp32)
+            launch["precision"] = trainer.learner.precision if cfg.run.engine != "rllib" else "fp32"
             write_config(run_dir, to_dict(cfg), schedule.records() if schedule else None, launch)
             created = False  # from here on the directory is a real run
             if resume:
@@ -251,7 +251,7 @@ def _banner(cfg: Config, suite, trainer, run_dir: Path, world: int) -> str:
     """The start line: what is trained, for how long, on what, and where it is written."""
     what = (f"sequence {cfg.continual.sequence} with method {cfg.continual.method}" if cfg.continual.sequence
             else suite.name)
-    where = (f"RLlib {cfg.rllib.algo.upper()}, {trainer.env_runners} env runners" if cfg.run.engine == "rllib"
+    where = (f"RLlib {cfg.rllib.algo.upper()}, {trainer.env_runners} env runners, fp32" if cfg.run.engine == "rllib"
              else f"{trainer.device} in {_precision(trainer.learner)}, backend {cfg.runtime.backend} "
                   f"({trainer.plan.note})")
     ranks = f", {world} learner ranks" if world > 1 else ""

@@ -224,3 +224,15 @@ def test_the_learners_optimizer_steps_flush_subnormal_moments():
     assert bool((moment[:, :, :4] == 0).all())
     assert bool((moment[:, :, 4:] != 0).any())
     assert torch.tensor(SUBNORMAL).item() != 0.0  # flushing did not leak out of the update
+
+
+def test_the_meta_world_presets_default_to_auto_and_the_small_learners_to_fp32():
+    """The default run (Meta-World MT10) takes bf16 where the machine has bf16 units; pointmass and
+    Continual World's learners, which bf16 slows down (BENCHMARKS.md), stay fp32 unless asked."""
+    from launch.config import build_config
+
+    assert build_config("metaworld").sac.precision == "auto"
+    assert build_config("metaworld", flags={"continual.sequence": "CW10"}).sac.precision == "fp32"
+    assert build_config("pointmass").sac.precision == "fp32"
+    assert build_config("pointmass", overrides=["sac.precision=bf16"]).sac.precision == "bf16"
+    assert SACConfig().precision == "fp32"  # the library's own default: exact fp32 math

@@ -202,7 +202,7 @@ def check_engine(cfg, world: int = 1) -> None:
         problems.append("sac.compile and replay.device=learner (the GPU learner path is our loop's)")
     if cfg.sac.encoder_tau:
         problems.append("sac.encoder_tau (RLlib's target update has one rate: sac.tau)")
-    if cfg.sac.precision != "fp32":
+    if cfg.sac.precision == "bf16":  # auto: fp32 here (launch/rllib_engine.py)
         problems.append(f"sac.precision={cfg.sac.precision} (RLlib's learner runs its passes in fp32)")
     if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
         problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
