@@ -15,7 +15,10 @@ Deviations from their code:
   - evaluation reads the same zero-padded K-step window as training and acting; theirs starts
     from an empty window that grows to K;
   - the GRU's width is sac.memory_hidden (128 by default; theirs is 30: --set sac.memory_hidden=30);
-  - above the context, the networks are ours (agents/networks.py: trunk, head, task input).
+  - above the context, the networks are ours (agents/networks.py: trunk, head, task input), and so
+    is the update's order (agents/sac/learning.py): the temperature steps after the policy, whose
+    loss reads the temperature from before the step; theirs steps the temperature first and the
+    policy's loss reads the new one.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ Deviations from their code:
     rlkit's fanin_init, biases 0.1, last layers +-3e-3), our log-std bound (sac.log_std_mode;
     theirs clips to [-20, 2], which is sac.log_std_mode=clip with log_std_min=-20);
   - their log-prob correction log(1 - tanh(u)^2 + 1e-6); ours is the exact stable form (agents/networks.py).
+  - acting: an env's memory state carries on when new weights arrive mid-episode (the actors
+    refresh weights as the learner publishes them; theirs collect each episode with one set of
+    weights, then update), and when an actor gets its first weights mid-episode after acting at
+    random, its memories start from zero there (as a training window that starts mid-episode).
 Everything runs batch-first ([B, L, ...]); theirs is time-major.
 """
 

@@ -79,12 +79,16 @@ def test_padding_and_burn_in_carry_no_loss():
     real = batch.mask.bool() & (torch.arange(batch.mask.shape[1]) == 1)
     changed, _ = _update(batch._replace(reward=torch.where(real, batch.reward + 100.0, batch.reward)))
     assert changed["loss/qf1"] != base["loss/qf1"]
-    # burn-in: the first 2 steps of a window weigh nothing in any loss; the others weigh as before
-    # up to each task's renormalisation (they still feed the memories: their rewards are inputs)
+    # burn-in: the first 2 steps of a window that starts mid-episode weigh nothing in any loss (they
+    # still feed the memories); a window from its episode's first step has the exact zero state and
+    # keeps them, else an episode's first steps would never be learned from
     learner = make_learner(_cfg(memory_burn_in=2), 3, 2, 2, CPU)
     plain = make_learner(_cfg(), 3, 2, 2, CPU).weights(batch)
     weights = learner.weights(batch)
-    assert (weights[:, :2] == 0).all() and ((weights[:, 2:] > 0) == (plain[:, 2:] > 0)).all()
+    mid, first = ~batch.first.bool(), batch.first.bool()
+    assert mid.any() and first.any()
+    assert (weights[mid, :2] == 0).all() and (weights[first, :2] > 0).all()
+    assert ((weights[:, 2:] > 0) == (plain[:, 2:] > 0)).all()
     for task in (0, 1):  # each task's weights average 1 over its rows: its loss is its masked mean
         assert float(weights[batch.task == task].mean()) == pytest.approx(1.0)
     burned, _ = _update(batch, memory_burn_in=2)
@@ -241,3 +245,25 @@ def test_context_mode_trains_on_the_window_before_each_transition():
     moved, _ = _update(batch._replace(history=batch.history + torch.nn.functional.pad(
         torch.ones(16, 1, 6), (0, 0, 0, 4))), memory_context=4)
     assert moved["loss/qf1"] != base["loss/qf1"]
+
+
+def test_an_actor_resets_each_envs_memory_when_its_episode_starts():
+    """An actor's memories (launch/actors/actor.py) after a whole pointmass episode (30 steps): the
+    next step starts a new episode in every env, and the memory state it acts from is the state a
+    fresh memory reaches from the new first observation alone."""
+    from launch.actors.actor import Actor, ActorSpec
+
+    cfg = _cfg()
+    spec = ActorSpec(0, "pointmass", "PM4", 0, (0, 1, 2, 3), 4, cfg, 4)
+    actor = Actor(spec)
+    torch.manual_seed(0)
+    actor.set_weights(torch.nn.utils.parameters_to_vector(RecurrentActor(2, 2, 4, cfg).parameters()), 1)
+    actor.collect(4 * 29)
+    assert not actor.pool.first.any() and actor.memories.state.abs().sum() > 0  # mid-episode: remembering
+    actor.collect(4)  # the episode's last step: every env resets
+    assert actor.pool.first.all()
+    obs, task = actor.pool.obs.copy(), actor.pool.task_ids.copy()
+    actor._actions(obs, task)
+    fresh = EnvMemories(actor.policy, 4, 2)
+    fresh.act(torch.from_numpy(obs), torch.from_numpy(task), slice(None), deterministic=True)
+    torch.testing.assert_close(actor.memories.state, fresh.state)

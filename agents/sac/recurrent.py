@@ -3,7 +3,8 @@ as Ni et al. 2022's policies/models/policy_rnn.py computes it (networks: agents/
 
 A window of L steps becomes L + 1 positions: observations o_0 .. o_L (the first step's observation,
 then each step's next observation), previous actions (0, a_0 .. a_{L-1}) and previous rewards
-(0, r_0 .. r_{L-1}); every memory runs over all L + 1 from a zero state, once.
+(0, r_0 .. r_{L-1}); every memory reads them from a zero state (the actor's over the first L, which
+is the same for those positions: the memory is causal; the critic's once per pass).
   critic   Q_j(h_t, o_t, a_t) at positions 0 .. L-1 against
            y_t = r_t + gamma (1 - d_t) (min_j Q'_j(h'_{t+1}, o_{t+1}, a'_{t+1}) - alpha log pi(a'_{t+1}))
            with a' drawn from the online actor at positions 1 .. L (the target critic's memory h');
@@ -12,8 +13,9 @@ then each step's next observation), previous actions (0, a_0 .. a_{L-1}) and pre
            through a_t only), so it runs without gradient here;
   losses   means over the real steps (mask), per task: each task's loss is its own masked mean.
 The temperature's loss is ours (agents/sac/temperature.py: -log alpha (log pi + target) per step,
-masked); theirs is -alpha (masked mean of log pi + target). `sac.memory_burn_in` steps at a
-window's start feed the memories but carry no loss (R2D2's burn-in; theirs has none).
+masked); theirs is -alpha (masked mean of log pi + target). `sac.memory_burn_in` steps at the start
+of a window that starts mid-episode feed the memories but carry no loss (R2D2's burn-in; theirs has
+none).
 
 Deviations from their code, besides the temperature's loss: the masked mean is per task (a task's
 loss is the mean over its real steps; theirs: one mean over every real step of the batch, the same
@@ -46,13 +48,15 @@ class RecurrentSACLearner(SACLearner):
 
     def weights(self, batch: SequenceBatch) -> torch.Tensor:
         """[B, L]: each step's weight in its task's loss, mask / (the task's real steps / its steps),
-        so that a task's mean over its rows is its masked mean; burn-in steps weigh 0."""
+        so that a task's mean over its rows is its masked mean. Burn-in steps weigh 0, in windows
+        that start mid-episode (one that starts at its episode's first step has the exact zero
+        state already: burning it in would leave an episode's first steps without any loss)."""
         mask = batch.mask.clone()
-        mask[:, :self.cfg.memory_burn_in] = 0.0
-        tasks = batch.task.unique_consecutive(return_counts=True)[1]
-        per_task = torch.stack([part.sum() for part in mask.split(tasks.tolist())]).clamp(min=1.0)
-        steps = tasks * mask.shape[1]
-        return mask * (steps / per_task).repeat_interleave(tasks)[:, None]
+        mask[:, :self.cfg.memory_burn_in] *= batch.first[:, None]
+        windows, length = mask.shape
+        per_task = self.cfg.batch_size_per_task  # windows of each task, contiguous (sequence replay)
+        real = mask.view(windows // per_task, per_task * length).sum(dim=1).clamp(min=1.0)
+        return mask * (per_task * length / real).repeat_interleave(per_task)[:, None]
 
     def critic_pass(self, batch: SequenceBatch):
         """(Q1, Q2 [B, L], the target y [B, L], the critic trunk's features)."""
@@ -94,8 +98,8 @@ class RecurrentSACLearner(SACLearner):
                 q = self.critic(history[:, :-1], obs[:, :-1], batch.action, batch.task)
             return [((q[0] - y) ** 2).flatten() * weight, ((q[1] - y) ** 2).flatten() * weight]
         losses = prepared.losses([((q1 - y) ** 2).flatten() * weight, ((q2 - y) ** 2).flatten() * weight], rows, again)
-        real = batch.mask.bool()
-        return losses, features, {"q/mean": q1.detach()[real].mean()}
+        mask = (weight > 0).view_as(q1)  # the steps with a loss: no host sync
+        return losses, features, {"q/mean": (q1.detach() * mask).sum() / mask.sum().clamp(min=1)}
 
     def actor_loss(self, batch: SequenceBatch):
         weight, rows = self.weight, batch.task.repeat_interleave(batch.mask.shape[1])

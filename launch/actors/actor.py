@@ -18,6 +18,7 @@ from agents import seeding
 from agents.models import build_policy
 from agents.networks import SquashedGaussianActor
 from agents.context import env_memories
+from agents.recurrent import EnvMemories
 from agents.sac.config import SACConfig
 from envs import make_suite
 from envs.pool import EnvPool, Episode
@@ -97,6 +98,8 @@ class Actor:
 
     def set_weights(self, flat: torch.Tensor, version: int) -> None:
         torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
+        if self.version == 0 and isinstance(self.memories, EnvMemories):  # the policy takes over mid-episode:
+            self.memories.start(slice(None))  # from a zero state, as a training window that starts there
         self.version = version
 
     def _actions(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:

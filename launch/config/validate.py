@@ -162,6 +162,8 @@ def memory_runs_on_windows(cfg):
         problems.append(f"sac.compile={sac.compile}")
     if cfg.replay.device == "learner":
         problems.append("replay.device=learner (sequence replay is on the host)")
+    if cfg.replay.normalize_rewards:
+        problems.append("replay.normalize_rewards (the memories read rewards as inputs: raw while acting)")
     if cfg.eval.policy == "sample":
         problems.append("eval.policy=sample (recurrent policies are evaluated by their mean action)")
     if sac.memory_context and sac.memory != "gru":
