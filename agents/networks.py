@@ -249,7 +249,8 @@ def task_axes(module: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def build_actor_and_critic(sac, obs_dim: int, action_dim: int, num_tasks: int):
-    """The SAC networks of a config: (actor, twin critic), sharing an encoder if sac.encoder is set."""
+    """The SAC networks of a config: (actor, twin critic), sharing an encoder if sac.encoder is set
+    (recurrent ones: agents/models.py)."""
     encoder = SharedEncoder(obs_dim, num_tasks, **encoder_options(sac)) if sac.encoder else None
     actor = SquashedGaussianActor(obs_dim, action_dim, num_tasks, encoder=encoder, **actor_options(sac))
     return actor, TwinCritic(obs_dim, action_dim, num_tasks, encoder=encoder, **network_options(sac, critic=True))

@@ -63,8 +63,9 @@ class MultiTaskReplay:
                 grown[f][:have] = self.buffers[task][f]
         self.buffers[task] = grown
 
-    def add(self, task, obs, action, reward, next_obs, terminated) -> None:
-        """Add a batch of transitions; `task` is an int array giving each row's task."""
+    def add(self, task, obs, action, reward, next_obs, terminated, stream=None, first=None) -> None:
+        """Add a batch of transitions; `task` is an int array giving each row's task. (stream, first:
+        which env each row came from and whether it starts an episode; sequence replay reads them.)"""
         columns = {"obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "terminated": terminated}
         for t in np.unique(task):  # rows of one task go to consecutive ring positions
             every = np.flatnonzero(task == t)
@@ -231,7 +232,8 @@ class DeviceReplay(MultiTaskReplay):
 
 def make_replay(cfg, num_tasks: int, obs_dim: int, action_dim: int, learner_device: torch.device) -> MultiTaskReplay:
     """The replay `cfg` (launch/config/__init__.py: ReplayConfig) asks for: on the host, or on the learner's
-    device (replay.device: host | learner | auto = the learner's device when it is a GPU)."""
+    device (replay.device: host | learner | auto = the learner's device when it is a GPU). (A recurrent
+    learner's: agents/models.py.)"""
     on_device = cfg.device == "learner" or (cfg.device == "auto" and learner_device.type == "cuda")
     if on_device:
         return DeviceReplay(num_tasks, cfg.capacity_per_task, obs_dim, action_dim, learner_device,

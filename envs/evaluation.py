@@ -11,6 +11,9 @@ import gymnasium as gym
 import numpy as np
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs[N, d], task[N]) -> action[N, a]
+# A policy with memory (agents/recurrent.py, agents/context.py) also has start(envs) (episodes begin in
+# these envs) and rewarded(envs, rewards) (what the envs it last acted for earned), and is called as
+# policy(obs, task, envs) with the envs' indices.
 
 
 def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: int,
@@ -26,11 +29,16 @@ def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: in
     active = np.ones(n, bool)
     obs = np.stack([env.reset(seed=seed + int(task_ids[i]), options={"goal": 0})[0] for i, env in enumerate(envs)])
     ep_return, ep_success = np.zeros(n), np.zeros(n, bool)
+    memory = hasattr(policy, "start")
+    if memory:
+        policy.start(np.arange(n))
     while active.any():
         idx = np.flatnonzero(active)
-        actions = policy(obs[idx], task_ids[idx])
+        actions = policy(obs[idx], task_ids[idx], idx) if memory else policy(obs[idx], task_ids[idx])
+        rewards, starts = np.zeros(len(idx), np.float32), []
         for j, i in enumerate(idx):
             obs[i], r, term, trunc, info = envs[i].step(actions[j])
+            rewards[j] = r
             ep_return[i] += r
             ep_success[i] |= bool(info["success"])
             if term or trunc:
@@ -40,7 +48,12 @@ def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: in
                 next_goal[i] += 1
                 if next_goal[i] < goals:
                     obs[i] = envs[i].reset(options={"goal": int(next_goal[i])})[0]
+                    starts.append(i)
                 else:
                     active[i] = False
+        if memory:  # the step's rewards first, then forget where a new episode began
+            policy.rewarded(idx, rewards)
+            if starts:
+                policy.start(np.array(starts))
     return [{"task_index": int(task_ids[i]), "success": float(np.mean(successes[i])),
              "return": float(np.mean(returns[i])), "episodes": goals} for i in range(n)]

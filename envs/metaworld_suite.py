@@ -4,6 +4,10 @@ We build each task's env ourselves instead of through `gymnasium.make_vec("Meta-
 so that every env is seeded (Meta-World ignores `reset(seed=)`), goals can be chosen per
 episode (the evaluation protocol needs goal i, not a random one), and goal tables are cached.
 
+Goal observability: the observation's last 3 numbers are the goal's position; with
+`env.goal_observable=false` they are zeros, exactly as Meta-World's ML benchmarks hide it
+(`partially_observable=True` in the task data: `SawyerXYZEnv._get_obs`); the previous frame stays.
+
 Goals: a task's 50 fixed goals are exactly those of `metaworld.MT1(task, seed=seed)`. Making
 them costs ~0.7 s per task (~36 s for MT50), so they are cached on disk per (Meta-World
 version, task, seed) under $POLYTASK_CACHE_DIR (default ~/.cache/polytask).
@@ -71,7 +75,7 @@ class MetaWorldTaskEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, task_name: str, goals: np.ndarray, seed: int | None = None):
+    def __init__(self, task_name: str, goals: np.ndarray, seed: int | None = None, goal_observable: bool = True):
         import metaworld
 
         self._task_cls = _env_dict().ALL_V3_ENVIRONMENTS[task_name]
@@ -80,7 +84,7 @@ class MetaWorldTaskEnv(gym.Env):
         self._task_kwargs = {k: v for k, v in
                              _env_dict().ML1_ARGS_KWARGS[task_name]["kwargs"].items() if k != "task_id"}
         self._make_task = metaworld.Task
-        self.goals = goals
+        self.goals, self.goal_observable = goals, goal_observable
         self._seed(seed)
         self._set_goal(0)
         # Meta-World's own observation_space has [0, 0] bounds on the goal dims; this one is right.
@@ -96,7 +100,7 @@ class MetaWorldTaskEnv(gym.Env):
 
     def _set_goal(self, goal: int) -> None:
         data = dict(self._task_kwargs, rand_vec=self.goals[goal], env_cls=self._task_cls,
-                    partially_observable=False)
+                    partially_observable=not self.goal_observable)
         self._env.set_task(self._make_task(env_name=self._task_name, data=pickle.dumps(data)))
 
     def reset(self, *, seed=None, options=None):
@@ -117,7 +121,7 @@ class MetaWorldTaskEnv(gym.Env):
         self._env.close()
 
 
-def build(tasks: str, seed: int) -> Suite:
+def build(tasks: str, seed: int, goal_observable: bool = True) -> Suite:
     all_names = list(_env_dict().ALL_V3_ENVIRONMENTS)
     names = select_tasks(tasks, presets(), all_names, default="MT10")
     goals = {base_task_name(name): goal_table(base_task_name(name), seed) for name in names}
@@ -128,5 +132,6 @@ def build(tasks: str, seed: int) -> Suite:
         action_dim=4,
         episode_length=EPISODE_LENGTH,
         num_goals=NUM_GOALS,
-        make_env=lambda task, env_seed: MetaWorldTaskEnv(task.env_name, goals[task.env_name], env_seed),
+        make_env=lambda task, env_seed: MetaWorldTaskEnv(task.env_name, goals[task.env_name], env_seed,
+                                                         goal_observable),
     )

@@ -71,7 +71,9 @@ class PointMassEnv(gym.Env):
         return self._pos.copy(), -distance, False, self._t >= EPISODE_LENGTH, info
 
 
-def build(tasks: str, seed: int) -> Suite:
+def build(tasks: str, seed: int, goal_observable: bool = True) -> Suite:
+    """goal_observable: unused; the observation never holds the target (an agent tells its task from
+    the task input or, without it, from the rewards it sees)."""
     names = select_tasks(tasks, PRESETS, ALL_TASKS, default="PM4")
     return Suite(
         name="pointmass",

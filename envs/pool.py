@@ -22,6 +22,7 @@ class StepResult:
     reward: np.ndarray
     terminated: np.ndarray  # true termination only; a time-limit cut is not (we bootstrap through it)
     finished: list[Episode]
+    first: np.ndarray       # obs is its episode's first observation (recurrent agents reset their memory)
 
 
 class EnvPool:
@@ -31,10 +32,11 @@ class EnvPool:
         self.obs = np.stack([env.reset()[0] for env in envs])  # current observation of each env
         self._return = np.zeros(n)
         self._success = np.zeros(n, bool)
+        self.first = np.ones(n, bool)  # each env's current observation starts its episode
 
     def step(self, actions: np.ndarray) -> StepResult:
         n = len(self.envs)
-        obs_before, obs_after = self.obs, np.empty_like(self.obs)
+        obs_before, obs_after, first = self.obs, np.empty_like(self.obs), self.first.copy()
         next_obs = np.empty_like(self.obs)
         reward, terminated = np.empty(n, np.float32), np.zeros(n, np.float32)
         finished = []
@@ -47,9 +49,10 @@ class EnvPool:
                 finished.append(Episode(int(self.task_ids[i]), float(self._return[i]), bool(self._success[i])))
                 self._return[i], self._success[i] = 0.0, False
                 obs, _ = env.reset()
+            self.first[i] = term or trunc
             obs_after[i] = obs
         self.obs = obs_after
-        return StepResult(obs_before, next_obs, reward, terminated, finished)
+        return StepResult(obs_before, next_obs, reward, terminated, finished, first)
 
     def close(self) -> None:
         for env in self.envs:

@@ -21,8 +21,10 @@ def sequence_presets(name: str) -> dict[str, list[str]]:
     raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
 
 
-def make_suite(name: str, tasks: str = "", seed: int = 0) -> Suite:
-    """Build a suite by name; raises ValueError with the valid choices for unknown names."""
+def make_suite(name: str, tasks: str = "", seed: int = 0, goal_observable: bool = True) -> Suite:
+    """Build a suite by name; raises ValueError with the valid choices for unknown names.
+    goal_observable=False hides the goal from the observation (Meta-World: its ML benchmarks'
+    partial observability; pointmass never shows its target, either way)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
-    return SUITES[name](tasks, seed)
+    return SUITES[name](tasks, seed, goal_observable)

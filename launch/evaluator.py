@@ -20,7 +20,8 @@ import torch
 import torch.multiprocessing as mp
 
 from agents import seeding
-from agents.networks import build_policy
+from agents.models import build_policy
+from agents.context import env_memories
 from agents.sac.config import SACConfig
 from envs.evaluation import evaluate
 from launch.actors.processes import signals_ignored_by_children
@@ -34,19 +35,39 @@ def labelled(results: list[dict], step: int, version: int, names: list[str], env
              "policy": policy, "policy_version": version} for r in results]
 
 
+class RememberingPolicy:
+    """A policy with memory as envs/evaluation.py calls one: its mean action (tanh(mu)), each env's
+    memory (agents/recurrent.py's state or agents/context.py's window) reset at its episode's start."""
+
+    def __init__(self, memories):
+        self.memories = memories  # agents/context.py: env_memories
+
+    def start(self, envs) -> None:
+        self.memories.start(torch.as_tensor(envs))
+
+    def __call__(self, obs: np.ndarray, task: np.ndarray, envs: np.ndarray) -> np.ndarray:
+        return self.memories.act(torch.from_numpy(obs), torch.from_numpy(task), torch.from_numpy(envs),
+                                 deterministic=True).numpy()
+
+    def rewarded(self, envs: np.ndarray, rewards: np.ndarray) -> None:
+        self.memories.rewarded(torch.from_numpy(envs), torch.from_numpy(rewards))
+
+
 class Evaluation:
     """Eval envs for every task plus a policy copy; built once, reused for every evaluation.
     policy="sample" draws each task's action noise from a generator of its own, reseeded at every
     evaluation, so a task's result does not depend on which other tasks it is evaluated with."""
 
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
+                 goal_observable: bool = True):
         from envs import make_suite
 
-        suite = make_suite(suite_name, tasks, seed)
+        suite = make_suite(suite_name, tasks, seed, goal_observable)
         self.names, self.env_names = suite.task_names, [t.env_name for t in suite.tasks]
         self.envs = [suite.make_env(t, seeding.seed_for(seed, "eval-envs", t.index)) for t in suite.tasks]
         self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, len(suite.tasks)).requires_grad_(False)
         self.goals, self.mode, self.seed = goals, policy, seed
+        self.obs_dim, self.action_dim = suite.obs_dim, suite.action_dim
         self.noise: dict[int, torch.Generator] = {}
 
     def act(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
@@ -66,7 +87,9 @@ class Evaluation:
         results = []
         for weights, group in groups:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
-            results += evaluate(self.act, [self.envs[t] for t in group], group, self.goals,
+            memories = env_memories(self.policy, len(group), self.obs_dim, self.action_dim)
+            act = RememberingPolicy(memories) if memories is not None else self.act
+            results += evaluate(act, [self.envs[t] for t in group], group, self.goals,
                                 seed=seeding.seed_for(self.seed, "eval"))
         return labelled(results, step, version, self.names, self.env_names, self.mode)
 
@@ -76,8 +99,9 @@ class Evaluation:
 
 
 class InlineEvaluator:
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
-        self.evaluation = Evaluation(suite_name, tasks, seed, sac, goals, policy)
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
+                 goal_observable: bool = True):
+        self.evaluation = Evaluation(suite_name, tasks, seed, sac, goals, policy, goal_observable)
         self.done = []
 
     def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
@@ -110,12 +134,13 @@ def _evaluator_main(args: tuple, requests, replies) -> None:
 
 
 class EvaluatorWorker:
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str):
+    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
+                 goal_observable: bool = True):
         ctx = mp.get_context("spawn")
         self.requests, child_requests = ctx.Pipe()
         self.replies, child_replies = ctx.Pipe()
         self.process = ctx.Process(target=_evaluator_main, daemon=True, name="polytask-evaluator",
-                                   args=((suite_name, tasks, seed, sac, goals, policy),
+                                   args=((suite_name, tasks, seed, sac, goals, policy, goal_observable),
                                          child_requests, child_replies))
         with signals_ignored_by_children():
             self.process.start()
@@ -162,5 +187,6 @@ class EvaluatorWorker:
 
 def make_evaluator(cfg):
     """Inline for `single` (no process of its own), else an evaluator process beside the learner."""
-    args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy)
+    args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy,
+            cfg.env.goal_observable)
     return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)

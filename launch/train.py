@@ -212,7 +212,7 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
     stack = contextlib.ExitStack()
     try:
         try:
-            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed)
+            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.env.goal_observable)
         except ValueError as e:
             raise UserError(str(e)) from None
         check_launch(cfg, dist.world, suite)  # learner ranks, the suite, the engine: before anything is built

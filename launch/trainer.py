@@ -49,8 +49,8 @@ import torch
 
 from agents import seeding
 from agents.auxiliary import make_auxiliary_tasks
-from agents.replay import make_replay
-from agents.sac import SACLearner
+from agents.models import make_replay
+from agents.sac import SACLearner, make_learner
 from continual.schedule import Schedule, Stage, UpdateCredit, planned_updates, stage_at, steps_left, updates_per_step
 from continual.strategies import TaskContext, make_strategy
 from envs.base import Suite
@@ -109,7 +109,7 @@ class Learning:
         seed, num_tasks = cfg.run.seed, len(suite.tasks)
         self.cfg, self.suite, self.learner, self.schedule, self.continual = cfg, suite, learner, schedule, continual
         self.rng = seeding.rng(seed, "replay", dist.rank)
-        self.replay = make_replay(cfg.replay, num_tasks, suite.obs_dim, suite.action_dim, learner.device)
+        self.replay = make_replay(cfg.replay, cfg.sac, num_tasks, suite.obs_dim, suite.action_dim, learner.device)
         self.strategy = make_strategy(cfg.continual, learner, schedule.task_stage, seed)
         self.auxiliary = make_auxiliary_tasks(cfg.aux, learner, suite.obs_dim, suite.action_dim, seed)
         self.hooks = [self.strategy, *self.auxiliary]
@@ -206,7 +206,7 @@ class Trainer:
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
         planned = planned_updates(self.schedule.stages, cfg.sac.warmup_steps_per_task, cfg.sac.updates_per_round,
                                   cfg.env.envs_per_task)
-        self.learner = SACLearner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
+        self.learner = make_learner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
                                   synchronizer=make_synchronizer(cfg.sync, dist, num_tasks), balance=cfg.balance,
                                   seed=seed, planned_updates=planned)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device

@@ -81,3 +81,41 @@ def test_mt10_short_training_run_logs_every_task(tmp_path):
     assert [s for s, _ in scalars(run / "tb", "eval/success/pick-place-v3")] == [0, 300]
     assert scalars(run / "tb", "loss/qf1")  # updates happened and were logged
     assert scalars(run / "tb", "perf/env_steps_per_s")
+
+
+def test_a_hidden_goal_zeroes_the_goal_coordinates_and_nothing_else():
+    """env.goal_observable=false: the last 3 numbers read 0, as Meta-World's ML benchmarks hide the
+    goal; the rest of the observation (the previous frame included), rewards and success are those
+    of the same episode with the goal shown; the evaluation's fixed goals are unchanged."""
+    shown, hidden = make_suite("metaworld", "reach-v3", 0), make_suite("metaworld", "reach-v3", 0, goal_observable=False)
+    env_shown, env_hidden = shown.make_env(shown.tasks[0], 7), hidden.make_env(hidden.tasks[0], 7)
+    obs_shown, _ = env_shown.reset(options={"goal": 4})
+    obs_hidden, _ = env_hidden.reset(options={"goal": 4})
+    assert obs_shown[-3:].any() and not obs_hidden[-3:].any()
+    np.testing.assert_array_equal(obs_shown[:-3], obs_hidden[:-3])
+    action = np.array([0.5, -0.5, 0.2, 0.0], np.float32)
+    for _ in range(3):
+        a, b = env_shown.step(action), env_hidden.step(action)
+        assert not b[0][-3:].any()
+        np.testing.assert_array_equal(a[0][:-3], b[0][:-3])
+        assert a[1] == b[1] and a[4]["success"] == b[4]["success"]
+    assert (env_hidden.observation_space.low[-3:] == 0).all() and (env_hidden.observation_space.high[-3:] == 0).all()
+
+
+def test_actors_and_the_evaluator_see_the_goal_hidden_when_the_run_says_so():
+    """The setting reaches every env a run builds: the actors' (from actor_specs) and the evaluator's."""
+    from launch.actors import actor_specs
+    from launch.actors.actor import Actor
+    from launch.config import build_config
+    from launch.evaluator import Evaluation
+
+    cfg = build_config("metaworld", flags={"env.tasks": "reach-v3"},
+                       overrides=["env.goal_observable=false", "sac.hidden_sizes=[8]", "runtime.backend=single"])
+    spec = actor_specs(cfg, None, [0], 0, 1, 0)[0]  # the single backend: one actor, no plan
+    chunk = Actor(spec).collect(20)
+    assert chunk.obs[:, :-3].any() and not chunk.obs[:, -3:].any() and not chunk.next_obs[:, -3:].any()
+    evaluation = Evaluation("metaworld", "reach-v3", 0, cfg.sac, 1, "mean", cfg.env.goal_observable)
+    try:
+        assert not evaluation.envs[0].reset(options={"goal": 0})[0][-3:].any()
+    finally:
+        evaluation.close()

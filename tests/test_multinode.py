@@ -113,6 +113,21 @@ def test_torchrun_two_ranks_in_bf16_keep_fp32_weights_and_agree(standalone, tmp_
     assert not _same_networks(learner, standalone[1]["learner"])
 
 
+def test_torchrun_two_ranks_train_a_recurrent_agent_and_agree(tmp_path):
+    """sac.memory=gru on 2 ranks (task-hidden PM4, tasks sharded): both memories are all-reduced
+    with the rest, so every learned tensor ends the same on both ranks."""
+    run = tmp_path / "run"
+    flags = FLAGS[:14] + ["--set", "sac.memory=gru", "--set", "sac.memory_hidden=16",
+                                       "--set", "sac.batch_size_per_task=8", "--set", "sac.task_input=false",
+                                       "--set", "sac.head=single", "--steps", 1200]
+    proc = _torchrun(*flags, "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "learners.json").read_text())
+    assert summary["world_size"] == 2 and _ranks_agree(summary)
+    assert all(r["updates"] > 0 and r["sync"]["allreduces"] == 3 * r["updates"] for r in summary["ranks"])
+    assert any(k.startswith("memory.rnn") for k in _latest(run)["learner"]["critic"])
+
+
 def _two_agents(run, port, extra=((), ())):
     """Two torchrun agents, one rank each, meeting at a c10d rendezvous on loopback."""
     procs = []

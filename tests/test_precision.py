@@ -228,7 +228,7 @@ def test_the_learners_optimizer_steps_flush_subnormal_moments():
 
 def test_the_meta_world_presets_default_to_auto_and_the_small_learners_to_fp32():
     """The default run (Meta-World MT10) takes bf16 where the machine has bf16 units; pointmass and
-    Continual World's learners, which bf16 slows down (BENCHMARKS.md), stay fp32 unless asked."""
+    Continual World's learners, which bf16 does not speed up (BENCHMARKS.md), stay fp32 unless asked."""
     from launch.config import build_config
 
     assert build_config("metaworld").sac.precision == "auto"
@@ -236,3 +236,27 @@ def test_the_meta_world_presets_default_to_auto_and_the_small_learners_to_fp32()
     assert build_config("pointmass").sac.precision == "fp32"
     assert build_config("pointmass", overrides=["sac.precision=bf16"]).sac.precision == "bf16"
     assert SACConfig().precision == "fp32"  # the library's own default: exact fp32 math
+
+
+def test_tf32_is_a_cuda_gpus_and_refused_on_a_cpu_learner():
+    """sac.precision=tf32 resolves on a CUDA device with TF32 tensor cores and is refused elsewhere
+    (the config rule: tests/test_bad_input.py)."""
+    with pytest.raises(ValueError, match="tf32"):
+        resolve_precision("tf32", CPU)
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
+        assert resolve_precision("tf32", torch.device("cuda")) == ("tf32", "set")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU with TF32 tensor cores")
+def test_a_tf32_learner_runs_its_cuda_matmuls_in_tf32():
+    cuda = torch.device("cuda")
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("this GPU has no TF32 tensor cores")
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        learner = SACLearner(SACConfig(hidden_sizes=(64, 64), precision="tf32"), 6, 2, 3, cuda)
+        assert learner.precision == "tf32" and torch.backends.cuda.matmul.allow_tf32
+        assert all(p.dtype == torch.float32 for p in learner.critic.parameters())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

@@ -448,3 +448,20 @@ def test_unsupported_rllib_settings_are_one_line_and_exit_2(tmp_path, args, mess
     proc = train_in_process("--suite", "pointmass", *steps, "--run-dir", run, *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_rllib_env_runners_build_envs_with_the_goal_hidden_when_the_run_says_so():
+    """env.goal_observable=false reaches RLlib's env creator through the algorithm's env_config."""
+    from ray.rllib.env.env_context import EnvContext
+
+    from envs import make_suite
+    from integrations.rllib import env as rllib_env
+    from integrations.rllib.algorithm import algorithm_config
+    from launch.config import build_config
+
+    cfg = build_config("metaworld", None, {"run.engine": "rllib", "env.tasks": "reach-v3"}, ["env.goal_observable=false"])
+    suite = make_suite("metaworld", "reach-v3", 0, goal_observable=False)
+    config = algorithm_config(cfg, suite, [0], [0])
+    env = rllib_env.make_env(EnvContext(config.env_config, worker_index=1, num_workers=1))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (39 + 1,) and obs[:36].any() and not obs[36:39].any() and obs[39] == 1.0

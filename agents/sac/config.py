@@ -79,6 +79,7 @@ class SACConfig:
     init_alpha: float = 1.0          # initial entropy temperature (one per task)
     target_entropy: float | None = None  # None: -action_dim
     batch_size_per_task: int = field(default=128, metadata={"above": 0})  # transitions of each task per update
+                                     # (with sac.memory: subsequences)
     warmup_steps_per_task: int = field(default=5000, metadata={"min": 0})  # uniform-random actions first
     updates_per_round: int = field(default=1, metadata={"min": 0})  # per round (one step of every env)
     shared_temperature: bool = False  # one temperature for every task (Kurin et al., BRC); default: one per task
@@ -90,6 +91,17 @@ class SACConfig:
                                      # passes (reduce-overhead: CUDA graphs on a GPU; agents/sac/compiled.py)
     precision: str = field(default="fp32", metadata={"choices": _precisions})  # the learner's network passes:
                                      # bf16: under autocast; auto: bf16 on bf16 matrix units (agents/sac/precision.py)
+    memory: str = field(default="none", metadata={"choices": ("none", "gru", "lstm")})  # recurrent SAC (Ni et
+                                     # al. 2022): actor and critic read (o_t, a_{t-1}, r_{t-1}) through a
+                                     # GRU or LSTM each (agents/recurrent.py); replay samples subsequences
+    memory_hidden: int = field(default=128, metadata={"above": 0})  # the recurrent layer's units
+    memory_sequence: int = field(default=64, metadata={"above": 0})  # steps per sampled subsequence;
+                                     # batch_size_per_task then counts subsequences
+    memory_context: int = field(default=0, metadata={"min": 0})  # > 0 (sac.memory=gru): 3RL's context
+                                     # window, the last K transitions through a GRU, no stored state
+                                     # (agents/context.py; 3RL: K = 15, memory_hidden = 30)
+    memory_burn_in: int = field(default=0, metadata={"min": 0})  # a subsequence's first steps only warm the
+                                     # memory up (no loss on them; R2D2's burn-in)
     update_order: str = field(default="sequential", metadata={"choices": ("sequential", "simultaneous")})
                                      # sequential: critic step, then the actor against the updated critic
                                      # (CleanRL, SB3); simultaneous: every gradient from the same networks,

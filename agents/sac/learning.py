@@ -38,11 +38,11 @@ import torch
 from agents.balancers import BalanceConfig, TaskLosses, make_balancers
 from agents.balancers.prepare import LossPreparer
 from agents.hooks import LearnerHook, Synchronizer
-from agents.networks import build_actor_and_critic
+from agents.models import build_actor_and_critic
 from agents.replay import Batch
 from agents.sac.compiled import compile_passes
 from agents.sac.config import SACConfig
-from agents.sac.precision import autocast, resolve_precision, subnormals_flushed
+from agents.sac.precision import autocast, resolve_precision, subnormals_flushed, use_tf32
 from agents.sac.state import LearnerState
 from agents.sac.temperature import Temperature
 
@@ -75,7 +75,8 @@ class SACLearner(LearnerState):
         """planned_updates: the run's planned updates, the learning-rate schedule's length unless
         sac.lr_schedule_updates sets one."""
         self.cfg, self.device = cfg, device
-        self.precision, self.precision_reason = resolve_precision(cfg.precision, device)  # fp32 | bf16, why
+        self.precision, self.precision_reason = resolve_precision(cfg.precision, device)  # fp32 | bf16 | tf32, why
+        use_tf32(self.precision)
         self.synchronizer = synchronizer or Synchronizer()
         actor, critic = build_actor_and_critic(cfg, obs_dim, action_dim, num_tasks)
         self.actor, self.critic = actor.to(device), critic.to(device)
@@ -170,6 +171,11 @@ class SACLearner(LearnerState):
             loss = self.temperature.loss(log_pi, task)
         return prepared.losses([loss], task, lambda: [self.temperature.loss(log_pi, task)])
 
+    @staticmethod
+    def entropy(log_pi: torch.Tensor) -> torch.Tensor:
+        """The policy's entropy estimate, -E[log pi], over the batch."""
+        return -log_pi.detach().mean()
+
     # -- one update ---------------------------------------------------------------------------------
     @staticmethod
     def _terms(network: str, batch: Batch, features: torch.Tensor, hooks: Sequence[LearnerHook]) -> dict:
@@ -223,7 +229,7 @@ class SACLearner(LearnerState):
     def update(self, batch: Batch, hooks: Sequence[LearnerHook] = ()) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperatures, then the target critics. Returns
         detached loss tensors."""
-        batch = Batch(*(x.to(self.device, non_blocking=True) for x in batch))
+        batch = type(batch)(*(x.to(self.device, non_blocking=True) for x in batch))
         self._set_learning_rates()
         sequential = self.cfg.update_order != "simultaneous"
         losses, terms = {}, {}
@@ -246,5 +252,5 @@ class SACLearner(LearnerState):
         self.synchronizer.after_update(self)
         qf1, qf2 = (term.detach().mean() for term in losses["critic"].terms)
         out = {"loss/qf1": qf1, "loss/qf2": qf2, **info, "loss/actor": means[1], "loss/alpha": means[2],
-               "policy/entropy": -log_pi.detach().mean()}
+               "policy/entropy": self.entropy(log_pi)}
         return {**out, **{f"loss/{name}": value.detach() for name, value in (terms["critic"] | terms["actor"]).items()}}

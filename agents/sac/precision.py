@@ -1,9 +1,12 @@
 """`sac.precision`: the learner's network passes in bf16 mixed precision, or in fp32.
 
-    fp32   every pass in fp32 (the default until bf16's learning parity is measured: BENCHMARKS.md)
+    fp32   every pass in fp32 (SACConfig's default, the pointmass and Continual World presets')
     bf16   the network passes of an update under `torch.autocast(device, torch.bfloat16)`
+    tf32   fp32 everywhere, but a CUDA GPU's matmuls on its TF32 tensor cores (compute capability 8.0+;
+           refused elsewhere): torch.backends.cuda.matmul.allow_tf32 for the learner's process
     auto   bf16 where the learner's device has bf16 matrix units (a CPU with AMX or AVX512-BF16,
-           a CUDA GPU that supports bf16), else fp32; the start-up line says which, and why
+           a CUDA GPU that supports bf16), else fp32; the start-up line says which, and why (the
+           Meta-World preset's default: learning parity measured, BENCHMARKS.md)
 
 What runs in bf16: the matmuls of the learner's passes (agents/sac/learning.py: `critic_pass`,
 `actor_pass` and FAMO's re-computations) below each network's output layer: every trunk layer and
@@ -42,7 +45,7 @@ import contextlib
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = ("fp32", "bf16", "tf32", "auto")
 
 
 def bf16_units(device: torch.device) -> str | None:
@@ -63,10 +66,21 @@ def resolve_precision(name: str, device: torch.device, units=None) -> tuple[str,
     (a function of the device; tests simulate a device without bf16 units)."""
     if name not in PRECISIONS:
         raise ValueError(f"unknown sac.precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    if name == "tf32" and not (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)):
+        raise ValueError(f"sac.precision=tf32 runs fp32 matmuls on a CUDA GPU's TF32 tensor cores (compute "
+                         f"capability 8.0+); this learner runs on {device}")
     if name != "auto":
         return name, "set"
     found = (units or bf16_units)(device)
     return ("bf16", f"auto: {found}") if found else ("fp32", f"auto: no bf16 units on {device.type}")
+
+
+def use_tf32(precision: str) -> None:
+    """sac.precision=tf32: CUDA matmuls and convolutions of this process in TF32 (10-bit mantissa
+    products, fp32 accumulation and storage); everything else stays as fp32 has it."""
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast(device: torch.device, precision: str):

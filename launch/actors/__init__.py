@@ -39,7 +39,8 @@ def actor_specs(cfg, plan, own_tasks: list[int], rank: int, num_tasks: int,
         tasks = tuple(own_tasks[a::actors]) or (own_tasks[a % len(own_tasks)],)
         specs.append(ActorSpec(actor_id=rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks, seed=cfg.run.seed,
                                task_indices=tasks, num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
-                               sac=cfg.sac, num_tasks=num_tasks, start_step=step))
+                               sac=cfg.sac, num_tasks=num_tasks, start_step=step,
+                               goal_observable=cfg.env.goal_observable))
     return specs
 
 

@@ -15,10 +15,16 @@ import numpy as np
 import torch
 
 from agents import seeding
-from agents.networks import SquashedGaussianActor, build_policy
+from agents.models import build_policy
+from agents.networks import SquashedGaussianActor
+from agents.context import env_memories
+from agents.recurrent import EnvMemories
 from agents.sac.config import SACConfig
 from envs import make_suite
 from envs.pool import EnvPool, Episode
+
+
+STREAMS_PER_ACTOR = 1 << 20  # stream ids: actor_id * this + env index (actor ids are rank * 1000 + a)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class ActorSpec:
     num_tasks: int
     incarnation: int = 0            # bumped on restart: fresh env seeds
     start_step: int = 0             # a resumed run's actors get fresh seeds too
+    goal_observable: bool = True    # env.goal_observable
 
 
 @dataclass
@@ -48,6 +55,8 @@ class Chunk:
     terminated: np.ndarray
     episodes: list[Episode] = field(default_factory=list)
     episode_ends: list[int] = field(default_factory=list)  # rows up to and including each episode's end
+    stream: np.ndarray | None = None  # each row's env (an id unique in the run): sequence replay links its rows
+    first: np.ndarray | None = None   # each row's obs starts its episode
 
     def __len__(self) -> int:
         return len(self.task)
@@ -59,7 +68,8 @@ class Chunk:
         keep = [i for i, end in enumerate(self.episode_ends) if end <= rows]
         return Chunk(self.actor_id, self.policy_version, self.task[:rows], self.obs[:rows], self.action[:rows],
                      self.reward[:rows], self.next_obs[:rows], self.terminated[:rows],
-                     [self.episodes[i] for i in keep], [self.episode_ends[i] for i in keep])
+                     [self.episodes[i] for i in keep], [self.episode_ends[i] for i in keep],
+                     None if self.stream is None else self.stream[:rows], None if self.first is None else self.first[:rows])
 
 
 class Actor:
@@ -67,13 +77,14 @@ class Actor:
 
     def __init__(self, spec: ActorSpec, policy: SquashedGaussianActor | None = None):
         self.spec = spec
-        suite = make_suite(spec.suite, spec.tasks, spec.seed)
+        suite = make_suite(spec.suite, spec.tasks, spec.seed, spec.goal_observable)
         tasks = [suite.tasks[i] for i in spec.task_indices]
         env_tasks = [tasks[k % len(tasks)] for k in range(spec.num_envs)]
         def seed(*index: int) -> int:  # this incarnation's streams: a restart or resume gets fresh ones
             return seeding.seed_for(spec.seed, "actor", spec.actor_id, spec.incarnation, spec.start_step, *index)
 
         self.pool = EnvPool([suite.make_env(t, seed(k)) for k, t in enumerate(env_tasks)], [t.index for t in env_tasks])
+        self.streams = spec.actor_id * STREAMS_PER_ACTOR + np.arange(spec.num_envs)  # each env's stream id
         self.action_dim = suite.action_dim
         self.rng = np.random.default_rng(seed(1_000_000))                  # random actions (warm-up)
         self.generator = torch.Generator().manual_seed(seed(1_000_001))   # policy noise
@@ -81,17 +92,30 @@ class Actor:
             policy = build_policy(spec.sac, suite.obs_dim, suite.action_dim, spec.num_tasks).requires_grad_(False)
         self.policy = policy
         self.device = next(policy.parameters()).device
+        # a recurrent policy's memory of each env's episode so far (sac.memory)
+        self.memories = env_memories(policy, spec.num_envs, suite.obs_dim, suite.action_dim)
         self.version = 0
 
     def set_weights(self, flat: torch.Tensor, version: int) -> None:
         torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
+        if self.version == 0 and isinstance(self.memories, EnvMemories):  # the policy takes over mid-episode:
+            self.memories.start(slice(None))  # from a zero state, as a training window that starts there
         self.version = version
 
     def _actions(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
+        memories = self.memories
+        if memories is not None:
+            memories.start(torch.from_numpy(self.pool.first).to(self.device))
         if self.version == 0:
-            return self.rng.uniform(-1, 1, (len(obs), self.action_dim)).astype(np.float32)
-        action = self.policy.act(torch.from_numpy(obs).to(self.device), torch.from_numpy(task).to(self.device),
-                                 deterministic=False, generator=self.generator)
+            action = self.rng.uniform(-1, 1, (len(obs), self.action_dim)).astype(np.float32)
+            if memories is not None:
+                memories.acted(torch.from_numpy(obs).to(self.device), torch.from_numpy(action).to(self.device))
+            return action
+        obs_t, task_t = torch.from_numpy(obs).to(self.device), torch.from_numpy(task).to(self.device)
+        if memories is not None:
+            action = memories.act(obs_t, task_t, slice(None), deterministic=False, generator=self.generator)
+        else:
+            action = self.policy.act(obs_t, task_t, deterministic=False, generator=self.generator)
         return action.cpu().numpy()
 
     def collect(self, min_steps: int) -> Chunk:
@@ -102,12 +126,15 @@ class Actor:
             task = self.pool.task_ids
             action = self._actions(self.pool.obs, task)
             r = self.pool.step(action)
-            parts.append((task, r.obs, action, r.reward, r.next_obs, r.terminated))
+            if self.memories is not None:
+                self.memories.rewarded(slice(None), r.reward)
+            parts.append((task, r.obs, action, r.reward, r.next_obs, r.terminated, self.streams, r.first))
             steps += len(task)
             episodes += r.finished
             ends += [steps] * len(r.finished)  # an episode ends within this round's rows
-        columns = [np.concatenate(c) for c in zip(*parts)]
-        return Chunk(self.spec.actor_id, self.version, *columns, episodes=episodes, episode_ends=ends)
+        *columns, stream, first = [np.concatenate(c) for c in zip(*parts)]
+        return Chunk(self.spec.actor_id, self.version, *columns, episodes=episodes, episode_ends=ends,
+                     stream=stream, first=first)
 
     def close(self) -> None:
         self.pool.close()

@@ -54,7 +54,8 @@ class StageActors:
         return added, polled
 
     def _ingest(self, chunk: Chunk, replay, episodes: dict) -> int:
-        replay.add(chunk.task, chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated)
+        replay.add(chunk.task, chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated,
+                   stream=chunk.stream, first=chunk.first)
         for episode in chunk.episodes:
             episodes[episode.task].append(episode)
         self.steps_by_actor[chunk.actor_id] += len(chunk)

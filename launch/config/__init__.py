@@ -41,6 +41,8 @@ class EnvConfig:
     suite: str = field(default="metaworld", metadata={"choices": _suites, "name": "suite"})
     tasks: str = ""              # a preset (MT10, MT50, PM4, ...) or a comma list; "": suite default
     envs_per_task: int = field(default=1, metadata=POSITIVE)  # training envs per task, stepped in lockstep
+    goal_observable: bool = True  # false: the goal's coordinates read 0 (Meta-World's ML benchmarks' partial
+                                  # observability); pointmass never shows its target
 
 
 @dataclass

@@ -12,6 +12,8 @@ refused, never replaced. `cfg` is a launch.config.Config (not imported: that pac
 
 from __future__ import annotations
 
+import torch
+
 from agents.auxiliary import NAMES as AUX_LOSSES
 from agents.balancers import NEEDS_EVERY_TASK, PER_TASK_GRADIENTS, POSITIVE_LOSSES_ONLY
 from launch.config.overrides import check_fields
@@ -137,6 +139,46 @@ def method_needs_a_sequence(cfg):
         return f"continual.method {cfg.continual.method} needs a task sequence (--sequence)"
 
 
+# what reads single transitions, not recurrent SAC's windows of steps (agents/sac/recurrent.py), or needs
+# a pass recurrent SAC does not make
+MEMORY_REFUSES = {"continual.method": ("ewc", "online-ewc", "mas", "agem", "bc", "hnet")}
+
+
+@rule
+def memory_runs_on_windows(cfg):
+    sac = cfg.sac
+    if sac.memory == "none":
+        return "sac.memory_context is a recurrent mode: set sac.memory=gru too" if sac.memory_context else None
+    problems = []
+    if sac.encoder:
+        problems.append(f"sac.encoder={sac.encoder} (each recurrent network reads the observation through its memory)")
+    if any(getattr(cfg.aux, n) for n in AUX_LOSSES):
+        problems.append("auxiliary losses (they read single transitions)")
+    if cfg.balance.method in PER_TASK_GRADIENTS:
+        problems.append(f"balance.method={cfg.balance.method} (its per-task gradients skip the recurrent layers)")
+    if cfg.continual.method in MEMORY_REFUSES["continual.method"]:
+        problems.append(f"continual.method={cfg.continual.method} (it reads single transitions)")
+    if sac.compile != "none":
+        problems.append(f"sac.compile={sac.compile}")
+    if cfg.replay.device == "learner":
+        problems.append("replay.device=learner (sequence replay is on the host)")
+    if cfg.replay.normalize_rewards:
+        problems.append("replay.normalize_rewards (the memories read rewards as inputs: raw while acting)")
+    if cfg.eval.policy == "sample":
+        problems.append("eval.policy=sample (recurrent policies are evaluated by their mean action)")
+    if sac.memory_context and sac.memory != "gru":
+        problems.append(f"sac.memory_context={sac.memory_context} with sac.memory={sac.memory} (3RL's context "
+                        "window runs through a GRU: sac.memory=gru)")
+    if sac.memory_context and sac.memory_burn_in:
+        problems.append("sac.memory_burn_in with sac.memory_context (a context window has no stored state to warm up)")
+    if sac.memory_burn_in >= sac.memory_sequence:
+        problems.append(f"sac.memory_burn_in={sac.memory_burn_in} (it leaves no step of a "
+                        f"{sac.memory_sequence}-step window to learn from)")
+    if problems:
+        return f"sac.memory={sac.memory} does not support yet: {'; '.join(problems)}"
+    return None
+
+
 @rule
 def hnet_needs_generated_weights(cfg):
     if cfg.continual.method == "hnet" and "hyper" not in (cfg.sac.head, cfg.sac.trunk):
@@ -149,6 +191,15 @@ def hnet_needs_generated_weights(cfg):
 def goals_exist(cfg, world, suite):
     if cfg.eval.goals > suite.num_goals:
         return f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}"
+
+
+@world_rule
+def tf32_needs_a_gpu(cfg, world, suite):
+    if cfg.sac.precision == "tf32" and (cfg.run.device == "cpu" or (cfg.run.device == "auto"
+                                                                     and not torch.cuda.is_available())):
+        return ("sac.precision=tf32 runs matmuls on a CUDA GPU's TF32 tensor cores; this run's learner is on the "
+                "CPU (use fp32, bf16 or auto)")
+    return None
 
 
 @world_rule
@@ -204,6 +255,8 @@ def check_engine(cfg, world: int = 1) -> None:
         problems.append("sac.encoder_tau (RLlib's target update has one rate: sac.tau)")
     if cfg.sac.precision == "bf16":  # auto: fp32 here (launch/rllib_engine.py)
         problems.append(f"sac.precision={cfg.sac.precision} (RLlib's learner runs its passes in fp32)")
+    if cfg.sac.memory != "none":
+        problems.append(f"sac.memory={cfg.sac.memory} (recurrent SAC runs in our loop: --engine polytask)")
     if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
         problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
     if problems:

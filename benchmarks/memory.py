@@ -1,0 +1,171 @@
+"""Recurrent SAC (`sac.memory`, agents/recurrent.py, agents/context.py) against the MLP, side by side.
+
+    python benchmarks/memory.py pm4 [--steps 30000] [--seeds 0 1 2 3 4] [--variants mlp gru lstm context]
+                                    # final success on task-hidden PM4 (no task input, one head)
+    python benchmarks/memory.py cost [--repeats 3]
+                                    # learner updates/s, batch sampling time, replay bytes per transition
+
+pm4: pointmass PM4 with the task hidden (sac.task_input=false, sac.head=single): an agent tells
+reach-e from reach-w only by the rewards it has seen. Every variant trains with the same seeds and
+budget (--backend single, one thread each, --workers at a time); run directories stay under --out,
+so the table re-prints without training. Final success of every task, mean over seeds x tasks
+[95% stratified bootstrap CI].
+
+cost: for each variant at the pointmass preset's width (64x64 networks; memory 128, 4 tasks x 16
+windows; context GRU 30, 4 x 64 transitions; the MLP 4 x 64 transitions): learner updates/s (fresh
+process, median of --repeats), the time to sample one batch as a fraction of an update, replay bytes
+per stored transition against flat replay, and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import median, table  # noqa: E402
+
+HIDDEN = ["--set", "sac.task_input=false", "--set", "sac.head=single"]
+VARIANTS = {  # name: --set overrides on top of the task-hidden pointmass run
+    "mlp": [],
+    "gru": ["--set", "sac.memory=gru", "--set", "sac.batch_size_per_task=16"],
+    "lstm": ["--set", "sac.memory=lstm", "--set", "sac.batch_size_per_task=16"],
+    "context": ["--set", "sac.memory=gru", "--set", "sac.memory_context=15", "--set", "sac.memory_hidden=30"],
+}
+
+
+def pm4(args) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from metrics import multitask
+    from metrics.runs import read_run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(v, seed) for v in args.variants for seed in args.seeds
+            if not (out / f"{v}-seed{seed}" / "learners.json").exists()]
+
+    def train(job):
+        variant, seed = job
+        run_dir = out / f"{variant}-seed{seed}"
+        if run_dir.exists():  # an unfinished run from an interrupted benchmark: start it again
+            import shutil
+            shutil.rmtree(run_dir)
+        argv = ["--suite", "pointmass", "--tasks", "PM4", "--steps", str(args.steps), "--eval-every",
+                str(args.steps // 4), "--set", "eval.goals=20", *HIDDEN, *VARIANTS[variant], "--backend", "single",
+                "--seed", str(seed), "--run-dir", str(run_dir), "--set", "run.threads=1"]
+        with open(out / f"{variant}-seed{seed}.log", "w") as log:
+            return subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *argv], stdout=log,
+                                  stderr=subprocess.STDOUT).returncode
+    if jobs:
+        print(f"training {len(jobs)} runs, {args.workers} at a time", flush=True)
+        with ThreadPoolExecutor(args.workers) as pool:
+            for job, code in zip(jobs, pool.map(train, jobs)):
+                if code:
+                    print(f"failed ({code}): {job}", flush=True)
+    rows = []
+    for variant in args.variants:
+        runs = [read_run(d) for s in args.seeds if ((d := out / f"{variant}-seed{s}") / "learners.json").exists()]
+        if not runs:
+            continue
+        scores = multitask.score_matrix(runs, "success", last_k=1)
+        low, high = multitask.stratified_bootstrap_ci(scores, multitask.mean, reps=args.reps)
+        rates = [json.loads((out / f"{variant}-seed{s}" / "learners.json").read_text())["train_env_steps_per_s"]
+                 for s in args.seeds if (out / f"{variant}-seed{s}" / "learners.json").exists()]
+        rows.append([variant, len(runs), f"{multitask.mean(scores):.2f} [{low:.2f}, {high:.2f}]", f"{median(rates):.0f}"])
+    print(f"task-hidden PM4, {args.steps} env steps, final success (the last evaluation, 20 goals per task; "
+          "mean policy), mean over seeds x tasks [95% stratified bootstrap CI]")
+    print(table(["variant", "seeds", "final success", "env-steps/s (median)"], rows))
+
+
+def one(variant: str) -> dict:
+    """In this (fresh) process: one variant's updates/s, sampling time and replay bytes per row."""
+    import numpy as np
+    import torch
+
+    from agents.models import make_replay
+    from agents.replay import MultiTaskReplay
+    from agents.sac import make_learner
+    from launch.config import build_config
+
+    torch.set_num_threads(1)
+    sets = [s for s in VARIANTS[variant] + HIDDEN if s != "--set"]
+    cfg = build_config("pointmass", overrides=sets)
+    learner = make_learner(cfg.sac, 2, 2, 4, torch.device("cpu"))
+    replay = make_replay(cfg.replay, cfg.sac, 4, 2, 2, torch.device("cpu"))
+    rng, episodes = np.random.default_rng(0), 200  # 200 episodes of 30 steps per task
+    n = 4 * episodes * 30
+    task, step = np.repeat(np.arange(4), n // 4), np.tile(np.arange(30), n // 30)
+    columns = (task, rng.uniform(-1, 1, (n, 2)).astype(np.float32), rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+               -rng.random(n, np.float32), rng.uniform(-1, 1, (n, 2)).astype(np.float32), np.zeros(n, np.float32))
+    replay.add(*columns, stream=task, first=step == 0)
+    flat = MultiTaskReplay(4, cfg.replay.capacity_per_task, 2, 2)
+    flat.add(*columns)
+    size = cfg.sac.batch_size_per_task
+    for _ in range(5):
+        learner.update(replay.sample(size, rng))
+    start, updates = time.perf_counter(), 30
+    for _ in range(updates):
+        learner.update(replay.sample(size, rng))
+    update_s = (time.perf_counter() - start) / updates
+    start = time.perf_counter()
+    for _ in range(50):
+        replay.sample(size, rng)
+    sample_s = (time.perf_counter() - start) / 50
+    import resource
+    return {"updates_per_s": 1 / update_s, "sample_fraction": sample_s / update_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "bytes_per_row": replay.nbytes() / replay.allocated_rows(0) / 4,
+            "flat_bytes_per_row": flat.nbytes() / flat.allocated_rows(0) / 4}
+
+
+def cost(args) -> None:
+    rows = []
+    for variant in VARIANTS:
+        results = []
+        for _ in range(args.repeats):
+            proc = subprocess.run([sys.executable, __file__, "_one", variant], capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if proc.returncode:
+                raise SystemExit(proc.stderr[-3000:])
+            results.append(json.loads(proc.stdout.splitlines()[-1]))
+        r = results[0]
+        rows.append([variant, f"{median([x['updates_per_s'] for x in results]):.1f}",
+                     f"{median([x['sample_fraction'] for x in results]):.1%}",
+                     f"{r['bytes_per_row']:.0f} ({r['bytes_per_row'] / r['flat_bytes_per_row']:.2f}x)",
+                     f"{median([x['peak_rss_mb'] for x in results]):.0f}"])
+    print(f"pointmass preset widths (64x64; memory 128, context GRU 30), 4 tasks, 1 thread, median of {args.repeats} "
+          "fresh processes")
+    print(table(["variant", "updates/s", "sampling / update", "replay bytes per transition (vs flat)",
+                 "peak RSS MB"], rows))
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["pm4", "cost", "_one"])
+    p.add_argument("variant", nargs="?")
+    p.add_argument("--steps", type=int, default=30_000)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reps", type=int, default=10_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="runs/bench-memory")
+    args = p.parse_args()
+    if args.mode == "_one":
+        print(json.dumps(one(args.variant)))
+    else:
+        {"pm4": pm4, "cost": cost}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
