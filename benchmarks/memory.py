@@ -79,7 +79,8 @@ def pm4(args) -> None:
         low, high = multitask.stratified_bootstrap_ci(scores, multitask.mean, reps=args.reps)
         rates = [json.loads((out / f"{variant}-seed{s}" / "learners.json").read_text())["train_env_steps_per_s"]
                  for s in args.seeds if (out / f"{variant}-seed{s}" / "learners.json").exists()]
-        rows.append([variant, len(runs), f"{multitask.mean(scores):.2f} [{low:.2f}, {high:.2f}]", f"{median(rates):.0f}"])
+        success = f"{multitask.mean(scores):.2f} [{low:.2f}, {high:.2f}]"
+        rows.append([variant, len(runs), success, f"{median(rates):.0f}"])
     print(f"task-hidden PM4, {args.steps} env steps, final success (the last evaluation, 20 goals per task; "
           "mean policy), mean over seeds x tasks [95% stratified bootstrap CI]")
     print(table(["variant", "seeds", "final success", "env-steps/s (median)"], rows))

@@ -20,8 +20,8 @@ import torch
 import torch.multiprocessing as mp
 
 from agents import seeding
-from agents.models import build_policy
 from agents.context import env_memories
+from agents.models import build_policy
 from agents.sac.config import SACConfig
 from envs.evaluation import evaluate
 from launch.actors.processes import signals_ignored_by_children

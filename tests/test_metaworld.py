@@ -87,7 +87,8 @@ def test_a_hidden_goal_zeroes_the_goal_coordinates_and_nothing_else():
     """env.goal_observable=false: the last 3 numbers read 0, as Meta-World's ML benchmarks hide the
     goal; the rest of the observation (the previous frame included), rewards and success are those
     of the same episode with the goal shown; the evaluation's fixed goals are unchanged."""
-    shown, hidden = make_suite("metaworld", "reach-v3", 0), make_suite("metaworld", "reach-v3", 0, goal_observable=False)
+    shown = make_suite("metaworld", "reach-v3", 0)
+    hidden = make_suite("metaworld", "reach-v3", 0, goal_observable=False)
     env_shown, env_hidden = shown.make_env(shown.tasks[0], 7), hidden.make_env(hidden.tasks[0], 7)
     obs_shown, _ = env_shown.reset(options={"goal": 4})
     obs_hidden, _ = env_hidden.reset(options={"goal": 4})

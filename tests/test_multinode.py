@@ -119,7 +119,7 @@ def test_torchrun_two_ranks_train_a_recurrent_agent_and_agree(tmp_path):
     run = tmp_path / "run"
     flags = FLAGS[:14] + ["--set", "sac.memory=gru", "--set", "sac.memory_hidden=16",
                                        "--set", "sac.batch_size_per_task=8", "--set", "sac.task_input=false",
-                                       "--set", "sac.head=single", "--steps", 1200]
+                                       "--set", "sac.head=single"]
     proc = _torchrun(*flags, "--run-dir", run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "learners.json").read_text())

@@ -103,7 +103,8 @@ def test_an_update_trains_both_memories_and_keeps_the_targets_apart(cell):
     actor_before = {k: v.clone() for k, v in learner.actor.state_dict().items()}
     logged = learner.update(_replay().sample(8, np.random.default_rng(1)))
     assert all(np.isfinite(float(v)) for v in logged.values())
-    moved = lambda now, then, prefix: any(not torch.equal(now[k], then[k]) for k in now if k.startswith(prefix))
+    def moved(now, then, prefix):
+        return any(not torch.equal(now[k], then[k]) for k in now if k.startswith(prefix))
     assert moved(learner.critic.state_dict(), before, "memory.rnn")
     assert moved(learner.actor.state_dict(), actor_before, "memory.rnn")
     # the target critic (memory included) follows by Polyak averaging: moved, but not onto the critic
@@ -171,10 +172,13 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
               "--set", "sac.warmup_steps_per_task=100", "--seed", 1]
     pm4 = ["--suite", "pointmass", "--steps", 800, "--eval-every", 400, "--set", "run.checkpoint_every=400"]
     pm2 = ["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.steps_per_task=400", "--backend", "single"]
-    jobs = {"gru-local": [*pm4, "--backend", "local", "--actors", 2, "--set", "sac.memory=gru", *hidden],
-            "context": [*pm4, "--backend", "single", "--set", "sac.memory=gru", "--set", "sac.memory_context=15", *hidden],
+    context = ["--set", "sac.memory=gru", "--set", "sac.memory_context=15"]
+    jobs = {"context": [*pm4, "--backend", "single", *context, *hidden],
             **{m: [*pm2, "--method", m, "--set", "sac.memory=lstm", *hidden] for m in ("l2", "si", "packnet")}}
     results = train_many({name: [*args, "--run-dir", tmp_path / name] for name, args in jobs.items()})
+    # actor processes: a train.py process of its own (a pool worker may not start processes)
+    results["gru-local"] = run_train(*pm4, "--backend", "local", "--actors", 2, "--set", "sac.memory=gru", *hidden,
+                                     "--run-dir", tmp_path / "gru-local")
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr[-2000:])
         rows = evallog.read(tmp_path / name / "evals.jsonl")
@@ -184,7 +188,8 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
     with tempfile.TemporaryDirectory(prefix="pt-", dir="/tmp") as scratch:
         home, tmp = Path(scratch) / "home", Path(scratch) / "t"
         home.mkdir(), tmp.mkdir()
-        args = [*pm4, "--backend", "ray", "--actors", 1, "--set", "sac.memory=gru", *hidden, "--run-dir", tmp_path / "ray"]
+        args = [*pm4, "--backend", "ray", "--actors", 1, "--set", "sac.memory=gru", *hidden,
+                "--run-dir", tmp_path / "ray"]
         ray = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True, timeout=300,
                              env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
         assert ray.returncode == 0, ray.stderr[-2000:]
@@ -267,3 +272,21 @@ def test_an_actor_resets_each_envs_memory_when_its_episode_starts():
     fresh = EnvMemories(actor.policy, 4, 2)
     fresh.act(torch.from_numpy(obs), torch.from_numpy(task), slice(None), deterministic=True)
     torch.testing.assert_close(actor.memories.state, fresh.state)
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "famo"])
+def test_the_loss_weighting_balancers_balance_recurrent_sacs_task_losses(method):
+    """Uncertainty weighting and FAMO (FAMO re-computes the critic's task losses after its step, on
+    the same windows) run on recurrent SAC's per-task masked means, and move their own weights."""
+    from agents.balancers import BalanceConfig
+
+    torch.manual_seed(0)
+    learner = make_learner(_cfg(), 3, 2, 2, CPU, balance=BalanceConfig(method=method, networks=("critic",)))
+    balancer = learner.balancers["critic"]
+    before = {k: v.clone() for k, v in balancer.state_dict().items() if isinstance(v, torch.Tensor)}
+    replay = _replay()
+    for seed in range(3):
+        logged = learner.update(replay.sample(8, np.random.default_rng(seed)))
+        assert all(np.isfinite(float(v)) for v in logged.values())
+    after = balancer.state_dict()
+    assert before and any(not torch.equal(v, after[k]) for k, v in before.items())

@@ -459,7 +459,8 @@ def test_rllib_env_runners_build_envs_with_the_goal_hidden_when_the_run_says_so(
     from integrations.rllib.algorithm import algorithm_config
     from launch.config import build_config
 
-    cfg = build_config("metaworld", None, {"run.engine": "rllib", "env.tasks": "reach-v3"}, ["env.goal_observable=false"])
+    cfg = build_config("metaworld", None, {"run.engine": "rllib", "env.tasks": "reach-v3"},
+                       ["env.goal_observable=false"])
     suite = make_suite("metaworld", "reach-v3", 0, goal_observable=False)
     config = algorithm_config(cfg, suite, [0], [0])
     env = rllib_env.make_env(EnvContext(config.env_config, worker_index=1, num_workers=1))

@@ -60,7 +60,8 @@ def test_windows_are_consecutive_steps_of_one_episode_masked_after_its_end():
     replay = SequenceReplay(2, 10_000, 2, 1, LENGTH)
     lengths = _stream_rows(replay, rng, episodes_per_stream=20)
     batch = replay.sample(64, np.random.default_rng(1))
-    assert batch.obs.shape == (128, LENGTH, 2) and batch.mask.shape == (128, LENGTH) and batch.action.shape == (128, LENGTH, 1)
+    assert batch.obs.shape == (128, LENGTH, 2) and batch.mask.shape == (128, LENGTH)
+    assert batch.action.shape == (128, LENGTH, 1)
     assert (batch.task[:64] == 0).all() and (batch.task[64:] == 1).all()  # task-balanced, contiguous
     _check_windows(batch, lengths, LENGTH)
     assert 0 < float(batch.mask.mean()) < 1  # some windows were cut at an episode's end
@@ -78,7 +79,7 @@ def test_windows_are_cut_to_the_longest_real_one():
                np.zeros(100, np.float32), stream=np.zeros(100, int), first=obs[:, 1] == 0)
     batch = replay.sample(50, np.random.default_rng(0))
     assert batch.obs.shape[1] == 5
-    _check_windows(batch, {e: 5 for e in range(20)}, 64)
+    _check_windows(batch, dict.fromkeys(range(20), 5), 64)
 
 
 def test_an_episode_still_running_is_sampled_up_to_its_newest_row():
@@ -115,7 +116,8 @@ def test_memory_is_taken_as_used_and_costs_little_more_per_row_than_flat_replay(
         for _ in range(2):
             replay.add(np.zeros(rows, int), np.zeros((rows, 39), np.float32), np.zeros((rows, 4), np.float32),
                        np.zeros(rows, np.float32), np.zeros((rows, 39), np.float32), np.zeros(rows, np.float32),
-                       **({"stream": np.zeros(rows, int), "first": np.zeros(rows, bool)} if replay is sequences else {}))
+                       **({"stream": np.zeros(rows, int), "first": np.zeros(rows, bool)}
+                          if replay is sequences else {}))
     assert sequences.allocated_rows(0) == flat.allocated_rows(0) == 8192  # grown as used (4,096, then doubled)
     assert sequences.nbytes() / flat.nbytes() <= 1.03  # 344 bytes a Meta-World row against 336
 

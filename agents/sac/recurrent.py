@@ -105,7 +105,8 @@ class RecurrentSACLearner(SACLearner):
         weight, rows = self.weight, batch.task.repeat_interleave(batch.mask.shape[1])
         with self.prepare(self.balancers["actor"], replay_draws=True) as prepared:
             loss, log_pi, features = self.passes.actor(batch)
-        losses = prepared.losses([loss.flatten() * weight], rows, lambda: [self.actor_pass(batch)[0].flatten() * weight])
+        losses = prepared.losses([loss.flatten() * weight], rows,
+                                 lambda: [self.actor_pass(batch)[0].flatten() * weight])
         return losses, features, log_pi.flatten()
 
     def temperature_loss(self, log_pi: torch.Tensor, task: torch.Tensor) -> TaskLosses:
@@ -152,7 +153,8 @@ class ContextSACLearner(SACLearner):
             with self.autocast():
                 q = self.critic(batch.obs, batch.action, batch.history[:, :-1], batch.task)
             return [(q[0] - y) ** 2, (q[1] - y) ** 2]
-        return prepared.losses([(q1 - y) ** 2, (q2 - y) ** 2], batch.task, again), features, {"q/mean": q1.detach().mean()}
+        losses = prepared.losses([(q1 - y) ** 2, (q2 - y) ** 2], batch.task, again)
+        return losses, features, {"q/mean": q1.detach().mean()}
 
     def actor_loss(self, batch):
         obs, task, history = batch.obs, batch.task, batch.history

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from agents import seeding
+from agents.context import env_memories
 from agents.models import build_policy
 from agents.networks import SquashedGaussianActor
-from agents.context import env_memories
 from agents.recurrent import EnvMemories
 from agents.sac.config import SACConfig
 from envs import make_suite
 from envs.pool import EnvPool, Episode
-
 
 STREAMS_PER_ACTOR = 1 << 20  # stream ids: actor_id * this + env index (actor ids are rank * 1000 + a)
 
@@ -69,7 +68,8 @@ class Chunk:
         return Chunk(self.actor_id, self.policy_version, self.task[:rows], self.obs[:rows], self.action[:rows],
                      self.reward[:rows], self.next_obs[:rows], self.terminated[:rows],
                      [self.episodes[i] for i in keep], [self.episode_ends[i] for i in keep],
-                     None if self.stream is None else self.stream[:rows], None if self.first is None else self.first[:rows])
+                     None if self.stream is None else self.stream[:rows],
+                     None if self.first is None else self.first[:rows])
 
 
 class Actor:
