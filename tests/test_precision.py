@@ -90,7 +90,8 @@ def test_auto_picks_bf16_only_on_bf16_matrix_units(monkeypatch):
 
 @pytest.mark.multiproc
 def test_unknown_precision_and_rllib_with_bf16_are_refused_in_one_line(tmp_path):
-    for flags, message in ((["--set", "sac.precision=fp16"], "unknown sac.precision 'fp16'; valid: fp32, bf16, tf32, auto"),
+    unknown = "unknown sac.precision 'fp16'; valid: fp32, bf16, tf32, auto"
+    for flags, message in ((["--set", "sac.precision=fp16"], unknown),
                            (["--engine", "rllib", "--set", "sac.precision=bf16"],
                             "--engine rllib does not support sac.precision=bf16")):
         proc = run_train("--suite", "pointmass", "--run-dir", tmp_path / "run", *flags)
