@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import median, table  # noqa: E402
+from benchmarks.common import median, table, train_missing  # noqa: E402
 
 HIDDEN = ["--set", "sac.task_input=false", "--set", "sac.head=single"]
 VARIANTS = {  # name: --set overrides on top of the task-hidden pointmass run
@@ -42,34 +42,14 @@ VARIANTS = {  # name: --set overrides on top of the task-hidden pointmass run
 
 
 def pm4(args) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     from metrics import multitask
     from metrics.runs import read_run
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(v, seed) for v in args.variants for seed in args.seeds
-            if not (out / f"{v}-seed{seed}" / "learners.json").exists()]
-
-    def train(job):
-        variant, seed = job
-        run_dir = out / f"{variant}-seed{seed}"
-        if run_dir.exists():  # an unfinished run from an interrupted benchmark: start it again
-            import shutil
-            shutil.rmtree(run_dir)
-        argv = ["--suite", "pointmass", "--tasks", "PM4", "--steps", str(args.steps), "--eval-every",
-                str(args.steps // 4), "--set", "eval.goals=20", *HIDDEN, *VARIANTS[variant], "--backend", "single",
-                "--seed", str(seed), "--run-dir", str(run_dir), "--set", "run.threads=1"]
-        with open(out / f"{variant}-seed{seed}.log", "w") as log:
-            return subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *argv], stdout=log,
-                                  stderr=subprocess.STDOUT).returncode
-    if jobs:
-        print(f"training {len(jobs)} runs, {args.workers} at a time", flush=True)
-        with ThreadPoolExecutor(args.workers) as pool:
-            for job, code in zip(jobs, pool.map(train, jobs)):
-                if code:
-                    print(f"failed ({code}): {job}", flush=True)
+    train_missing(out, {f"{v}-seed{seed}": [
+        "--suite", "pointmass", "--tasks", "PM4", "--steps", str(args.steps), "--eval-every", str(args.steps // 4),
+        "--set", "eval.goals=20", *HIDDEN, *VARIANTS[v], "--backend", "single", "--seed", str(seed),
+        "--set", "run.threads=1"] for v in args.variants for seed in args.seeds}, args.workers)
     rows = []
     for variant in args.variants:
         runs = [read_run(d) for s in args.seeds if ((d := out / f"{variant}-seed{s}") / "learners.json").exists()]

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import median, table  # noqa: E402
+from benchmarks.common import median, table, train_missing  # noqa: E402
 
 # name: (suite preset, a continual sequence or "", --set overrides, tasks in the network, tasks per batch,
 #        obs dim, action dim, timed updates)
@@ -138,33 +138,14 @@ def parity(args) -> None:
     """Train every (setting, precision, seed) not yet under args.out (one thread each, args.workers at a
     time, --backend single), then print final success: mean over seeds x tasks [95% stratified
     bootstrap CI], fp32 beside bf16."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from metrics import multitask
     from metrics.runs import read_run
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(name, p, seed) for name in args.settings for seed in args.seeds for p in ("fp32", "bf16")
-            if not (out / f"{name}-{p}-seed{seed}" / "learners.json").exists()]
-
-    def train(job):
-        name, p, seed = job
-        run_dir = out / f"{name}-{p}-seed{seed}"
-        if run_dir.exists():  # an unfinished run from an interrupted benchmark: start it again
-            import shutil
-            shutil.rmtree(run_dir)
-        argv = [*PARITY[name], "--backend", "single", "--seed", str(seed), "--run-dir", str(run_dir),
-                "--set", "run.threads=1", "--set", f"sac.precision={p}"]
-        with open(out / f"{name}-{p}-seed{seed}.log", "w") as log:
-            return subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *argv], stdout=log,
-                                  stderr=subprocess.STDOUT).returncode
-    if jobs:
-        print(f"training {len(jobs)} runs, {args.workers} at a time", flush=True)
-        with ThreadPoolExecutor(args.workers) as pool:
-            for job, code in zip(jobs, pool.map(train, jobs)):
-                if code:
-                    print(f"failed ({code}): {job}", flush=True)
+    train_missing(out, {f"{name}-{p}-seed{seed}": [
+        *PARITY[name], "--backend", "single", "--seed", str(seed), "--set", "run.threads=1",
+        "--set", f"sac.precision={p}"] for name in args.settings for seed in args.seeds for p in ("fp32", "bf16")},
+        args.workers)
     rows = []
     for name in args.settings:
         row = [name]
