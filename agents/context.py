@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from agents.networks import SquashedGaussianActor, TaskNetwork, actor_options, network_options
-from agents.recurrent import EnvMemories, RecurrentActor
+from agents.recurrent import EnvMemories, RecurrentActor, zero_state_like
 from agents.sequence_replay import SequenceReplay
 
 
@@ -104,7 +104,7 @@ class ContextEncoder(nn.Module):
         self.out_features = hidden
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
-        return self.rnn(window)[1][0]
+        return self.rnn(window, zero_state_like(window, self.out_features, lstm=False))[1][0]
 
 
 class ContextActor(nn.Module):
@@ -117,6 +117,10 @@ class ContextActor(nn.Module):
 
     def own_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
+
+    def forward(self, obs, window, task):
+        """The policy's (mean, log std) [B, A]."""
+        return self.policy(torch.cat([obs, self.context(window)], dim=-1), task)
 
     def sample(self, obs, window, task, with_features: bool = False):
         return self.policy.sample(torch.cat([obs, self.context(window)], dim=-1), task, with_features)

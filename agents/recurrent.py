@@ -62,7 +62,15 @@ class Memory(nn.Module):
         """obs [B, L, d], prev_action [B, L, A], prev_reward [B, L] -> (h [B, L, H], final state)."""
         x = torch.cat([F.relu(self.action_embed(prev_action)), F.relu(self.reward_embed(prev_reward.unsqueeze(-1))),
                        F.relu(self.obs_embed(obs))], dim=-1)
-        return self.rnn(x, state)
+        return self.rnn(x, zero_state_like(x, self.out_features, self.lstm) if state is None else state)
+
+
+def zero_state_like(x: torch.Tensor, hidden: int, lstm: bool):
+    """A zero state for the sequences x [B, L, ...], made from x so that it carries x's batch
+    dimensions under torch.func.vmap (the per-window gradients of continual/strategies/importance.py:
+    the state nn.GRU makes itself is unbatched there, and the pass fails)."""
+    h = torch.zeros_like(x[:, :1, :1]).transpose(0, 1).expand(1, x.shape[0], hidden).contiguous()
+    return (h, h.clone()) if lstm else h
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +92,13 @@ class RecurrentActor(nn.Module):
 
     def _input(self, h: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         return torch.cat([h, F.relu(self.current(obs))], dim=-1)
+
+    def forward(self, obs, prev_action, prev_reward, task):
+        """The policy's (mean, log std) [B, L, A] over sequences, from a zero state."""
+        b, length = obs.shape[:2]
+        h, _ = self.memory(obs, prev_action, prev_reward)
+        mean, log_std = self.policy(_flat(self._input(h, obs)), task.repeat_interleave(length))
+        return mean.view(b, length, -1), log_std.view(b, length, -1)
 
     def sample(self, obs, prev_action, prev_reward, task, with_features: bool = False):
         """Over sequences: obs [B, L, d], ..., task [B] -> (a [B, L, A], log pi [B, L]) (and the
@@ -125,9 +140,13 @@ class RecurrentCritic(nn.Module):
         """h [B, L, H] over sequences."""
         return self.memory(obs, prev_action, prev_reward)[0]
 
-    def forward(self, h, obs, action, task, with_features: bool = False):
-        """h [B, L, H], obs [B, L, d], action [B, L, A], task [B] -> Q [2, B, L] (and the trunk's
-        features [2, B * L, H'])."""
+    def forward(self, obs, prev_action, prev_reward, action, task):
+        """Q [2, B, L] over sequences read from a zero state."""
+        return self.q(self.history(obs, prev_action, prev_reward), obs, action, task)
+
+    def q(self, h, obs, action, task, with_features: bool = False):
+        """From the memory's h: h [B, L, H], obs [B, L, d], action [B, L, A], task [B] -> Q [2, B, L]
+        (and the trunk's features [2, B * L, H'])."""
         b, length = obs.shape[:2]
         x = torch.cat([h, F.relu(self.shortcut(torch.cat([obs, action], dim=-1)))], dim=-1)
         q, features = self.net(_flat(x), task.repeat_interleave(length), with_features=True)

@@ -205,8 +205,9 @@ def test_actor_fisher_and_mas_match_hand_derivation_on_the_output_layer():
     learner = _learner(head="single")
     actor, a = learner.actor, 2
     obs, task = torch.randn(40, 3), torch.randint(0, 2, (40,))
-    fisher = importance.actor_fisher(actor, obs, task)
-    mas = importance.actor_mas(actor, obs, task)
+    states = importance.States((obs, task), (), torch.ones(40, 1))
+    fisher = importance.actor_fisher(actor, states)
+    mas = importance.actor_mas(actor, states)
     names = [n for n, _ in actor.named_parameters()]
     assert list(fisher) == names and all(fisher[n].shape == p.shape for n, p in actor.named_parameters())
     assert all(bool((f >= importance.FISHER_FLOOR).all()) for f in fisher.values())
@@ -235,7 +236,7 @@ def test_critic_fisher_matches_hand_derivation_on_the_output_layer():
     learner = _learner(head="single")
     critic = learner.critic
     obs, action, task = torch.randn(40, 3), torch.rand(40, 2) * 2 - 1, torch.randint(0, 2, (40,))
-    fisher = importance.critic_fisher(critic, obs, action, task)
+    fisher = importance.critic_fisher(critic, importance.States((), (obs, action, task), torch.ones(40, 1)))
     with torch.no_grad():
         h = _features(critic.net, torch.cat([obs, action], -1), task)  # [2, B, H]
     torch.testing.assert_close(fisher["net.head.linear.weight"][..., 0], (h ** 2).mean(1))  # not clipped (CW)

@@ -155,9 +155,9 @@ def test_an_evaluation_of_a_recurrent_policy_replays_step_by_step_through_the_ne
 @pytest.mark.multiproc
 def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_resume(tmp_path):
     """Short task-hidden pointmass runs with a GRU or an LSTM: local actor processes, Ray actors
-    (private cluster under a short temp dir), 3RL's context windows, and continual PM2 with the
-    strategies that act on weights alone (L2, SI, PackNet); a checkpoint resumes (episodes in
-    progress restart)."""
+    (private cluster under a short temp dir), 3RL's context windows, and continual PM2 with every
+    strategy that touches weights (L2, SI, PackNet, EWC, online EWC, A-GEM; MAS with context
+    windows); a checkpoint resumes (episodes in progress restart)."""
     import os
     import subprocess
     import sys
@@ -174,7 +174,10 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
     pm2 = ["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.steps_per_task=400", "--backend", "single"]
     context = ["--set", "sac.memory=gru", "--set", "sac.memory_context=15"]
     jobs = {"context": [*pm4, "--backend", "single", *context, *hidden],
-            **{m: [*pm2, "--method", m, "--set", "sac.memory=lstm", *hidden] for m in ("l2", "si", "packnet")}}
+            **{m: [*pm2, "--method", m, "--set", f"sac.memory={cell}", *hidden]
+               for m, cell in (("l2", "lstm"), ("si", "lstm"), ("packnet", "lstm"), ("ewc", "gru"),
+                               ("online-ewc", "lstm"), ("agem", "gru"))},
+            "mas-context": [*pm2, "--method", "mas", *context, *hidden]}
     results = train_many({name: [*args, "--run-dir", tmp_path / name] for name, args in jobs.items()})
     # actor processes: a train.py process of its own (a pool worker may not start processes)
     results["gru-local"] = run_train(*pm4, "--backend", "local", "--actors", 2, "--set", "sac.memory=gru", *hidden,

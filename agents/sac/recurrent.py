@@ -41,22 +41,31 @@ def _inputs(batch: SequenceBatch):
 
 
 class RecurrentSACLearner(SACLearner):
+    def __init__(self, cfg, obs_dim: int, action_dim: int, num_tasks: int, *args, **kwargs):
+        super().__init__(cfg, obs_dim, action_dim, num_tasks, *args, **kwargs)
+        self.num_tasks = num_tasks
+        self.weight = self.mask = None  # set by each update
+
     def update(self, batch: SequenceBatch, hooks=()) -> dict[str, torch.Tensor]:
         batch = SequenceBatch(*(x.to(self.device, non_blocking=True) for x in batch))
         self.weight = self.weights(batch).flatten()  # this update's step weights, row by row
+        self.mask = batch.mask  # which batch they belong to (hooks may compute losses on others: A-GEM)
         return super().update(batch, hooks)
 
     def weights(self, batch: SequenceBatch) -> torch.Tensor:
-        """[B, L]: each step's weight in its task's loss, mask / (the task's real steps / its steps),
+        """[B, L]: each step's weight in its task's loss, mask * (the task's steps / its real steps),
         so that a task's mean over its rows is its masked mean. Burn-in steps weigh 0, in windows
         that start mid-episode (one that starts at its episode's first step has the exact zero
         state already: burning it in would leave an episode's first steps without any loss)."""
         mask = batch.mask.clone()
         mask[:, :self.cfg.memory_burn_in] *= batch.first[:, None]
-        windows, length = mask.shape
-        per_task = self.cfg.batch_size_per_task  # windows of each task, contiguous (sequence replay)
-        real = mask.view(windows // per_task, per_task * length).sum(dim=1).clamp(min=1.0)
-        return mask * (per_task * length / real).repeat_interleave(per_task)[:, None]
+        length = mask.shape[1]
+        real = torch.zeros(self.num_tasks, device=mask.device).index_add_(0, batch.task, mask.sum(dim=1))
+        steps = torch.bincount(batch.task, minlength=self.num_tasks) * length
+        return mask * (steps / real.clamp(min=1.0))[batch.task][:, None]
+
+    def _weight(self, batch: SequenceBatch) -> torch.Tensor:
+        return self.weight if batch.mask is self.mask else self.weights(batch).flatten()
 
     def critic_pass(self, batch: SequenceBatch):
         """(Q1, Q2 [B, L], the target y [B, L], the critic trunk's features)."""
@@ -66,12 +75,12 @@ class RecurrentSACLearner(SACLearner):
             with self.autocast():
                 next_action, next_log_pi = self.actor.sample(obs, prev_action, prev_reward, batch.task)
                 target_history = self.critic_target.history(obs, prev_action, prev_reward)
-                q_next = self.critic_target(target_history, obs, next_action, batch.task)
+                q_next = self.critic_target.q(target_history, obs, next_action, batch.task)
             min_q_next = (q_next.min(dim=0).values - alpha * next_log_pi)[:, 1:]
             y = batch.reward + (1.0 - batch.terminated) * self.cfg.gamma * min_q_next
         with self.autocast():
             history = self.critic.history(obs, prev_action, prev_reward)
-            q, features = self.critic(history[:, :-1], obs[:, :-1], batch.action, batch.task, with_features=True)
+            q, features = self.critic.q(history[:, :-1], obs[:, :-1], batch.action, batch.task, with_features=True)
         return q[0], q[1], y, features
 
     def actor_pass(self, batch: SequenceBatch):
@@ -82,12 +91,12 @@ class RecurrentSACLearner(SACLearner):
                                                          batch.task, with_features=True)
             with torch.no_grad():
                 history = self.critic.history(obs, prev_action, prev_reward)[:, :-1]
-            q = self.critic(history, obs[:, :-1], action, batch.task).min(dim=0).values
+            q = self.critic.q(history, obs[:, :-1], action, batch.task).min(dim=0).values
         alpha = self.temperature.log_alpha(batch.task).detach().exp()[:, None]
         return alpha * log_pi - q, log_pi, features
 
     def critic_loss(self, batch: SequenceBatch) -> tuple[TaskLosses, torch.Tensor, dict]:
-        weight, rows = self.weight, batch.task.repeat_interleave(batch.mask.shape[1])
+        weight, rows = self._weight(batch), batch.task.repeat_interleave(batch.mask.shape[1])
         with self.prepare(self.balancers["critic"]) as prepared:
             q1, q2, y, features = self.passes.critic(batch)
 
@@ -95,14 +104,14 @@ class RecurrentSACLearner(SACLearner):
             with self.autocast():
                 obs, prev_action, prev_reward = _inputs(batch)
                 history = self.critic.history(obs, prev_action, prev_reward)
-                q = self.critic(history[:, :-1], obs[:, :-1], batch.action, batch.task)
+                q = self.critic.q(history[:, :-1], obs[:, :-1], batch.action, batch.task)
             return [((q[0] - y) ** 2).flatten() * weight, ((q[1] - y) ** 2).flatten() * weight]
         losses = prepared.losses([((q1 - y) ** 2).flatten() * weight, ((q2 - y) ** 2).flatten() * weight], rows, again)
         mask = (weight > 0).view_as(q1)  # the steps with a loss: no host sync
         return losses, features, {"q/mean": (q1.detach() * mask).sum() / mask.sum().clamp(min=1)}
 
     def actor_loss(self, batch: SequenceBatch):
-        weight, rows = self.weight, batch.task.repeat_interleave(batch.mask.shape[1])
+        weight, rows = self._weight(batch), batch.task.repeat_interleave(batch.mask.shape[1])
         with self.prepare(self.balancers["actor"], replay_draws=True) as prepared:
             loss, log_pi, features = self.passes.actor(batch)
         losses = prepared.losses([loss.flatten() * weight], rows,

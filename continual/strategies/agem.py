@@ -16,6 +16,11 @@ pooled, without replacement); if they conflict (g . g_ref < 0), g is projected:
 Compared with CW: the protected networks default to both (CW's published A-GEM runs set
 regularize_critic=True); the kept transitions are drawn without replacement (CW: with);
 the whole network's gradients take part (CW likewise: the reference gradient includes the heads).
+
+With a memory (`sac.memory`), the kept memory is windows of steps (about `memory_per_task` steps of
+each task in windows of sac.memory_sequence, padded to that length) and a reference batch is about
+`agem_batch_size` steps of windows, the loss their masked mean (agents/sac/recurrent.py); with 3RL's
+context windows, transitions with their windows.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from __future__ import annotations
 import torch
 
 from agents import seeding
+from agents.context import ContextBatch
 from agents.replay import Batch
-from continual.strategies.base import Strategy, TaskContext
+from agents.sequence_replay import SequenceBatch, SequenceReplay
+from continual.strategies.base import Strategy, TaskContext, sample_windows
 
 
 class AGEM(Strategy):
@@ -38,16 +45,30 @@ class AGEM(Strategy):
 
     def end_task(self, ctx: TaskContext) -> None:
         for task in ctx.tasks:
-            size = int(ctx.replay.size[task])
-            rows = ctx.replay.rows(task, self.rng.choice(size, min(self.cfg.memory_per_task, size), replace=False))
-            new = {f: torch.from_numpy(v) for f, v in rows.items()}
-            new["task"] = torch.full((len(new["obs"]),), task, dtype=torch.int64)
+            if isinstance(ctx.replay, SequenceReplay):  # windows (or context transitions), whole
+                new = sample_windows(ctx.replay, [task], self.cfg.memory_per_task, self.rng)._asdict()
+                if "mask" in new:  # windows padded to the full length, to join the others
+                    pad = ctx.replay.length - new["mask"].shape[1]
+                    new = {f: v if v.dim() < 2 or f == "task" else torch.nn.functional.pad(
+                        v, (0, 0) * (v.dim() - 2) + (0, pad)) for f, v in new.items()}
+            else:
+                size = int(ctx.replay.size[task])
+                rows = ctx.replay.rows(task, self.rng.choice(size, min(self.cfg.memory_per_task, size), replace=False))
+                new = {f: torch.from_numpy(v) for f, v in rows.items()}
+                new["task"] = torch.full((len(new["obs"]),), task, dtype=torch.int64)
             self.memory = {f: torch.cat([self.memory[f], v]) if f in self.memory else v for f, v in new.items()}
 
-    def _memory_batch(self) -> Batch:
+    def _memory_batch(self):
+        kind = SequenceBatch if "mask" in self.memory else ContextBatch if "history" in self.memory else Batch
+        steps = self.memory["mask"].shape[1] if kind is SequenceBatch else 1
         size = len(self.memory["task"])
-        rows = torch.from_numpy(self.rng.choice(size, min(self.cfg.agem_batch_size, size), replace=False))
-        return Batch(*(self.memory[f][rows].to(self.learner.device) for f in (*Batch._fields[:-1], "task")))
+        count = min(max(1, -(-self.cfg.agem_batch_size // steps)), size)
+        rows = torch.from_numpy(self.rng.choice(size, count, replace=False))
+        batch = {f: self.memory[f][rows] for f in kind._fields}
+        if kind is SequenceBatch:  # cut to the longest real window, as sequence replay's batches
+            length = int(batch["mask"].sum(dim=1).max())
+            batch = {f: v[:, :length] if v.dim() >= 2 and f != "task" else v for f, v in batch.items()}
+        return kind(*(batch[f].to(self.learner.device) for f in kind._fields))
 
     def _reference(self, networks: list[str]) -> list[list[torch.Tensor]]:
         """Per network, the gradient of its SAC loss on a memory batch (current weights)."""

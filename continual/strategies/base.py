@@ -23,6 +23,8 @@ A strategy that `rehearses` trains on earlier tasks' replay as well: the trainer
 their buffers (and checkpoints them once, at the end of their stage) and samples every seen
 task in each update batch. A strategy that `needs_states` reads stored transitions of the
 stage's tasks from ctx.replay in end_task (importances, a memory); the others never touch it.
+Recurrent agents' replay (`sac.memory`: agents/sequence_replay.py) gives windows of steps instead
+of single transitions (`sample_windows`; 3RL's context replay: transitions with their windows).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents.context import ContextReplay
 from agents.hooks import LearnerHook
+from agents.sequence_replay import SequenceReplay
+from continual.strategies.importance import States
 
 NETWORKS = {"actor": ("actor",), "critic": ("critic",), "both": ("critic", "actor")}
 
@@ -109,3 +114,29 @@ def sample_states(replay, task: int, count: int, rng: np.random.Generator):
     rows = replay.rows(task, rng.choice(size, min(count, size), replace=False))
     return (torch.from_numpy(rows["obs"]), torch.from_numpy(rows["action"]),
             torch.full((len(rows["obs"]),), task, dtype=torch.int64))
+
+
+def sample_windows(replay: SequenceReplay, tasks, steps: int, rng: np.random.Generator):
+    """Windows of about `steps` steps of each task (whole windows of replay.length steps, at least
+    one), one batch (a context replay's: transitions with their context windows)."""
+    return replay.sample(max(1, -(-steps // replay.length)), rng, tasks=list(tasks))
+
+
+def importance_states(replay, tasks, count: int, rng: np.random.Generator, device) -> States:
+    """The networks' inputs on about `count` stored steps spread over `tasks` (EWC's and MAS's states):
+    single transitions, 3RL's transitions with their windows, or windows of steps for a memory."""
+    per_task = max(1, count // len(tasks))
+    if isinstance(replay, ContextReplay):
+        b = replay.sample(per_task, rng, tasks=list(tasks))
+        window = b.history[:, :-1]
+        states = States((b.obs, window, b.task), (b.obs, b.action, window, b.task), torch.ones(len(b.obs), 1))
+    elif isinstance(replay, SequenceReplay):
+        b = sample_windows(replay, tasks, per_task, rng)
+        prev_action = torch.cat([torch.zeros_like(b.action[:, :1]), b.action[:, :-1]], dim=1)
+        prev_reward = torch.cat([torch.zeros_like(b.reward[:, :1]), b.reward[:, :-1]], dim=1)
+        states = States((b.obs, prev_action, prev_reward, b.task), (b.obs, prev_action, prev_reward, b.action, b.task),
+                        b.mask)
+    else:
+        obs, action, task = (torch.cat(c) for c in zip(*(sample_states(replay, t, per_task, rng) for t in tasks)))
+        states = States((obs, task), (obs, action, task), torch.ones(len(obs), 1))
+    return States(*(tuple(x.to(device) for x in inputs) for inputs in states[:2]), states.mask.to(device))

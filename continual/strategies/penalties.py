@@ -15,7 +15,9 @@ Compared with Continual World's code (methods/regularization.py, l2.py, ewc.py, 
     penalty added to the protected network's loss, importances summed over tasks, taken on the
     finished task's replay, the critic's Fisher not clipped, the actor's clipped below at 1e-5;
   - importances come from `importance_samples` distinct stored states (CW: 10 batches of 256
-    drawn with replacement, 2,560 draws: the default here);
+    drawn with replacement, 2,560 draws: the default here); with a memory (`sac.memory`), from
+    windows of about as many steps in all, each step's output differentiated through its window
+    (continual/strategies/importance.py);
   - CW also adds the (zero-weighted) critic terms to the actor's loss and vice versa; that
     changes nothing.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from continual.strategies import importance
-from continual.strategies.base import Strategy, TaskContext, sample_states
+from continual.strategies.base import Strategy, TaskContext, importance_states
 
 
 class AnchoredPenalty(Strategy):
@@ -42,11 +44,9 @@ class AnchoredPenalty(Strategy):
         self.importance: dict[str, list[torch.Tensor]] = {}  # network -> importance per shared parameter
 
     def task_importance(self, network: str, ctx: TaskContext) -> list[torch.Tensor]:
-        obs, action, task = self.states(ctx)
+        states = importance_states(ctx.replay, ctx.tasks, self.cfg.importance_samples, ctx.rng, self.learner.device)
         names = [name for name, _ in self.shared(network)]
-        module = self.networks[network]
-        inputs = (obs, task) if network == "actor" else (obs, action, task)
-        values = self.estimators[network](module, *inputs, names=names)
+        values = self.estimators[network](self.networks[network], states, names=names)
         return [values[name] for name in names]
 
     def combine(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -65,13 +65,6 @@ class AnchoredPenalty(Strategy):
         total = sum((w * (p - a).pow(2)).sum() for (_, p), a, w
                     in zip(self.shared(network), self.anchor[network], self.importance[network]))
         return self.coef(self.default_coef) * total
-
-    def states(self, ctx: TaskContext):
-        """obs, action, task of up to importance_samples transitions, spread over the stage's tasks."""
-        per_task = max(1, self.cfg.importance_samples // len(ctx.tasks))
-        parts = [sample_states(ctx.replay, t, per_task, ctx.rng) for t in ctx.tasks]
-        device = self.learner.device
-        return tuple(torch.cat(column).to(device) for column in zip(*parts))
 
     def state_dict(self) -> dict:
         return {"anchor": self.anchor, "importance": self.importance}

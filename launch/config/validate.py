@@ -141,7 +141,7 @@ def method_needs_a_sequence(cfg):
 
 # what reads single transitions, not recurrent SAC's windows of steps (agents/sac/recurrent.py), or needs
 # a pass recurrent SAC does not make
-MEMORY_REFUSES = {"continual.method": ("ewc", "online-ewc", "mas", "agem", "bc", "hnet")}
+MEMORY_REFUSES = {"continual.method": ("bc", "hnet")}
 
 
 @rule
