@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agents.layers import EnsembleLinear, Hypernetwork, gather_task
+from agents.hypernets import Hypernetwork
+from agents.layers import EnsembleLinear, gather_task
 
 
 class SingleHead(nn.Module):
@@ -48,15 +49,14 @@ class MultiHead(nn.Module):
 
 
 class HyperHead(nn.Module):
-    """The output layer, generated per task by a hypernetwork (agents/layers.py: Hypernetwork);
+    """The output layer, generated per task by a hypernetwork (agents/hypernets.py);
     all tasks' heads are computed at once (T is small) and each sample keeps its task's."""
 
     per_task = True
 
-    def __init__(self, ensemble: int, hidden: int, out: int, num_tasks: int, embedding_dim: int = 16,
-                 hyper_hidden: int = 128):
+    def __init__(self, ensemble: int, hidden: int, out: int, num_tasks: int, **hyper):
         super().__init__()
-        self.generator = Hypernetwork(ensemble, [(hidden, out)], num_tasks, embedding_dim, hyper_hidden)
+        self.generator = Hypernetwork(ensemble, [(hidden, out)], num_tasks, **hyper)
 
     def forward(self, features: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         ((weight, bias),) = self.generator.generate()

@@ -27,10 +27,17 @@ from agents.trunks import TRUNKS
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
+def hyper_options(sac) -> dict:
+    """agents/hypernets.py Hypernetwork keyword arguments from a SACConfig."""
+    return dict(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden, kind=sac.hypernet,
+                chunk_size=sac.hyper_chunk_size, chunk_embedding_dim=sac.hyper_chunk_embedding_dim,
+                growth=sac.hyper_growth)
+
+
 def _trunk_options(sac, trunk: str) -> dict:
     options = dict(activation=sac.activation, layer_norm=sac.layer_norm)
     if trunk == "hyper":
-        options.update(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden)
+        options.update(hyper_options(sac))
     if trunk in ("care", "moore"):
         options["experts"] = sac.experts
     return options
@@ -44,8 +51,7 @@ def network_options(sac, critic: bool = False) -> dict:
     sizes = sac.critic_hidden_sizes if critic and sac.critic_hidden_sizes else sac.hidden_sizes
     return dict(hidden_sizes=tuple(sizes), trunk=sac.trunk, head=sac.head, **task,
                 trunk_options=_trunk_options(sac, sac.trunk),
-                head_options=dict(embedding_dim=sac.hyper_embedding_dim, hyper_hidden=sac.hyper_hidden)
-                if sac.head == "hyper" else {})
+                head_options=hyper_options(sac) if sac.head == "hyper" else {})
 
 
 def encoder_options(sac) -> dict:

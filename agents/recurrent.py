@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.networks import SquashedGaussianActor, TaskNetwork, actor_options, network_options
+from agents.hyper_memory import HyperMemory
+from agents.networks import SquashedGaussianActor, TaskNetwork, actor_options, hyper_options, network_options
 
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
 OBS_EMBED, ACTION_EMBED, REWARD_EMBED = 32, 16, 16  # their embedding sizes (configs/pomdp/*/rnn.yml)
+SHORTCUT = OBS_EMBED + ACTION_EMBED + REWARD_EMBED  # the critic's shortcut: the three embeddings' width
 
 
 class Memory(nn.Module):
@@ -58,8 +60,9 @@ class Memory(nn.Module):
         h = torch.zeros(1, batch, self.out_features, device=device)
         return (h, h.clone()) if self.lstm else h
 
-    def forward(self, obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, state=None):
-        """obs [B, L, d], prev_action [B, L, A], prev_reward [B, L] -> (h [B, L, H], final state)."""
+    def forward(self, obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, task=None, state=None):
+        """obs [B, L, d], prev_action [B, L, A], prev_reward [B, L] -> (h [B, L, H], final state);
+        the task is unused (agents/hyper_memory.py's memory reads it)."""
         x = torch.cat([F.relu(self.action_embed(prev_action)), F.relu(self.reward_embed(prev_reward.unsqueeze(-1))),
                        F.relu(self.obs_embed(obs))], dim=-1)
         return self.rnn(x, zero_state_like(x, self.out_features, self.lstm) if state is None else state)
@@ -77,36 +80,50 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *x.shape[2:])
 
 
+def _memory(obs_dim: int, action_dim: int, num_tasks: int, sac, readout: tuple[int, int]):
+    """(memory, read-out layer): Memory and an nn.Linear; with sac.trunk=hyper, a HyperMemory that
+    generates both per task (agents/hyper_memory.py; the read-out layer is then None)."""
+    if sac.trunk == "hyper":
+        return HyperMemory(obs_dim, action_dim, sac.memory, sac.memory_hidden, num_tasks, readout,
+                           hyper_options(sac), sac.hyper_chunk_units), None
+    return Memory(obs_dim, action_dim, sac.memory, sac.memory_hidden), nn.Linear(*readout)
+
+
 class RecurrentActor(nn.Module):
     """pi(a_t | h_t, o_t, task): a memory, then a SquashedGaussianActor on [h_t, embed'(o_t)]."""
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, sac):
         super().__init__()
-        self.memory = Memory(obs_dim, action_dim, sac.memory, sac.memory_hidden)
-        self.current = nn.Linear(obs_dim, OBS_EMBED)
+        self.memory, self.current = _memory(obs_dim, action_dim, num_tasks, sac, (obs_dim, OBS_EMBED))
         self.policy = SquashedGaussianActor(sac.memory_hidden + OBS_EMBED, action_dim, num_tasks, **actor_options(sac))
         self.encoder = None
 
     def own_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
 
-    def _input(self, h: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        return torch.cat([h, F.relu(self.current(obs))], dim=-1)
+    def _features(self, obs, prev_action, prev_reward, task, state=None):
+        """([h_t, embed'(o_t)] [B, L, H + 32], the memory's final state); a generated memory makes
+        both with one set of generated weights."""
+        if self.current is None:
+            h, state, current = self.memory(obs, prev_action, prev_reward, task, state, readout=obs)
+        else:
+            (h, state), current = self.memory(obs, prev_action, prev_reward, task, state), F.relu(self.current(obs))
+        return torch.cat([h, current], dim=-1), state
 
     def forward(self, obs, prev_action, prev_reward, task):
         """The policy's (mean, log std) [B, L, A] over sequences, from a zero state."""
         b, length = obs.shape[:2]
-        h, _ = self.memory(obs, prev_action, prev_reward)
-        mean, log_std = self.policy(_flat(self._input(h, obs)), task.repeat_interleave(length))
+        mean, log_std = self.policy(_flat(self._features(obs, prev_action, prev_reward, task)[0]),
+                                    task.repeat_interleave(length))
         return mean.view(b, length, -1), log_std.view(b, length, -1)
 
     def sample(self, obs, prev_action, prev_reward, task, with_features: bool = False):
         """Over sequences: obs [B, L, d], ..., task [B] -> (a [B, L, A], log pi [B, L]) (and the
         policy trunk's features [1, B * L, H])."""
         b, length = obs.shape[:2]
-        h, _ = self.memory(obs, prev_action, prev_reward)
+        x, _ = self._features(obs, prev_action, prev_reward, task)
         steps = task.repeat_interleave(length)
-        action, log_pi, features = self.policy.sample(_flat(self._input(h, obs)), steps, with_features=True)
+        action, log_pi, features = self.policy.sample(_flat(x), steps, with_features=True)
         out = action.view(b, length, -1), log_pi.view(b, length)
         return (*out, features) if with_features else out
 
@@ -114,12 +131,12 @@ class RecurrentActor(nn.Module):
     def act(self, obs, prev_action, prev_reward, task, state, deterministic: bool, generator=None):
         """One step for N envs: obs [N, d], prev_action [N, A], prev_reward [N], task [N], the
         memory's state -> (action [N, A], the next state)."""
-        h, state = self.memory(obs.unsqueeze(1), prev_action.unsqueeze(1), prev_reward.unsqueeze(1), state)
-        return self.policy.act(self._input(h[:, 0], obs), task, deterministic, generator), state
+        x, state = self._features(obs.unsqueeze(1), prev_action.unsqueeze(1), prev_reward.unsqueeze(1), task, state)
+        return self.policy.act(x[:, 0], task, deterministic, generator), state
 
     def named_shared_parameters(self):
         for name, p in self.named_parameters():
-            if not name.startswith("policy."):
+            if not name.startswith("policy.") and not name.endswith("generator.embedding"):
                 yield name, p
         yield from ((f"policy.{n}", p) for n, p in self.policy.named_shared_parameters())
 
@@ -130,32 +147,33 @@ class RecurrentCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, sac):
         super().__init__()
-        self.memory = Memory(obs_dim, action_dim, sac.memory, sac.memory_hidden)
-        self.shortcut = nn.Linear(obs_dim + action_dim, self.memory.input_size)
-        self.net = TaskNetwork(2, sac.memory_hidden + self.memory.input_size, 1, num_tasks,
+        self.memory, self.shortcut = _memory(obs_dim, action_dim, num_tasks, sac, (obs_dim + action_dim, SHORTCUT))
+        self.net = TaskNetwork(2, sac.memory_hidden + SHORTCUT, 1, num_tasks,
                                **network_options(sac, critic=True))
         self.encoder = None
 
-    def history(self, obs, prev_action, prev_reward) -> torch.Tensor:
+    def history(self, obs, prev_action, prev_reward, task) -> torch.Tensor:
         """h [B, L, H] over sequences."""
-        return self.memory(obs, prev_action, prev_reward)[0]
+        return self.memory(obs, prev_action, prev_reward, task)[0]
 
     def forward(self, obs, prev_action, prev_reward, action, task):
         """Q [2, B, L] over sequences read from a zero state."""
-        return self.q(self.history(obs, prev_action, prev_reward), obs, action, task)
+        return self.q(self.history(obs, prev_action, prev_reward, task), obs, action, task)
 
     def q(self, h, obs, action, task, with_features: bool = False):
         """From the memory's h: h [B, L, H], obs [B, L, d], action [B, L, A], task [B] -> Q [2, B, L]
         (and the trunk's features [2, B * L, H'])."""
         b, length = obs.shape[:2]
-        x = torch.cat([h, F.relu(self.shortcut(torch.cat([obs, action], dim=-1)))], dim=-1)
+        obs_action = torch.cat([obs, action], dim=-1)
+        shortcut = self.memory.readout(obs_action, task) if self.shortcut is None else F.relu(self.shortcut(obs_action))
+        x = torch.cat([h, shortcut], dim=-1)
         q, features = self.net(_flat(x), task.repeat_interleave(length), with_features=True)
         q = q.squeeze(-1).view(2, b, length)
         return (q, features) if with_features else q
 
     def named_shared_parameters(self):
         for name, p in self.named_parameters():
-            if not name.startswith("net."):
+            if not name.startswith("net.") and not name.endswith("generator.embedding"):
                 yield name, p
         yield from ((f"net.{n}", p) for n, p in self.net.named_shared_parameters())
 

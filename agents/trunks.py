@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.layers import EnsembleLinear, Hypernetwork
+from agents.hypernets import Hypernetwork
+from agents.layers import EnsembleLinear
 
 
 def _leaky_relu(x: torch.Tensor) -> torch.Tensor:
@@ -62,15 +63,14 @@ class HyperTrunk(nn.Module):
     the small networks this is meant for (far cheaper than gathering weights per sample)."""
 
     def __init__(self, ensemble: int, in_features: int, hidden_sizes: tuple[int, ...], num_tasks: int,
-                 activation: str = "relu", layer_norm: bool = False, embedding_dim: int = 16,
-                 hyper_hidden: int = 128):
+                 activation: str = "relu", layer_norm: bool = False, **hyper):
         super().__init__()
         if layer_norm:
             raise ValueError("a hypernetwork trunk has no LayerNorm")
         self.out_features = hidden_sizes[-1]
         self.activation = ACTIVATIONS[activation]
         sizes = [in_features, *hidden_sizes]
-        self.generator = Hypernetwork(ensemble, list(zip(sizes, sizes[1:])), num_tasks, embedding_dim, hyper_hidden)
+        self.generator = Hypernetwork(ensemble, list(zip(sizes, sizes[1:])), num_tasks, **hyper)  # agents/hypernets.py
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         (w0, b0), *rest = self.generator.generate()                     # weight [T, K, in, out], bias [T, K, out]

@@ -2,6 +2,9 @@
 
     python benchmarks/memory.py pm4 [--steps 30000] [--seeds 0 1 2 3 4] [--variants mlp gru lstm context]
                                     # final success on task-hidden PM4 (no task input, one head)
+    python benchmarks/memory.py continual [--sequence PM3] [--steps-per-task 3000] [--seeds 0 1 2 3 4]
+                                    # a continual sequence of task-hidden pointmass tasks, GRU policies:
+                                    # fine-tuning, EWC, hnet with mlp / chunked / rnn hypernetworks
     python benchmarks/memory.py cost [--repeats 3]
                                     # learner updates/s, batch sampling time, replay bytes per transition
 
@@ -10,6 +13,14 @@ reach-e from reach-w only by the rewards it has seen. Every variant trains with 
 budget (--backend single, one thread each, --workers at a time); run directories stay under --out,
 so the table re-prints without training. Final success of every task, mean over seeds x tasks
 [95% stratified bootstrap CI].
+
+continual: pointmass tasks one after another with the task hidden from the observation (no task
+input), every policy a GRU (sac.memory_hidden 64, 16 windows a batch): fine-tuning and EWC with one
+shared head; the hypernetwork regulariser (--method hnet) with the memory, trunk and head generated
+by an mlp, chunked or rnn hypernetwork (those know the task through its generated weights, as in
+Ehret et al.; the others must tell it from the rewards). Continual World's metrics (metrics/continual.py):
+average performance, forgetting, forward transfer against single-task GRU runs of the fine-tuning
+configuration; 90% bootstrap CIs over seeds.
 
 cost: for each variant at the pointmass preset's width (64x64 networks; memory 128, 4 tasks x 16
 windows; context GRU 30, 4 x 64 transitions; the MLP 4 x 64 transitions): learner updates/s (fresh
@@ -64,6 +75,46 @@ def pm4(args) -> None:
     print(f"task-hidden PM4, {args.steps} env steps, final success (the last evaluation, 20 goals per task; "
           "mean policy), mean over seeds x tasks [95% stratified bootstrap CI]")
     print(table(["variant", "seeds", "final success", "env-steps/s (median)"], rows))
+
+
+CONTINUAL = {  # name: flags on top of the task-hidden GRU policy
+    "finetune": ["--method", "none", "--set", "sac.head=single"],
+    "ewc": ["--method", "ewc", "--set", "sac.head=single"],
+    **{f"hnet-{kind}": ["--method", "hnet", "--set", "sac.trunk=hyper", "--set", "sac.head=hyper",
+                        "--set", f"sac.hypernet={kind}"] for kind in ("mlp", "chunked", "rnn")},
+}
+
+
+def continual_runs(args) -> None:
+    from metrics import continual
+    from metrics.runs import read_run
+
+    out = Path(args.out)
+    common = ["--suite", "pointmass", "--sequence", args.sequence, "--steps-per-task", str(args.steps_per_task),
+              "--set", "sac.task_input=false", "--set", "sac.memory=gru", "--set", "sac.memory_hidden=64",
+              "--set", "sac.batch_size_per_task=16", "--backend", "single", "--set", "run.threads=1"]
+    runs = {f"{v}-seed{s}": [*common, *CONTINUAL[v], "--seed", str(s)] for v in args.methods for s in args.seeds}
+    refs = {f"refs-seed{s}": [*common, *CONTINUAL["finetune"][2:], "--mode", "single-task", "--seed", str(s)]
+            for s in args.seeds}
+    refs = {name: a for name, a in refs.items()  # single-task runs: one finished folder per task
+            if not ((out / name).exists() and all((d / "learners.json").exists() for d in (out / name).iterdir()
+                                                  if d.is_dir()) and any((out / name).iterdir()))}
+    train_missing(out, {**refs, **runs}, args.workers)
+    references = [read_run(d) for d in sorted(out.glob("refs-seed*/*")) if (d / "learners.json").exists()]
+
+    def cell(entry):
+        return "n/a" if entry is None or entry["mean"] is None else \
+            f"{entry['mean']:.2f} [{entry['lower']:.2f}, {entry['upper']:.2f}]"
+    rows = []
+    for v in args.methods:
+        done = [read_run(out / f"{v}-seed{s}") for s in args.seeds if (out / f"{v}-seed{s}" / "learners.json").exists()]
+        if done:
+            summary = continual.summarize(done, references or None)
+            rows.append([v, len(done), cell(summary["performance"]), cell(summary["forgetting"]),
+                         cell(summary.get("forward_transfer"))])
+    print(f"task-hidden pointmass {args.sequence}, GRU policies, {args.steps_per_task:,} steps per task; mean over "
+          f"seeds [90% bootstrap CI]; forward transfer vs {len(references)} single-task GRU runs")
+    print(table(["variant", "seeds", "average performance", "forgetting", "forward transfer"], rows))
 
 
 def one(variant: str) -> dict:
@@ -132,7 +183,7 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["pm4", "cost", "_one"])
+    p.add_argument("mode", choices=["pm4", "continual", "cost", "_one"])
     p.add_argument("variant", nargs="?")
     p.add_argument("--steps", type=int, default=30_000)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -141,11 +192,14 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="runs/bench-memory")
+    p.add_argument("--sequence", default="PM3")
+    p.add_argument("--steps-per-task", type=int, default=3000)
+    p.add_argument("--methods", nargs="+", default=list(CONTINUAL), choices=list(CONTINUAL))
     args = p.parse_args()
     if args.mode == "_one":
         print(json.dumps(one(args.variant)))
     else:
-        {"pm4": pm4, "cost": cost}[args.mode](args)
+        {"pm4": pm4, "continual": continual_runs, "cost": cost}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ def _cfg(cell="gru", **kw):
                         "task_input": False, "head": "single", **kw})
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_acting_step_by_step_equals_reading_the_episode_at_once(cell):
+@pytest.mark.parametrize("cell,trunk", [("gru", "mlp"), ("lstm", "mlp"), ("gru", "hyper"), ("lstm", "hyper")])
+def test_acting_step_by_step_equals_reading_the_episode_at_once(cell, trunk):
     """EnvMemories over an episode (reset at its start, fed each previous action and reward) gives the
     actions the sequence forward gives for (o_t, a_{t-1}, r_{t-1}) with zeros first: the actors'
-    and the evaluator's memories are the learner's."""
+    and the evaluator's memories are the learner's (generated memories too: sac.trunk=hyper)."""
     torch.manual_seed(0)
-    actor = RecurrentActor(3, 2, 1, _cfg(cell)).requires_grad_(False)
+    actor = RecurrentActor(3, 2, 1, _cfg(cell, trunk=trunk)).requires_grad_(False)
     obs, reward = torch.randn(1, 12, 3), torch.randn(1, 12)
     memories = EnvMemories(actor, 1, 2)
     memories.start(torch.tensor([True]))
@@ -35,9 +35,8 @@ def test_acting_step_by_step_equals_reading_the_episode_at_once(cell):
     actions = torch.stack(actions, dim=1)
     prev_action = torch.cat([torch.zeros(1, 1, 2), actions[:, :-1]], dim=1)
     prev_reward = torch.cat([torch.zeros(1, 1), reward[:, :-1]], dim=1)
-    h, _ = actor.memory(obs, prev_action, prev_reward)
-    mean, _ = actor.policy(actor._input(h, obs)[0], torch.zeros(12, dtype=torch.long))
-    torch.testing.assert_close(actions[0], torch.tanh(mean), rtol=1e-5, atol=1e-6)
+    mean, _ = actor(obs, prev_action, prev_reward, torch.zeros(1, dtype=torch.long))
+    torch.testing.assert_close(actions[0], torch.tanh(mean[0]), rtol=1e-5, atol=1e-6)
     # a new episode forgets: the same first observation gives the first action again
     memories.start(torch.tensor([True]))
     again = memories.act(obs[:, 0], torch.zeros(1, dtype=torch.long), slice(None), deterministic=True)
@@ -146,8 +145,8 @@ def test_an_evaluation_of_a_recurrent_policy_replays_step_by_step_through_the_ne
         obs_t = torch.tensor(np.array(obs[:-1]))[None]
         prev_action = torch.tensor(np.array([np.zeros(2, np.float32), *actions[:-1]]))[None]
         prev_reward = torch.tensor([0.0, *rewards[:-1]], dtype=torch.float32)[None]
-        h, _ = actor.memory(obs_t, prev_action, prev_reward)
-        mean, _ = actor.policy(actor._input(h, obs_t)[0], torch.zeros(30, dtype=torch.long))
+        mean, _ = actor(obs_t, prev_action, prev_reward, torch.zeros(1, dtype=torch.long))
+        mean = mean[0]
         np.testing.assert_allclose(np.array(actions), torch.tanh(mean).numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -157,7 +156,8 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
     """Short task-hidden pointmass runs with a GRU or an LSTM: local actor processes, Ray actors
     (private cluster under a short temp dir), 3RL's context windows, and continual PM2 with every
     strategy that touches weights (L2, SI, PackNet, EWC, online EWC, A-GEM; MAS with context
-    windows); a checkpoint resumes (episodes in progress restart)."""
+    windows) and the hypernetwork regulariser on generated memories (mlp, chunked, rnn with growth);
+    a checkpoint resumes (episodes in progress restart)."""
     import os
     import subprocess
     import sys
@@ -177,7 +177,14 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
             **{m: [*pm2, "--method", m, "--set", f"sac.memory={cell}", *hidden]
                for m, cell in (("l2", "lstm"), ("si", "lstm"), ("packnet", "lstm"), ("ewc", "gru"),
                                ("online-ewc", "lstm"), ("agem", "gru"))},
-            "mas-context": [*pm2, "--method", "mas", *context, *hidden]}
+            "mas-context": [*pm2, "--method", "mas", *context, *hidden],
+            # hypernetworks for recurrent policies: the memory, trunk and head generated per task
+            **{f"hnet-{kind}": [*pm2, "--method", "hnet", "--set", f"sac.memory={cell}", "--set", "sac.trunk=hyper",
+                                "--set", "sac.head=hyper", "--set", f"sac.hypernet={kind}", *hidden, *extra,
+                                "--set", "continual.steps_per_task=250"]
+               for kind, cell, extra in (("mlp", "gru", []),
+                                         ("chunked", "lstm", ["--set", "continual.hnet_fisher=true"]),
+                                         ("rnn", "gru", ["--set", "sac.hyper_growth=true"]))}}
     results = train_many({name: [*args, "--run-dir", tmp_path / name] for name, args in jobs.items()})
     # actor processes: a train.py process of its own (a pool worker may not start processes)
     results["gru-local"] = run_train(*pm4, "--backend", "local", "--actors", 2, "--set", "sac.memory=gru", *hidden,

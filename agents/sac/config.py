@@ -61,7 +61,17 @@ class SACConfig:
     log_std_mode: str = field(default="tanh", metadata={"choices": ("tanh", "clip")})  # ... reached by a
                                      # rescaled tanh (CleanRL) or by clipping (CW, Spinning Up)
     hyper_embedding_dim: int = 16    # trunk/head=hyper: size of each task's learned embedding
-    hyper_hidden: int = 128          # trunk/head=hyper: hidden units of the hypernetwork
+    hyper_hidden: int = 128          # trunk/head=hyper: hidden units of the hypernetwork (rnn: the LSTM's)
+    hypernet: str = field(default="mlp", metadata={"choices": ("mlp", "chunked", "rnn")})  # the hypernetworks'
+                                     # kind (agents/hypernets.py): one MLP; Ehret et al.'s structured chunks;
+                                     # Chandra et al.'s LSTM over chunks
+    hyper_chunk_units: int = field(default=8, metadata={"above": 0})  # chunked: a recurrent layer's output
+                                     # units per chunk (StructuredHMLP's default 8; divides sac.memory_hidden)
+    hyper_chunk_size: int = field(default=2586, metadata={"above": 0})  # rnn: weights per chunk
+    hyper_chunk_embedding_dim: int = field(default=16, metadata={"above": 0})  # chunked / rnn: each chunk's
+                                     # learned embedding
+    hyper_growth: bool = False       # rnn with --method hnet: Chandra et al.'s network growth, an LSTM input
+                                     # map per task (agents/hypernets.py)
     gamma: float = field(default=0.99, metadata={"min": 0, "max": 1})
     tau: float = field(default=0.005, metadata={"above": 0, "max": 1})  # Polyak rate of the target critics
     encoder_tau: float = field(  # the shared encoder's (sac.encoder) Polyak rate (mtrl's CARE: 0.05)

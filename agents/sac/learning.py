@@ -189,14 +189,14 @@ class SACLearner(LearnerState):
 
     def _gradients(self, network: str, losses: TaskLosses, terms: dict, hooks: Sequence[LearnerHook]) -> None:
         """The network's .grad: the balanced task losses' gradient, then the loss terms', synced."""
-        params = self.params[network]
+        params = [p for p in self.params[network] if p.requires_grad]  # frozen ones (hypernetwork growth) get none
         self.optimizers[network].zero_grad(set_to_none=True)
         self.balancers[network].backward(losses, params, network, retain_graph=bool(terms),
                                          gather=self.synchronizer.gather_rows)
         for hook in hooks:
             hook.observe_gradients(network)
         if terms:
-            sum(terms.values()).backward(inputs=[p for p in params if p.requires_grad])
+            sum(terms.values()).backward(inputs=params)
         self.synchronizer.after_backward(params)
 
     def _train(self, networks: tuple[str, ...], losses: dict, terms: dict, hooks: Sequence[LearnerHook]) -> None:

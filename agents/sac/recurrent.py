@@ -74,12 +74,12 @@ class RecurrentSACLearner(SACLearner):
         with torch.no_grad():
             with self.autocast():
                 next_action, next_log_pi = self.actor.sample(obs, prev_action, prev_reward, batch.task)
-                target_history = self.critic_target.history(obs, prev_action, prev_reward)
+                target_history = self.critic_target.history(obs, prev_action, prev_reward, batch.task)
                 q_next = self.critic_target.q(target_history, obs, next_action, batch.task)
             min_q_next = (q_next.min(dim=0).values - alpha * next_log_pi)[:, 1:]
             y = batch.reward + (1.0 - batch.terminated) * self.cfg.gamma * min_q_next
         with self.autocast():
-            history = self.critic.history(obs, prev_action, prev_reward)
+            history = self.critic.history(obs, prev_action, prev_reward, batch.task)
             q, features = self.critic.q(history[:, :-1], obs[:, :-1], batch.action, batch.task, with_features=True)
         return q[0], q[1], y, features
 
@@ -90,7 +90,7 @@ class RecurrentSACLearner(SACLearner):
             action, log_pi, features = self.actor.sample(obs[:, :-1], prev_action[:, :-1], prev_reward[:, :-1],
                                                          batch.task, with_features=True)
             with torch.no_grad():
-                history = self.critic.history(obs, prev_action, prev_reward)[:, :-1]
+                history = self.critic.history(obs, prev_action, prev_reward, batch.task)[:, :-1]
             q = self.critic.q(history, obs[:, :-1], action, batch.task).min(dim=0).values
         alpha = self.temperature.log_alpha(batch.task).detach().exp()[:, None]
         return alpha * log_pi - q, log_pi, features
@@ -103,7 +103,7 @@ class RecurrentSACLearner(SACLearner):
         def again():
             with self.autocast():
                 obs, prev_action, prev_reward = _inputs(batch)
-                history = self.critic.history(obs, prev_action, prev_reward)
+                history = self.critic.history(obs, prev_action, prev_reward, batch.task)
                 q = self.critic.q(history[:, :-1], obs[:, :-1], batch.action, batch.task)
             return [((q[0] - y) ** 2).flatten() * weight, ((q[1] - y) ** 2).flatten() * weight]
         losses = prepared.losses([((q1 - y) ** 2).flatten() * weight, ((q2 - y) ** 2).flatten() * weight], rows, again)

@@ -1,24 +1,44 @@
-"""Hypernetwork output regularizer (von Oswald et al. 2020) for generated weights
-(sac.head=hyper and/or sac.trunk=hyper):
+"""Hypernetwork output regularizer (von Oswald et al. 2020; Ehret et al. 2021 for recurrent
+networks) for generated weights (sac.head=hyper and/or sac.trunk=hyper; with sac.memory, the
+memory's weights too, agents/hyper_memory.py):
 
     L = L_task + beta / (T - 1) * sum_{t < T} || f_h(e_t, Theta) - f_h(e_t, Theta*) ||^2
 
-f_h(e_t, .) is what the network's hypernetworks generate for earlier task t (the head's output
-layer, the trunk's layers; weights and biases, theta_0 included), Theta* the weights at the end
-of task t's stage (the generated weights are stored then), and e_t t's embedding, fixed once its
-stage is over (detached here). beta = 0.01 as in the reference code. The look-ahead term of the
-paper (Theta + Delta Theta) is left out: its simpler form, used here, is the one the paper
-reports as also working. Only generated weights are protected: with a generated head over an
+f_h(e_t, .) is what the network's hypernetworks (agents/hypernets.py, any `sac.hypernet`: mlp,
+chunked, rnn) generate for earlier task t (the memory's embeddings, recurrent maps and read-out,
+the trunk's layers, the head's output layer; weights and biases, theta_0 included), Theta* the
+weights at the end of task t's stage (the generated weights are stored then), and e_t t's
+embedding, fixed once its stage is over (detached here). beta = 0.01 as in von Oswald's reference
+code (Ehret et al.'s default 0.005). The look-ahead term of the paper (Theta + Delta Theta) is left
+out: its simpler form, used here, is the one the paper reports as also working, and Ehret et al.'s
+code never uses it either. Only generated weights are protected: with a generated head over an
 ordinary trunk the trunk can still drift, so the whole policy is protected only with both
-sac.trunk=hyper and sac.head=hyper (von Oswald's setting; the trunk and the head then have a
-hypernetwork each, where von Oswald's has one for all layers).
-"""
+sac.trunk=hyper and sac.head=hyper (von Oswald's setting; each part then has a hypernetwork of its
+own, where von Oswald's and Ehret's have one for all layers).
 
+Compared with Ehret et al.'s code (cl_in_rnns, utils/hnet_regularizer.py calc_fix_target_reg):
+the same sum over every earlier task divided by their number (their `hnet_reg_batch_size`, a random
+subset of earlier tasks per step, is not offered); their targets are computed when the next task
+starts, ours when a task ends (the same weights); their old task embeddings stay trainable through
+the regulariser, ours enter it as constants; their code's Fisher-weighted form,
+sum F * (W_target - W)^2 (`fisher_estimates`), is never given a Fisher there (only 0/1 masks,
+for an analysis); `continual.hnet_fisher` computes one: at a
+task's end, the diagonal Fisher of the network's outputs with respect to that task's generated
+weights, as EWC's (continual/strategies/importance.py: the Gaussian policy's Fisher for the actor,
+sum_j (dQ_j)^2 for the critic; over `continual.importance_samples` stored states or windows' steps),
+and each task's term becomes sum F_t * (f_h(e_t) - theta*_t)^2.
+
+`sac.hyper_growth` (sac.hypernet=rnn): the hypernetworks grow when each task starts
+(agents/hypernets.py, Chandra et al.'s network growth).
+"""
 from __future__ import annotations
 
 import torch
+from torch.func import jacrev
 
-from continual.strategies.base import Strategy, TaskContext
+from agents.hypernets import Hypernetwork
+from continual.strategies.base import Strategy, TaskContext, importance_states
+from continual.strategies.importance import FISHER_FLOOR, States
 
 
 class HypernetRegularizer(Strategy):
@@ -27,32 +47,91 @@ class HypernetRegularizer(Strategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.targets: dict[str, dict[int, torch.Tensor]] = {net: {} for net in self.networks}  # f_h(e_t, Theta*)
+        self.fisher: dict[str, dict[int, torch.Tensor]] = {net: {} for net in self.networks}  # hnet_fisher: F_t
 
     def generators(self, network: str) -> list:
-        """The network's hypernetworks (agents/layers.py: Hypernetwork): its trunk's and its head's."""
-        net = self.networks[network].net
-        return [part.generator for part in (net.trunk, net.head) if hasattr(part, "generator")]
+        """The network's hypernetworks (agents/hypernets.py): its trunk's, its head's, its memory's."""
+        return [m for m in self.networks[network].modules() if isinstance(m, Hypernetwork)]
 
     def generated(self, network: str, tasks: list[int]) -> torch.Tensor:
         """f_h(e_t) for the given tasks, flattened per task: [len(tasks), n_generated]."""
         return torch.cat([x.flatten(1) for hyper in self.generators(network)
-                          for layer in hyper.generate(hyper.embedding[tasks].detach()) for x in layer], dim=1)
+                          for layer in hyper.generate(tasks, detach_embedding=True) for x in layer], dim=1)
 
-    @torch.no_grad()
+    def start_task(self, ctx: TaskContext) -> None:
+        """sac.hyper_growth: the hypernetworks grow for the stage's tasks (agents/hypernets.py)."""
+        for net in self.networks:
+            for hyper in self.generators(net):
+                hyper.grow(ctx.tasks, ctx.earlier, copy=not ctx.resumed)
+
     def end_task(self, ctx: TaskContext) -> None:
         for net in self.networks:
-            for task, row in zip(ctx.tasks, self.generated(net, list(ctx.tasks))):
-                self.targets[net][task] = row.clone()
+            with torch.no_grad():
+                for task, row in zip(ctx.tasks, self.generated(net, list(ctx.tasks))):
+                    self.targets[net][task] = row.clone()
+            if self.cfg.hnet_fisher:
+                for task in ctx.tasks:
+                    states = importance_states(ctx.replay, (task,), self.cfg.importance_samples, ctx.rng,
+                                               self.learner.device)
+                    self.fisher[net][task] = self.generated_fisher(net, task, states)
+
+    def generated_fisher(self, network: str, task: int, states: States) -> torch.Tensor:
+        """[n_generated]: the diagonal Fisher of the network's outputs with respect to `task`'s
+        generated weights (in generated()'s layout), mean over the real steps of `states`, one
+        sample at a time (the generated weights enter as substitutes: agents/hypernets.py)."""
+        module, hypers = self.networks[network], self.generators(network)
+        with torch.no_grad():
+            given = [x[0].clone() for hyper in hypers for layer in hyper.generate([task]) for x in layer]
+        counts = [2 * len(hyper.sizes) for hyper in hypers]
+
+        def outputs(*tensors):
+            at = 0
+            for hyper, count in zip(hypers, counts):
+                part = tensors[at:at + count]
+                hyper.substitute = (task, list(zip(part[0::2], part[1::2])))
+                at += count
+            try:
+                out = module(*sample)
+            finally:
+                for hyper in hypers:
+                    hyper.substitute = None
+            if network == "actor":
+                mean, log_std = out
+                return mean.reshape(-1, mean.shape[-1]), log_std.reshape(-1, log_std.shape[-1]).exp()
+            return out.reshape(2, -1).T  # [L, 2]
+
+        inputs = states.actor if network == "actor" else states.critic
+        total = [torch.zeros_like(x) for x in given]
+        with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None):
+            for i in range(len(states.mask)):
+                sample, mask = tuple(x[i:i + 1] for x in inputs), states.mask[i]
+                jac = jacrev(outputs, argnums=tuple(range(len(given))))(*given)
+                if network == "actor":
+                    (d_mean, d_std), (_, std) = jac, outputs(*given)
+                    scale = (mask[:, None] / (std.detach().pow(2) + 1e-6))  # [L, A]
+                    for k, (dm, ds) in enumerate(zip(d_mean, d_std)):
+                        weight = scale.view(*scale.shape, *[1] * (dm.dim() - 2))
+                        total[k] += ((dm.pow(2) + 2 * ds.pow(2)) * weight).sum(dim=(0, 1)).detach()
+                else:
+                    for k, dq in enumerate(jac):
+                        total[k] += (dq.pow(2) * mask.view(-1, *[1] * (dq.dim() - 1))).sum(dim=(0, 1)).detach()
+        fisher = torch.cat([t.flatten() for t in total]) / states.mask.sum().clamp_min(1)
+        return fisher.clamp_min(FISHER_FLOOR) if network == "actor" else fisher
 
     def penalty(self, network: str):
         if network not in self.networks or not self.targets[network]:
             return 0.0
         tasks = sorted(self.targets[network])
         target = torch.stack([self.targets[network][t] for t in tasks])
-        return self.coef(self.default_coef) * (self.generated(network, tasks) - target).pow(2).sum() / len(tasks)
+        squares = (self.generated(network, tasks) - target).pow(2)
+        if self.cfg.hnet_fisher:
+            squares = squares * torch.stack([self.fisher[network][t] for t in tasks])
+        return self.coef(self.default_coef) * squares.sum() / len(tasks)
 
     def state_dict(self) -> dict:
-        return {"targets": {net: {str(t): v for t, v in d.items()} for net, d in self.targets.items()}}
+        return {key: {net: {str(t): v for t, v in d.items()} for net, d in getattr(self, key).items()}
+                for key in ("targets", "fisher")}
 
     def load_state_dict(self, state: dict) -> None:
         self.targets = {net: {int(t): v for t, v in d.items()} for net, d in state["targets"].items()}
+        self.fisher = {net: {int(t): v for t, v in d.items()} for net, d in state["fisher"].items()}

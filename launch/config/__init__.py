@@ -99,6 +99,8 @@ class ContinualConfig:
     online_ewc_gamma: float = field(default=0.9, metadata={"min": 0, "max": 1})  # online EWC: F <- gamma * F
                                                                                  # + F_task (ours; not in CW)
     si_xi: float = field(default=0.1, metadata=POSITIVE)  # SI damping xi in omega / (delta^2 + xi) (Zenke 2017)
+    hnet_fisher: bool = False     # hnet: weight each generated weight's term by its Fisher at its task's end
+                                  # (Ehret et al.'s optional form; continual/strategies/hnet.py)
     packnet_retrain_steps: int = field(default=100_000, metadata=AT_LEAST_0)  # PackNet: learner updates on
                                                                               # replay after each pruning (CW)
     memory_per_task: int = field(default=10_000, metadata=POSITIVE)  # A-GEM and BC: transitions / states kept

@@ -141,7 +141,7 @@ def method_needs_a_sequence(cfg):
 
 # what reads single transitions, not recurrent SAC's windows of steps (agents/sac/recurrent.py), or needs
 # a pass recurrent SAC does not make
-MEMORY_REFUSES = {"continual.method": ("bc", "hnet")}
+MEMORY_REFUSES = {"continual.method": ("bc",)}
 
 
 @rule
@@ -158,6 +158,17 @@ def memory_runs_on_windows(cfg):
         problems.append(f"balance.method={cfg.balance.method} (its per-task gradients skip the recurrent layers)")
     if cfg.continual.method in MEMORY_REFUSES["continual.method"]:
         problems.append(f"continual.method={cfg.continual.method} (it reads single transitions)")
+    if cfg.continual.method == "hnet" and sac.trunk != "hyper":
+        problems.append("continual.method=hnet without sac.trunk=hyper (the memory's weights are generated, "
+                        "and so protected, only with sac.trunk=hyper)")
+    if sac.trunk == "hyper" and cfg.continual.method in ("ewc", "online-ewc", "mas"):
+        problems.append(f"continual.method={cfg.continual.method} with sac.trunk=hyper (importances through a "
+                        "generated memory are not computed: use --method hnet)")
+    if sac.trunk == "hyper" and sac.memory_context:
+        problems.append("sac.trunk=hyper with sac.memory_context (3RL's context GRU is not generated)")
+    if sac.trunk == "hyper" and sac.hypernet == "chunked" and sac.memory_hidden % sac.hyper_chunk_units:
+        problems.append(f"sac.hyper_chunk_units={sac.hyper_chunk_units} with sac.memory_hidden={sac.memory_hidden} "
+                        "(a chunk must stay inside one gate: the units must divide the hidden size)")
     if sac.compile != "none":
         problems.append(f"sac.compile={sac.compile}")
     if cfg.replay.device == "learner":
@@ -176,6 +187,24 @@ def memory_runs_on_windows(cfg):
                         f"{sac.memory_sequence}-step window to learn from)")
     if problems:
         return f"sac.memory={sac.memory} does not support yet: {'; '.join(problems)}"
+    return None
+
+
+@rule
+def hypernet_settings_need_a_hypernetwork(cfg):
+    sac = cfg.sac
+    if sac.hypernet != "mlp" and "hyper" not in (sac.head, sac.trunk):
+        return f"sac.hypernet={sac.hypernet} shapes hypernetworks: set sac.trunk=hyper and/or sac.head=hyper"
+    if sac.hyper_growth and (sac.hypernet != "rnn" or cfg.continual.method != "hnet"):
+        return ("sac.hyper_growth is Chandra et al.'s growth of the RNN hypernetwork at each task's start: "
+                "it needs sac.hypernet=rnn and --method hnet")
+    return None
+
+
+@rule
+def hnet_fisher_needs_hnet(cfg):
+    if cfg.continual.hnet_fisher and cfg.continual.method != "hnet":
+        return f"continual.hnet_fisher weights the hnet regularizer; continual.method is {cfg.continual.method}"
     return None
 
 
