@@ -34,12 +34,23 @@ def _linear(x: torch.Tensor, layer: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], -1)
 
 
-def recurrent_pass(cell: str, x: torch.Tensor, input_map, hidden_map, state):
-    """torch's GRU / LSTM equations with one task's weights: x [B, L, in], state h [B, H] (an LSTM's
-    (h, c)) -> (h [B, L, H], the final state)."""
+def _in_order(groups: list[tuple], order: torch.Tensor) -> tuple:
+    """Per-task groups of (tensor | tuple of tensors | None) outputs joined back in the windows' order."""
+    def join(values):
+        if values[0] is None:
+            return None
+        if isinstance(values[0], tuple):
+            return tuple(join([v[i] for v in values]) for i in range(len(values[0])))
+        return torch.cat(values)[order]
+    return tuple(join([g[i] for g in groups]) for i in range(len(groups[0])))
+
+
+def recurrent_pass(cell: str, x: torch.Tensor, input_map, hidden_map, state: tuple):
+    """torch's GRU / LSTM equations with one task's weights: x [B, L, in], state (h,) (an LSTM's
+    (h, c)), each [B, H] -> (h [B, L, H], the final state, as given)."""
     gates_x = _linear(x, input_map)  # [B, L, G H]: the input's part of every gate, all steps at once
     weight_hh, bias_hh = hidden_map
-    h, c = state if cell == "lstm" else (state, None)
+    h, c = state if cell == "lstm" else (state[0], None)
     out = []
     for t in range(x.shape[1]):
         gates_h = torch.addmm(bias_hh, h, weight_hh)
@@ -53,7 +64,7 @@ def recurrent_pass(cell: str, x: torch.Tensor, input_map, hidden_map, state):
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
         out.append(h)
-    return torch.stack(out, dim=1), ((h, c) if cell == "lstm" else h)
+    return torch.stack(out, dim=1), ((h, c) if cell == "lstm" else (h,))
 
 
 class HyperMemory(nn.Module):
@@ -96,31 +107,24 @@ class HyperMemory(nn.Module):
         state) and, given `readout` [B, L, in], relu(read-out(readout)) with the same generated weights."""
         if state is None:
             h = torch.zeros_like(obs[:, 0, :1]).expand(obs.shape[0], self.out_features)
-            state = (h, h) if self.lstm else h
-        else:  # torch's layout [1, B, H] -> [B, H]
-            state = tuple(part[0] for part in state) if self.lstm else state[0]
-        _, index, layers = self.layers(task)
-        parts = [(obs, prev_action, prev_reward, state, readout)]
-        groups = [slice(None)] if len(layers["readout"][0]) == 1 else \
-            [(index == p).nonzero().squeeze(1) for p in range(len(layers["readout"][0]))]
+            state = (h, h) if self.lstm else (h,)
+        else:  # torch's layout [1, B, H] -> [B, H]; (h,) for a GRU
+            state = tuple(part[0] for part in state) if self.lstm else (state[0],)
+        present, index, layers = self.layers(task)
+        tasks = len(present)
+        groups = [slice(None)] if tasks == 1 else [(index == p).nonzero().squeeze(1) for p in range(tasks)]
         outputs = []
         for p, rows in enumerate(groups):  # each task's windows with its weights: plain matmuls
             own = {name: (w[p], b[p]) for name, (w, b) in layers.items()}
-            o, a, r, st, x = (None if v is None else tuple(u[rows] for u in v) if isinstance(v, tuple) else v[rows]
-                              for v in parts[0])
-            outputs.append(self._pass(o, a, r, st, x, own))
-        if len(groups) == 1:
-            h, final, read = outputs[0]
-        else:  # back in the windows' order
-            order = torch.cat(groups).argsort()
-            h = torch.cat([out[0] for out in outputs])[order]
-            final = (tuple(torch.cat([out[1][i] for out in outputs])[order] for i in range(2)) if self.lstm
-                     else torch.cat([out[1] for out in outputs])[order])
-            read = None if readout is None else torch.cat([out[2] for out in outputs])[order]
-        final = tuple(part.unsqueeze(0) for part in final) if self.lstm else final.unsqueeze(0)
+            inputs = (None if x is None else x[rows] for x in (obs, prev_action, prev_reward, readout))
+            outputs.append(self._pass(*inputs, tuple(part[rows] for part in state), own))
+        h, final, read = outputs[0] if tasks == 1 else _in_order(outputs, torch.cat(groups).argsort())
+        final = tuple(part.unsqueeze(0) for part in final)
+        final = final if self.lstm else final[0]
         return (h, final) if readout is None else (h, final, read)
 
-    def _pass(self, obs, prev_action, prev_reward, state, readout, layers):
+    def _pass(self, obs, prev_action, prev_reward, readout, state, layers):
+        """One task's windows: (h, final state (h,) or (h, c), read-out features or None)."""
         x = torch.cat([F.relu(_linear(prev_action, layers["action_embed"])),
                        F.relu(_linear(prev_reward.unsqueeze(-1), layers["reward_embed"])),
                        F.relu(_linear(obs, layers["obs_embed"]))], dim=-1)
