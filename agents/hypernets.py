@@ -17,9 +17,10 @@ zero (its output layer is initialised small). f_h is one of (`sac.hypernet`):
            Chunk embeddings start N(0, 1) (their default `std_normal_emb`);
   rnn      Chandra et al. 2023's RNN hypernetwork ("Continual Learning with Dependency Preserving
            Hypernetworks"): an LSTM unrolled over the chunks of the flat weight vector (`chunk_size`
-           weights each, the last cut; a chunk may span two layers), step j reading
-           [cos e_t, sin e_t, c_j], its state carried from chunk to chunk from zero, so each chunk
-           depends on the ones before; one linear layer maps each step's h to its chunk.
+           weights each, the last cut; a chunk may span two layers), step j reading the chunk's
+           embedding c_j and the task's features, its state carried from chunk to chunk from zero, so each chunk
+           depends on the ones before; one linear layer maps each step's h to its chunk. (The code
+           concatenates [c_j, cos e_t, sin e_t], chunk embedding first as in the chunked kind.)
            `growth` (their network growth): each task has an input-to-hidden map of its own; when a
            task starts, its map starts as a copy of the last trained one, the earlier tasks' maps
            and the hidden-to-hidden map (after the first task) are frozen, so growing adds capacity
@@ -169,7 +170,7 @@ class Hypernetwork(nn.Module):
         """Per layer, (weight [T, K, in, out], bias [T, K, out]) for the given tasks (default:
         every task, in order); detach_embedding: the embeddings enter as constants."""
         ids = torch.arange(len(self.embedding), device=self.embedding.device) if tasks is None else \
-            torch.as_tensor(tasks, device=self.embedding.device)
+            torch.as_tensor(tasks, dtype=torch.long, device=self.embedding.device).reshape(-1)
         e = self.embedding if tasks is None else self.embedding[ids]
         e = e.detach() if detach_embedding else e
         features = torch.cat([e.cos(), e.sin()], dim=-1)

@@ -151,6 +151,10 @@ def test_growth_adds_capacity_for_a_new_task_without_changing_earlier_tasks_weig
         assert torch.equal(rnn.input_maps[1], rnn.input_maps[0])
         assert rnn.input_maps[1].requires_grad and not rnn.input_maps[0].requires_grad
         assert not rnn.hidden_map.requires_grad
+    for module in (learner.critic, learner.critic_target):  # the critic grows too (hnet regularizes the actor)
+        for hyper in (m for m in module.modules() if isinstance(m, Hypernetwork)):
+            assert torch.equal(hyper.hypernet.input_maps[1], hyper.hypernet.input_maps[0])
+            assert not hyper.hypernet.input_maps[0].requires_grad and not hyper.hypernet.hidden_map.requires_grad
     frozen = [(rnn.input_maps[0].clone(), rnn.hidden_map.clone()) for rnn in rnns]
     learner.reset_optimizers()
     for _ in range(3):
@@ -186,3 +190,18 @@ def test_the_fisher_of_generated_weights_matches_the_hand_derivation_on_a_genera
     strategy.fisher["actor"][0] = fisher
     torch.testing.assert_close(strategy.penalty("actor"), strategy.coef(0.01) * (0.01 * fisher).sum(), rtol=1e-4,
                                atol=1e-8)
+
+
+def test_a_finished_tasks_embedding_stays_fixed_under_momentum_and_weight_decay():
+    learner, replay = _recurrent_learner("mlp", actor_weight_decay=0.1), _replay()
+    strategy = make_strategy(ContinualConfig(sequence="x", method="hnet", reset_optimizer=False), learner, [0, 1])
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        learner.update(replay.sample(4, rng, [0]), [strategy])
+    strategy.end_task(TaskContext(0, 2, (0,), (), 100, replay, rng))
+    hypers = [m for m in learner.actor.modules() if isinstance(m, Hypernetwork)]
+    before = [h.embedding.detach().clone() for h in hypers]
+    for _ in range(3):  # Adam's momentum and its L2 term would move task 0's row; the strategy keeps it
+        learner.update(replay.sample(4, rng, [1]), [strategy])
+    for hyper, old in zip(hypers, before):
+        assert torch.equal(hyper.embedding[0], old[0]) and not torch.equal(hyper.embedding[1], old[1])

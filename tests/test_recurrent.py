@@ -205,13 +205,13 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
         assert ray.returncode == 0, ray.stderr[-2000:]
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_a_bf16_update_of_recurrent_sac_is_close_to_fp32(cell):
-    """sac.precision=bf16 runs the memories' and networks' passes under autocast: the losses move a
-    little (bf16 ran) but stay within 2%."""
+@pytest.mark.parametrize("cell,trunk", [("gru", "mlp"), ("lstm", "mlp"), ("gru", "hyper")])
+def test_a_bf16_update_of_recurrent_sac_is_close_to_fp32(cell, trunk):
+    """sac.precision=bf16 runs the memories' and networks' passes under autocast (generated memories
+    too): the losses move a little (bf16 ran) but stay within 2%."""
     batch = _replay().sample(8, np.random.default_rng(0))
-    fp32, _ = _update(batch, cell=cell)
-    bf16, _ = _update(batch, cell=cell, precision="bf16")
+    fp32, _ = _update(batch, cell=cell, trunk=trunk)
+    bf16, _ = _update(batch, cell=cell, precision="bf16", trunk=trunk)
     assert any(fp32[k] != bf16[k] for k in ("loss/qf1", "loss/actor"))
     for key in ("loss/qf1", "loss/qf2", "loss/actor", "policy/entropy"):
         assert bf16[key] == pytest.approx(fp32[key], rel=0.02, abs=0.01), key

@@ -8,7 +8,8 @@ f_h(e_t, .) is what the network's hypernetworks (agents/hypernets.py, any `sac.h
 chunked, rnn) generate for earlier task t (the memory's embeddings, recurrent maps and read-out,
 the trunk's layers, the head's output layer; weights and biases, theta_0 included), Theta* the
 weights at the end of task t's stage (the generated weights are stored then), and e_t t's
-embedding, fixed once its stage is over (detached here). beta = 0.01 as in von Oswald's reference
+embedding, fixed once its stage is over (detached here, and restored after every step, so that
+neither momentum nor weight decay moves it). beta = 0.01 as in von Oswald's reference
 code (Ehret et al.'s default 0.005). The look-ahead term of the paper (Theta + Delta Theta) is left
 out: its simpler form, used here, is the one the paper reports as also working, and Ehret et al.'s
 code never uses it either. Only generated weights are protected: with a generated head over an
@@ -48,6 +49,7 @@ class HypernetRegularizer(Strategy):
         super().__init__(*args, **kwargs)
         self.targets: dict[str, dict[int, torch.Tensor]] = {net: {} for net in self.networks}  # f_h(e_t, Theta*)
         self.fisher: dict[str, dict[int, torch.Tensor]] = {net: {} for net in self.networks}  # hnet_fisher: F_t
+        self.embeddings: dict[str, dict[int, torch.Tensor]] = {}  # "network.i" -> finished tasks' e_t, kept fixed
 
     def generators(self, network: str) -> list:
         """The network's hypernetworks (agents/hypernets.py): its trunk's, its head's, its memory's."""
@@ -58,13 +60,32 @@ class HypernetRegularizer(Strategy):
         return torch.cat([x.flatten(1) for hyper in self.generators(network)
                           for layer in hyper.generate(tasks, detach_embedding=True) for x in layer], dim=1)
 
+    def _every_generator(self) -> dict[str, list]:
+        """Every hypernetwork of the learner's actor and critic, regularized or not, by "network.i"."""
+        return {f"{net}.{i}": hyper for net in ("actor", "critic") for i, hyper in
+                enumerate(m for m in getattr(self.learner, net).modules() if isinstance(m, Hypernetwork))}
+
     def start_task(self, ctx: TaskContext) -> None:
-        """sac.hyper_growth: the hypernetworks grow for the stage's tasks (agents/hypernets.py)."""
-        for net in self.networks:
-            for hyper in self.generators(net):
+        """sac.hyper_growth: every hypernetwork (the target critic's too) grows for the stage's tasks
+        (agents/hypernets.py); on a resume only the freezing is applied again (requires_grad is not
+        checkpointed)."""
+        for module in (self.learner.actor, self.learner.critic, self.learner.critic_target):
+            for hyper in (m for m in module.modules() if isinstance(m, Hypernetwork)):
                 hyper.grow(ctx.tasks, ctx.earlier, copy=not ctx.resumed)
 
+    def after_step(self, networks) -> None:
+        """A finished task's embedding stays as it was at its end, whatever the optimizer's momentum or
+        weight decay would do to it (its rows get no gradient of their own after the stage)."""
+        generators = self._every_generator()
+        with torch.no_grad():
+            for key, rows in self.embeddings.items():
+                if key.split(".")[0] in networks:
+                    for task, row in rows.items():
+                        generators[key].embedding[task] = row
+
     def end_task(self, ctx: TaskContext) -> None:
+        for key, hyper in self._every_generator().items():
+            self.embeddings.setdefault(key, {}).update({t: hyper.embedding[t].detach().clone() for t in ctx.tasks})
         for net in self.networks:
             with torch.no_grad():
                 for task, row in zip(ctx.tasks, self.generated(net, list(ctx.tasks))):
@@ -130,8 +151,8 @@ class HypernetRegularizer(Strategy):
 
     def state_dict(self) -> dict:
         return {key: {net: {str(t): v for t, v in d.items()} for net, d in getattr(self, key).items()}
-                for key in ("targets", "fisher")}
+                for key in ("targets", "fisher", "embeddings")}
 
     def load_state_dict(self, state: dict) -> None:
-        self.targets = {net: {int(t): v for t, v in d.items()} for net, d in state["targets"].items()}
-        self.fisher = {net: {int(t): v for t, v in d.items()} for net, d in state["fisher"].items()}
+        for key in ("targets", "fisher", "embeddings"):
+            setattr(self, key, {net: {int(t): v for t, v in d.items()} for net, d in state[key].items()})
