@@ -178,6 +178,7 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
                for m, cell in (("l2", "lstm"), ("si", "lstm"), ("packnet", "lstm"), ("ewc", "gru"),
                                ("online-ewc", "lstm"), ("agem", "gru"))},
             "mas-context": [*pm2, "--method", "mas", *context, *hidden],
+            "ewc-bf16": [*pm2, "--method", "ewc", "--set", "sac.memory=gru", "--set", "sac.precision=bf16", *hidden],
             # hypernetworks for recurrent policies: the memory, trunk and head generated per task
             **{f"hnet-{kind}": [*pm2, "--method", "hnet", "--set", f"sac.memory={cell}", "--set", "sac.trunk=hyper",
                                 "--set", "sac.head=hyper", "--set", f"sac.hypernet={kind}", *hidden, *extra,
