@@ -65,6 +65,7 @@ class ContextReplay(SequenceReplay):
         age = (self.cursor[task] - 1 - slots) % self.capacity  # rows added after each
         for j in range(k - 1, -1, -1):
             gap = gaps[out[:, j + 1]].astype(np.int64) * valid[:, j + 1]
+            gap[gap == self.UNKNOWN] = 0  # a predecessor too far back to link: treated as not stored
             age = age + gap
             valid[:, j] = (gap > 0) & (age < self.size[task])  # its row is still stored
             out[:, j] = (out[:, j + 1] - gap) % self.capacity

@@ -6,8 +6,11 @@ envs (and actors). Each row carries its stream (which env of which actor) and wh
 observation is its episode's first; `add` links every row to the previous row of its stream
 (unless it starts an episode) by two gaps within the task's ring: `next_gap` (to the row after it,
 0 while none has arrived or the episode ended there) and `prev_gap` (to the row before it, 0 at an
-episode's start). Memory stays flat as in MultiTaskReplay (the same rows, grown as used, plus 8
-bytes a row: 344 bytes per Meta-World transition against 336, 1.02x; pointmass 40 against 32).
+episode's start). Gaps are 2-byte counts: a gap past 65,534 rows (an env whose next step arrives
+after 65,534 rows of its task from other envs) is not followed: the row before it ends its window
+there, and the row itself reads as "not an episode start, predecessor unknown" (prev_gap = 65,535).
+Memory stays flat as in MultiTaskReplay (the same rows, grown as used, plus 4 bytes a row: 340 bytes
+per Meta-World transition against 336, 1.01x; pointmass 36 against 32, 1.13x).
 
 A sample draws `per_task` start rows uniformly from each task's rows and follows `next_gap` for
 up to `length` steps (`sac.memory_sequence`): a window ends early at its episode's end or at the
@@ -47,6 +50,7 @@ class SequenceBatch(NamedTuple):
 
 class SequenceReplay(MultiTaskReplay):
     LINKS = ("prev_gap", "next_gap")
+    UNKNOWN = np.iinfo(np.uint16).max  # prev_gap of a row whose predecessor is too far back to link
 
     def __init__(self, num_tasks: int, capacity_per_task: int, obs_dim: int, action_dim: int, length: int,
                  normalize_rewards: bool = False):
@@ -64,7 +68,7 @@ class SequenceReplay(MultiTaskReplay):
         super()._reserve(task, rows)
         new = self.allocated_rows(task)
         if new != have or self.links[task] is None:
-            grown = {k: np.zeros(new, np.int32) for k in self.LINKS}
+            grown = {k: np.zeros(new, np.uint16) for k in self.LINKS}
             if have and self.links[task] is not None:
                 for k in self.LINKS:
                     grown[k][:have] = self.links[task][k]
@@ -88,7 +92,10 @@ class SequenceReplay(MultiTaskReplay):
                 before = self.last_row.get(key)
                 if not first[row] and before is not None and before[0] == t and serial - before[1] < self.capacity:
                     gap = serial - before[1]  # the row before it in its episode, still stored
-                    links["next_gap"][before[1] % self.capacity] = links["prev_gap"][slot] = gap
+                    if gap < self.UNKNOWN:
+                        links["next_gap"][before[1] % self.capacity] = links["prev_gap"][slot] = gap
+                    else:  # too far to link in 2 bytes: the window before ends, this row is mid-episode
+                        links["prev_gap"][slot] = self.UNKNOWN
                 self.last_row[key] = (int(t), serial)
                 self.written[t] += 1
 
@@ -106,7 +113,7 @@ class SequenceReplay(MultiTaskReplay):
         slots[:, 0], mask[:, 0] = starts, 1.0
         gaps = self.links[task]["next_gap"]
         for k in range(1, length):
-            gap = gaps[slots[:, k - 1]] * (mask[:, k - 1] > 0)
+            gap = gaps[slots[:, k - 1]].astype(np.int64) * (mask[:, k - 1] > 0)
             slots[:, k] = (slots[:, k - 1] + gap) % self.capacity
             mask[:, k] = gap > 0
         return slots, mask
@@ -135,7 +142,7 @@ class SequenceReplay(MultiTaskReplay):
         state = super().task_state(task)
         size = int(self.size[task])
         if size:
-            state.update({k: torch.from_numpy(self.links[task][k][:size].copy()) for k in self.LINKS})
+            state.update({k: torch.from_numpy(self.links[task][k][:size].astype(np.int32)) for k in self.LINKS})
         state["written"] = int(self.written[task])
         return state
 

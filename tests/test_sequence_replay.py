@@ -109,17 +109,54 @@ def test_a_wrapped_ring_keeps_windows_within_live_episodes():
         _check_windows(replay.sample(32, np.random.default_rng(seed)), lengths, 12)
 
 
-def test_memory_is_taken_as_used_and_costs_little_more_per_row_than_flat_replay():
-    flat, sequences = MultiTaskReplay(1, 1_000_000, 39, 4), SequenceReplay(1, 1_000_000, 39, 4, 64)
+@pytest.mark.parametrize("obs_dim,action_dim,bound", [(39, 4, 1.02), (2, 2, 1.2)])
+def test_memory_is_taken_as_used_and_costs_little_more_per_row_than_flat_replay(obs_dim, action_dim, bound):
+    """Meta-World's rows: 340 bytes against 336; pointmass's: 36 against 32 (the issue's bound ~1.2x)."""
+    flat = MultiTaskReplay(1, 1_000_000, obs_dim, action_dim)
+    sequences = SequenceReplay(1, 1_000_000, obs_dim, action_dim, 64)
     rows = 3000
     for replay in (flat, sequences):
         for _ in range(2):
-            replay.add(np.zeros(rows, int), np.zeros((rows, 39), np.float32), np.zeros((rows, 4), np.float32),
-                       np.zeros(rows, np.float32), np.zeros((rows, 39), np.float32), np.zeros(rows, np.float32),
+            replay.add(np.zeros(rows, int), np.zeros((rows, obs_dim), np.float32),
+                       np.zeros((rows, action_dim), np.float32), np.zeros(rows, np.float32),
+                       np.zeros((rows, obs_dim), np.float32), np.zeros(rows, np.float32),
                        **({"stream": np.zeros(rows, int), "first": np.zeros(rows, bool)}
                           if replay is sequences else {}))
     assert sequences.allocated_rows(0) == flat.allocated_rows(0) == 8192  # grown as used (4,096, then doubled)
-    assert sequences.nbytes() / flat.nbytes() <= 1.03  # 344 bytes a Meta-World row against 336
+    assert sequences.nbytes() / flat.nbytes() <= bound
+
+
+def test_a_step_too_far_from_the_one_before_it_to_link_ends_the_window_and_is_not_an_episode_start():
+    """Gaps are 2 bytes: an env whose next step arrives 65,535 or more rows later is not linked."""
+    replay = SequenceReplay(1, 70_000, 1, 1, 4)
+    far = SequenceReplay.UNKNOWN + 10
+
+    def add(stream, first, n=1):
+        replay.add(np.zeros(n, int), np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32),
+                   np.zeros(n, np.float32), np.zeros((n, 1), np.float32), np.zeros(n, np.float32),
+                   stream=np.full(n, stream), first=np.full(n, first))
+    add(0, True)                   # stream 0's episode starts at row 0
+    add(1, True, far - 1)          # another env's rows, one long episode
+    add(0, False)                  # stream 0's next step, `far` rows after its first
+    add(0, False)                  # and the one after it, linked again
+    links = replay.links[0]
+    assert links["next_gap"][0] == 0 and links["prev_gap"][far] == SequenceReplay.UNKNOWN
+    assert links["prev_gap"][far + 1] == 1 and links["next_gap"][far] == 1
+    slots, mask = replay._windows(0, np.array([0, far]), 4)
+    assert mask.tolist() == [[1, 0, 0, 0], [1, 1, 0, 0]]
+
+
+def test_a_context_window_reads_zeros_before_a_step_too_far_to_link():
+    from agents.context import ContextReplay
+
+    replay = ContextReplay(1, 70_000, 1, 1, 2)
+    far = ContextReplay.UNKNOWN + 10
+    for stream, first, n in ((0, True, 1), (1, True, far - 1), (0, False, 1), (0, False, 1)):
+        replay.add(np.zeros(n, int), np.ones((n, 1), np.float32), np.ones((n, 1), np.float32),
+                   np.ones(n, np.float32), np.ones((n, 1), np.float32), np.zeros(n, np.float32),
+                   stream=np.full(n, stream), first=np.full(n, first))
+    _, valid = replay._history(0, np.array([far + 1]))
+    assert valid.tolist() == [[False, True, True]]  # the row `far` back is not followed
 
 
 def test_state_round_trips_and_the_same_generator_draws_the_same_windows():
