@@ -13,7 +13,9 @@ layer, orthogonal weights and zero biases); a_{-1} = r_{-1} = 0 and the state st
           three embeddings' width, as theirs); one memory for both Q's, two heads.
 Above the memory, each network is one of ours (agents/networks.py: TaskNetwork, trunk + head
 with `sac.hidden_sizes`, the task input and per-task heads), so multi-task heads sit on the
-recurrent features. The target critic is a full copy, memory included.
+recurrent features. The target critic is a full copy, memory included. With `sac.trunk=hyper` the
+memory and the embedding beside it (embed', shortcut) are generated per task by a hypernetwork
+(agents/hyper_memory.py, Ehret et al. 2021's setting).
 
 Deviations from their code:
   - the MLPs above the memory are our TaskNetworks: nn.Linear's default initialisation (theirs:
