@@ -4,7 +4,7 @@
                                     # final success on task-hidden PM4 (no task input, one head)
     python benchmarks/memory.py continual [--sequence PM3] [--steps-per-task 1500] [--seeds 0 1 2 3 4]
                                     # a continual sequence of task-hidden pointmass tasks, GRU policies:
-                                    # fine-tuning, EWC, hnet with mlp / chunked / rnn hypernetworks
+                                    # fine-tuning, EWC, hnet with mlp / chunked / rnn (and rnn + growth)
     python benchmarks/memory.py cost [--repeats 3]
                                     # learner updates/s, batch sampling time, replay bytes per transition
 
@@ -87,6 +87,8 @@ CONTINUAL = {  # name: flags on top of the task-hidden GRU policy
     "ewc": ["--method", "ewc", "--set", "sac.head=single"],
     **{f"hnet-{kind}": ["--method", "hnet", "--set", "sac.trunk=hyper", "--set", "sac.head=hyper",
                         "--set", f"sac.hypernet={kind}"] for kind in ("mlp", "chunked", "rnn")},
+    "hnet-rnn-growth": ["--method", "hnet", "--set", "sac.trunk=hyper", "--set", "sac.head=hyper",
+                        "--set", "sac.hypernet=rnn", "--set", "sac.hyper_growth=true"],
 }
 
 
