@@ -10,7 +10,7 @@ episode's start). Gaps are 2-byte counts: a gap past 65,534 rows (an env whose n
 after 65,534 rows of its task from other envs) is not followed: the row before it ends its window
 there, and the row itself reads as "not an episode start, predecessor unknown" (prev_gap = 65,535).
 Memory stays flat as in MultiTaskReplay (the same rows, grown as used, plus 4 bytes a row: 340 bytes
-per Meta-World transition against 336, 1.01x; pointmass 36 against 32, 1.13x).
+per Meta-World transition against 336, 1.01x; pointmass 36 against 32, 1.125x).
 
 A sample draws `per_task` start rows uniformly from each task's rows and follows `next_gap` for
 up to `length` steps (`sac.memory_sequence`): a window ends early at its episode's end or at the
