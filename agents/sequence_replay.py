@@ -48,6 +48,15 @@ class SequenceBatch(NamedTuple):
     first: torch.Tensor       # [B] 1 where the window starts at its episode's first step
 
 
+def positions(batch: SequenceBatch):
+    """A window's L + 1 positions as a memory reads them: (observations, previous actions, previous
+    rewards), o_0 .. o_L, (0, a_0 .. a_{L-1}), (0, r_0 .. r_{L-1})."""
+    obs = torch.cat([batch.obs[:, :1], batch.next_obs], dim=1)
+    prev_action = torch.cat([torch.zeros_like(batch.action[:, :1]), batch.action], dim=1)
+    prev_reward = torch.cat([torch.zeros_like(batch.reward[:, :1]), batch.reward], dim=1)
+    return obs, prev_action, prev_reward
+
+
 class SequenceReplay(MultiTaskReplay):
     LINKS = ("prev_gap", "next_gap")
     UNKNOWN = np.iinfo(np.uint16).max  # prev_gap of a row whose predecessor is too far back to link

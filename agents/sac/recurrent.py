@@ -29,15 +29,7 @@ import torch
 
 from agents.balancers import TaskLosses
 from agents.sac.learning import SACLearner
-from agents.sequence_replay import SequenceBatch
-
-
-def _inputs(batch: SequenceBatch):
-    """The L + 1 positions: (observations, previous actions, previous rewards)."""
-    obs = torch.cat([batch.obs[:, :1], batch.next_obs], dim=1)
-    prev_action = torch.cat([torch.zeros_like(batch.action[:, :1]), batch.action], dim=1)
-    prev_reward = torch.cat([torch.zeros_like(batch.reward[:, :1]), batch.reward], dim=1)
-    return obs, prev_action, prev_reward
+from agents.sequence_replay import SequenceBatch, positions
 
 
 class RecurrentSACLearner(SACLearner):
@@ -69,7 +61,7 @@ class RecurrentSACLearner(SACLearner):
 
     def critic_pass(self, batch: SequenceBatch):
         """(Q1, Q2 [B, L], the target y [B, L], the critic trunk's features)."""
-        obs, prev_action, prev_reward = _inputs(batch)
+        obs, prev_action, prev_reward = positions(batch)
         alpha = self.temperature.log_alpha(batch.task).detach().exp()[:, None]
         with torch.no_grad():
             with self.autocast():
@@ -85,7 +77,7 @@ class RecurrentSACLearner(SACLearner):
 
     def actor_pass(self, batch: SequenceBatch):
         """(alpha log pi - min_j Q_j [B, L], log pi [B, L], the policy trunk's features)."""
-        obs, prev_action, prev_reward = _inputs(batch)
+        obs, prev_action, prev_reward = positions(batch)
         with self.autocast():
             action, log_pi, features = self.actor.sample(obs[:, :-1], prev_action[:, :-1], prev_reward[:, :-1],
                                                          batch.task, with_features=True)
@@ -102,7 +94,7 @@ class RecurrentSACLearner(SACLearner):
 
         def again():
             with self.autocast():
-                obs, prev_action, prev_reward = _inputs(batch)
+                obs, prev_action, prev_reward = positions(batch)
                 history = self.critic.history(obs, prev_action, prev_reward, batch.task)
                 q = self.critic.q(history[:, :-1], obs[:, :-1], batch.action, batch.task)
             return [((q[0] - y) ** 2).flatten() * weight, ((q[1] - y) ** 2).flatten() * weight]

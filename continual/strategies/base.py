@@ -37,7 +37,7 @@ import torch
 
 from agents.context import ContextReplay
 from agents.hooks import LearnerHook
-from agents.sequence_replay import SequenceReplay
+from agents.sequence_replay import SequenceReplay, positions
 from continual.strategies.importance import States
 
 NETWORKS = {"actor": ("actor",), "critic": ("critic",), "both": ("critic", "actor")}
@@ -132,9 +132,8 @@ def importance_states(replay, tasks, count: int, rng: np.random.Generator, devic
         states = States((b.obs, window, b.task), (b.obs, b.action, window, b.task), torch.ones(len(b.obs), 1))
     elif isinstance(replay, SequenceReplay):
         b = sample_windows(replay, tasks, per_task, rng)
-        prev_action = torch.cat([torch.zeros_like(b.action[:, :1]), b.action[:, :-1]], dim=1)
-        prev_reward = torch.cat([torch.zeros_like(b.reward[:, :1]), b.reward[:, :-1]], dim=1)
-        states = States((b.obs, prev_action, prev_reward, b.task), (b.obs, prev_action, prev_reward, b.action, b.task),
+        obs, prev_action, prev_reward = (x[:, :-1] for x in positions(b))  # the L steps with an action
+        states = States((obs, prev_action, prev_reward, b.task), (obs, prev_action, prev_reward, b.action, b.task),
                         b.mask)
     else:
         obs, action, task = (torch.cat(c) for c in zip(*(sample_states(replay, t, per_task, rng) for t in tasks)))

@@ -38,6 +38,7 @@ import torch
 from torch.func import jacrev
 
 from agents.hypernets import Hypernetwork
+from continual.strategies import importance
 from continual.strategies.base import Strategy, TaskContext, importance_states
 from continual.strategies.importance import FISHER_FLOOR, States
 
@@ -105,7 +106,7 @@ class HypernetRegularizer(Strategy):
             given = [x[0].clone() for hyper in hypers for layer in hyper.generate([task]) for x in layer]
         counts = [2 * len(hyper.sizes) for hyper in hypers]
 
-        def outputs(*tensors):
+        def outputs(*tensors):  # the network's per-step outputs with these generated weights (jacrev's aux: the std)
             at = 0
             for hyper, count in zip(hypers, counts):
                 part = tensors[at:at + count]
@@ -117,25 +118,19 @@ class HypernetRegularizer(Strategy):
                 for hyper in hypers:
                     hyper.substitute = None
             if network == "actor":
-                mean, log_std = out
-                return mean.reshape(-1, mean.shape[-1]), log_std.reshape(-1, log_std.shape[-1]).exp()
-            return out.reshape(2, -1).T  # [L, 2]
+                return importance.policy_steps(out)
+            q = importance.q_steps(out)
+            return q, q
 
         inputs = states.actor if network == "actor" else states.critic
         total = [torch.zeros_like(x) for x in given]
         with torch.backends.mkldnn.flags(enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None):
-            for i in range(len(states.mask)):
-                sample, mask = tuple(x[i:i + 1] for x in inputs), states.mask[i]
-                jac = jacrev(outputs, argnums=tuple(range(len(given))))(*given)
-                if network == "actor":
-                    (d_mean, d_std), (_, std) = jac, outputs(*given)
-                    scale = (mask[:, None] / (std.detach().pow(2) + 1e-6))  # [L, A]
-                    for k, (dm, ds) in enumerate(zip(d_mean, d_std)):
-                        weight = scale.view(*scale.shape, *[1] * (dm.dim() - 2))
-                        total[k] += ((dm.pow(2) + 2 * ds.pow(2)) * weight).sum(dim=(0, 1)).detach()
-                else:
-                    for k, dq in enumerate(jac):
-                        total[k] += (dq.pow(2) * mask.view(-1, *[1] * (dq.dim() - 1))).sum(dim=(0, 1)).detach()
+            for i in range(len(states.mask)):  # one sample at a time (a generated memory cannot be vmapped)
+                sample, mask = tuple(x[i:i + 1] for x in inputs), states.mask[i:i + 1]
+                jac, aux = jacrev(outputs, argnums=tuple(range(len(given))), has_aux=True)(*given)
+                for k in range(len(given)):
+                    total[k] += (importance.gaussian_fisher_sum(jac[0][k][None], jac[1][k][None], aux[None], mask)
+                                 if network == "actor" else importance.q_fisher_sum(jac[k][None], mask)).detach()
         fisher = torch.cat([t.flatten() for t in total]) / states.mask.sum().clamp_min(1)
         return fisher.clamp_min(FISHER_FLOOR) if network == "actor" else fisher
 

@@ -70,20 +70,41 @@ def _per_step(outputs):
     return outputs.reshape(-1, outputs.shape[-1])
 
 
+def policy_steps(out):
+    """An actor's (mean, log std) on one sample -> ((mean, std), std), each [L, A]: the std again as
+    jacrev's aux output (the Fisher's scale)."""
+    mean, log_std = out
+    std = _per_step(log_std).exp()
+    return (_per_step(mean), std), std
+
+
+def q_steps(q: torch.Tensor) -> torch.Tensor:
+    """A critic's Q [2, 1] or [2, 1, L] on one sample -> [L, 2]."""
+    return q.reshape(2, -1).T
+
+
+def gaussian_fisher_sum(d_mean, d_std, std, mask) -> torch.Tensor:
+    """sum over samples, steps and action dims of ((d mu)^2 + 2 (d sigma)^2) / (sigma^2 + 1e-6):
+    d_* [n, L, A, *shape], std [n, L, A], mask [n, L]."""
+    return _weighted(d_mean.pow(2) + 2 * d_std.pow(2), mask[..., None] / (std.pow(2) + 1e-6))
+
+
+def q_fisher_sum(d_q, mask) -> torch.Tensor:
+    """sum over samples, steps and both Q's of (d Q)^2: d_q [n, L, 2, *shape], mask [n, L]."""
+    return _weighted(d_q.pow(2), mask[..., None].expand(*mask.shape, 2))
+
+
 def actor_fisher(actor, states: States, names=None) -> dict[str, torch.Tensor]:
     params, frozen = _split(actor, names)
 
-    def outputs(params, *x):  # ((mean, std), std): the std again as jacrev's aux output
-        mean, log_std = _call(actor, params, frozen, *(v[None] for v in x))
-        std = _per_step(log_std).exp()
-        return (_per_step(mean), std), std  # [L, A] each
+    def outputs(params, *x):
+        return policy_steps(_call(actor, params, frozen, *(v[None] for v in x)))
 
     def per_chunk(params, mask, *x):
         # vmap over jacrev, never over a bare forward pass: a recurrent layer's fused kernel has no
         # batching rule, and under jacrev it runs as its differentiable decomposition
         (d_mean, d_std), std = vmap(jacrev(outputs, has_aux=True), in_dims=(None, *[0] * len(x)))(params, *x)
-        weight = mask[..., None] / (std.pow(2) + 1e-6)  # d_*: [n, L, A, *shape]; std: [n, L, A]
-        return {name: _weighted(d_mean[name].pow(2) + 2 * d_std[name].pow(2), weight) for name in params}
+        return {name: gaussian_fisher_sum(d_mean[name], d_std[name], std, mask) for name in params}
 
     with torch.no_grad():
         fisher = _mean_over_steps(params, per_chunk, states.actor, states.mask)
@@ -92,8 +113,7 @@ def actor_fisher(actor, states: States, names=None) -> dict[str, torch.Tensor]:
 
 def _q_values(critic, params, frozen, x):
     """[L, 2]: both Q's at each step of one sample."""
-    q = _call(critic, params, frozen, *(v[None] for v in x))  # [2, 1] or [2, 1, L]
-    return q.reshape(2, -1).T
+    return q_steps(_call(critic, params, frozen, *(v[None] for v in x)))
 
 
 def critic_fisher(critic, states: States, names=None) -> dict[str, torch.Tensor]:
@@ -101,7 +121,7 @@ def critic_fisher(critic, states: States, names=None) -> dict[str, torch.Tensor]
 
     def per_chunk(params, mask, *x):
         d_q = vmap(jacrev(lambda p, *v: _q_values(critic, p, frozen, v)), in_dims=(None, *[0] * len(x)))(params, *x)
-        return {name: _weighted(d_q[name].pow(2), mask[..., None].expand(*mask.shape, 2)) for name in params}
+        return {name: q_fisher_sum(d_q[name], mask) for name in params}
 
     with torch.no_grad():
         return _mean_over_steps(params, per_chunk, states.critic, states.mask)
