@@ -5,6 +5,7 @@ sac.memory_context). The learner, the actors and the evaluator build theirs here
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from agents import networks, replay
@@ -27,6 +28,15 @@ def build_policy(sac, obs_dim: int, action_dim: int, num_tasks: int):
     if sac.memory == "none":
         return networks.build_policy(sac, obs_dim, action_dim, num_tasks)
     return build_actor_and_critic(sac, obs_dim, action_dim, num_tasks)[0]
+
+
+def network_task(task, num_tasks: int):
+    """The task index a network of `num_tasks` tasks is given for env task ids `task` (an array or a
+    tensor): the id itself, or 0 for a one-task network (continual.boundaries=hidden: one network for a
+    stream of tasks it is never told apart; a single-task run's ids are 0 anyway)."""
+    if num_tasks > 1:
+        return task
+    return torch.zeros_like(task) if torch.is_tensor(task) else np.zeros_like(task)
 
 
 def make_replay(cfg, sac, num_tasks: int, obs_dim: int, action_dim: int,

@@ -24,6 +24,9 @@ PURPOSES = {
     "pvn-indicators": 9,  # the frozen random networks of the proto-value-network auxiliary task
     "pvn-actions": 10,  # the proto-value-network's uniformly drawn next actions
     "balancer": 11,     # a gradient combiner's own draws (PCGrad's task order), per network, the same on every rank
+    "reservoir": 12,    # reservoir replay's slot draws (agents/stream_replay.py)
+    "mir": 13,          # MIR's candidate draws
+    "blend": 14,        # blended switches: each episode's task (continual.blend_steps), per actor
 }
 
 

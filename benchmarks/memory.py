@@ -5,6 +5,9 @@
     python benchmarks/memory.py continual [--sequence PM3] [--steps-per-task 1500] [--seeds 0 1 2 3 4]
                                     # a continual sequence of task-hidden pointmass tasks, GRU policies:
                                     # fine-tuning, EWC, hnet with mlp / chunked / rnn (and rnn + growth)
+    python benchmarks/memory.py metaworld [--seeds 0 1 2] [--settings reach-v3 mt3]
+                                    # goal-hidden Meta-World at a CPU budget: MLP vs GRU (and the MLP with the
+                                    # goal visible, for reference)
     python benchmarks/memory.py cost [--repeats 3]
                                     # learner updates/s, batch sampling time, replay bytes per transition
 
@@ -21,6 +24,14 @@ by an mlp, chunked or rnn hypernetwork (those know the task through its generate
 Ehret et al.; the others must tell it from the rewards). Continual World's metrics (metrics/continual.py):
 average performance, forgetting, forward transfer against single-task GRU runs of the fine-tuning
 configuration; 90% bootstrap CIs over seeds.
+
+metaworld: Meta-World with the goal hidden (env.goal_observable=false: the 3 goal coordinates read 0,
+as Meta-World's ML benchmarks hide them), at a CPU budget: reach-v3 alone (20k env steps, one
+head, no task input) and an MT10 subset of three tasks (reach-v3, window-open-v3,
+button-press-topdown-v3; 10k env steps each, task one-hot and per-task heads, as MT10 runs). 256x256
+networks, fp32, one update per env step of each task, 256 transitions per task in a batch for every
+variant (the GRU: 8 windows of 32 steps, memory 128); the final evaluation over 50 goals per task.
+MLP and GRU with the goal hidden, and the MLP with it visible (what the hidden goal costs).
 
 cost: for each variant at the pointmass preset's width (64x64 networks; memory 128, 4 tasks x 16
 windows; context GRU 30, 4 x 64 transitions; the MLP 4 x 64 transitions): learner updates/s (fresh
@@ -50,6 +61,47 @@ VARIANTS = {  # name: --set overrides on top of the task-hidden pointmass run
     "lstm": ["--set", "sac.memory=lstm", "--set", "sac.batch_size_per_task=16"],
     "context": ["--set", "sac.memory=gru", "--set", "sac.memory_context=15", "--set", "sac.memory_hidden=30"],
 }
+
+
+METAWORLD = {  # setting: train.py arguments shared by every variant
+    "reach-v3": ["--suite", "metaworld", "--tasks", "reach-v3", "--steps", "20000", "--set", "sac.head=single",
+                 "--set", "sac.task_input=false"],
+    "mt3": ["--suite", "metaworld", "--tasks", "reach-v3,window-open-v3,button-press-topdown-v3",
+            "--steps", "30000"],
+}
+METAWORLD_VARIANTS = {  # name: overrides (256 transitions per task in every batch)
+    "mlp-goal-visible": ["--set", "sac.batch_size_per_task=256"],
+    "mlp": ["--set", "env.goal_observable=false", "--set", "sac.batch_size_per_task=256"],
+    "gru": ["--set", "env.goal_observable=false", "--set", "sac.memory=gru", "--set", "sac.batch_size_per_task=8",
+            "--set", "sac.memory_sequence=32"],
+}
+
+
+def metaworld(args) -> None:
+    from metrics import multitask
+    from metrics.runs import read_run
+
+    out = Path(args.out)
+    common = ["--eval-every", "0", "--set", "eval.goals=50", "--set", "sac.hidden_sizes=[256,256]",
+              "--set", "sac.precision=fp32", "--set", "sac.warmup_steps_per_task=1000",
+              "--backend", "single", "--set", "run.threads=1"]
+    train_missing(out, {f"{s}-{v}-seed{seed}": [*METAWORLD[s], *common, *METAWORLD_VARIANTS[v], "--seed", str(seed)]
+                        for s in args.settings for v in METAWORLD_VARIANTS for seed in args.seeds}, args.workers)
+    rows = []
+    for setting in args.settings:
+        for variant in METAWORLD_VARIANTS:
+            dirs = [d for seed in args.seeds
+                    if ((d := out / f"{setting}-{variant}-seed{seed}") / "learners.json").exists()]
+            if not dirs:
+                continue
+            scores = multitask.score_matrix([read_run(d) for d in dirs], "success", last_k=1)
+            low, high = multitask.stratified_bootstrap_ci(scores, multitask.mean, reps=args.reps)
+            rates = [json.loads((d / "learners.json").read_text())["train_env_steps_per_s"] for d in dirs]
+            rows.append([setting, variant, len(dirs), f"{multitask.mean(scores):.2f} [{low:.2f}, {high:.2f}]",
+                         f"{median(rates):.0f}"])
+    print("Meta-World, goal hidden unless the variant says visible; 256x256, fp32, 256 transitions per task a "
+          "batch; final success over 50 goals per task, mean over seeds x tasks [95% stratified bootstrap CI]")
+    print(table(["setting", "variant", "seeds", "final success", "env-steps/s (median)"], rows))
 
 
 # cost only: the generated memories (sac.trunk=hyper, sac.head=hyper) of each hypernetwork kind
@@ -192,7 +244,8 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["pm4", "continual", "cost", "_one"])
+    p.add_argument("mode", choices=["pm4", "continual", "metaworld", "cost", "_one"])
+    p.add_argument("--settings", nargs="+", default=list(METAWORLD), choices=list(METAWORLD))
     p.add_argument("variant", nargs="?")
     p.add_argument("--steps", type=int, default=30_000)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -210,7 +263,7 @@ def main() -> None:
     if args.mode == "_one":
         print(json.dumps(one(args.variant)))
     else:
-        {"pm4": pm4, "continual": continual_runs, "cost": cost}[args.mode](args)
+        {"pm4": pm4, "continual": continual_runs, "metaworld": metaworld, "cost": cost}[args.mode](args)
 
 
 if __name__ == "__main__":

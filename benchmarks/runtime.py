@@ -69,7 +69,7 @@ def end_to_end(args) -> None:
     from benchmarks.sac_vs_sb3 import train_sb3
     from envs import make_suite
     from launch.config import build_config
-    from launch.trainer import Trainer
+    from launch.loop.trainer import Trainer
 
     def ours(backend: str, seed: int) -> float:
         cfg = build_config("metaworld", flags={"env.tasks": "reach-v3", "run.steps": args.steps, "run.seed": seed,

@@ -42,7 +42,7 @@ def train_ours(steps: int, warmup: int, seed: int, eval_goals: int, device: str,
     """(training env-steps/s, final eval success)."""
     from envs import make_suite
     from launch.config import build_config
-    from launch.trainer import Trainer
+    from launch.loop.trainer import Trainer
 
     cfg = build_config("metaworld", flags={"env.tasks": TASK, "run.steps": steps, "run.seed": seed,
                                            "eval.every": 0, "eval.goals": eval_goals, "run.device": device,

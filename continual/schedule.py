@@ -9,7 +9,7 @@ need one training window per task.
 
 The suite of a continual run holds the sequence's tasks in order of first training, so task ids
 are sequence positions and every task of the sequence is evaluated throughout the run. A
-multi-task run is the one-stage schedule `Schedule.multitask`: both training loops (launch/trainer.py,
+multi-task run is the one-stage schedule `Schedule.multitask`: both training loops (launch/loop/trainer.py,
 launch/rllib_engine.py) read stages, which stage trains each task, and each stage's TaskContext
 from a Schedule.
 """
@@ -127,6 +127,22 @@ def stage_at(stages: list[Stage], step: int) -> int:
         if step < stage.end:
             return k
     return len(stages) - 1
+
+
+def blend_shares(stages: Sequence[Stage], blend_steps: int, step: int) -> dict[int, float]:
+    """Each task's share of the episodes starting at env step `step` (continual.blend_steps, one task a
+    stage): at a switch b from task i to task j, over [b - blend/2, b + blend/2) j's share rises
+    linearly from 0 to 1 (0.5 at b) and i's falls; elsewhere the stage's task has it all."""
+    k = stage_at(list(stages), step)
+    current = stages[k].tasks[0]
+    half = blend_steps / 2
+    if blend_steps and k + 1 < len(stages) and step >= stages[k].end - half:  # towards the next task
+        rise = (step - (stages[k].end - half)) / blend_steps
+        return {current: 1 - rise, stages[k + 1].tasks[0]: rise}
+    if blend_steps and k > 0 and step < stages[k].start + half:  # still leaving the previous one
+        rise = 0.5 + (step - stages[k].start) / blend_steps
+        return {stages[k - 1].tasks[0]: 1 - rise, current: rise}
+    return {current: 1.0}
 
 
 def updates_per_step(stage: Stage, updates_per_round: int, envs_per_task: int) -> float:

@@ -121,7 +121,7 @@ class MetaWorldTaskEnv(gym.Env):
         self._env.close()
 
 
-def build(tasks: str, seed: int, goal_observable: bool = True) -> Suite:
+def build(tasks: str, seed: int, goal_observable: bool = True, target_visible: bool = False) -> Suite:
     all_names = list(_env_dict().ALL_V3_ENVIRONMENTS)
     names = select_tasks(tasks, presets(), all_names, default="MT10")
     goals = {base_task_name(name): goal_table(base_task_name(name), seed) for name in names}

@@ -4,7 +4,9 @@ A point in the square [-1, 1]^2 moves by 0.1 * action each step (action Box(-1, 
 Each task is "reach the target in one direction" (east, north-east, ...). The target is NOT
 in the observation (only the position is), so the task id is the only thing that tells tasks
 apart, and tasks pull the same state towards opposite actions: training on `reach-n` hurts
-`reach-s`, which is what the continual-learning tests need. Each task has fixed goals like
+`reach-s`, which is what the continual-learning tests need. `env.target_visible=true` appends
+the target to the observation ([x, y, target_x, target_y]): a memoryless agent without a task id
+can then tell the tasks apart (the task-free continual methods' setting). Each task has fixed goals like
 Meta-World: goal i fixes the start position and a small jitter of the target.
 Reward is the negative distance to the target; success is being within 0.1 of it.
 """
@@ -42,9 +44,9 @@ def goal_table(task_name: str, num_goals: int = NUM_GOALS) -> np.ndarray:
 class PointMassEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, task_name: str, seed: int | None = None):
-        self.goals = goal_table(task_name)
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    def __init__(self, task_name: str, seed: int | None = None, target_visible: bool = False):
+        self.goals, self.target_visible = goal_table(task_name), target_visible
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (4 if target_visible else 2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.np_random = np.random.default_rng(seed)
         self.action_space.seed(seed)
@@ -61,26 +63,29 @@ class PointMassEnv(gym.Env):
         self._pos = self.goals[goal, :2].copy()
         self._target = self.goals[goal, 2:]
         self._t = 0
-        return self._pos.copy(), {"goal": goal}
+        return self._observation(), {"goal": goal}
+
+    def _observation(self) -> np.ndarray:
+        return np.concatenate([self._pos, self._target]) if self.target_visible else self._pos.copy()
 
     def step(self, action):
         self._pos = np.clip(self._pos + 0.1 * np.clip(action, -1.0, 1.0), -1.0, 1.0).astype(np.float32)
         self._t += 1
         distance = float(np.linalg.norm(self._pos - self._target))
         info = {"success": float(distance < SUCCESS_RADIUS)}
-        return self._pos.copy(), -distance, False, self._t >= EPISODE_LENGTH, info
+        return self._observation(), -distance, False, self._t >= EPISODE_LENGTH, info
 
 
-def build(tasks: str, seed: int, goal_observable: bool = True) -> Suite:
-    """goal_observable: unused; the observation never holds the target (an agent tells its task from
-    the task input or, without it, from the rewards it sees)."""
+def build(tasks: str, seed: int, goal_observable: bool = True, target_visible: bool = False) -> Suite:
+    """goal_observable: unused. Without target_visible the observation never holds the target (an agent
+    tells its task from the task input or, without it, from the rewards it sees)."""
     names = select_tasks(tasks, PRESETS, ALL_TASKS, default="PM4")
     return Suite(
         name="pointmass",
         tasks=tuple(TaskSpec(i, n) for i, n in enumerate(names)),
-        obs_dim=2,
+        obs_dim=4 if target_visible else 2,
         action_dim=2,
         episode_length=EPISODE_LENGTH,
         num_goals=NUM_GOALS,
-        make_env=lambda task, env_seed: PointMassEnv(task.env_name, env_seed),
+        make_env=lambda task, env_seed: PointMassEnv(task.env_name, env_seed, target_visible),
     )

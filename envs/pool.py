@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -13,6 +14,7 @@ class Episode:
     task: int
     ret: float
     success: bool  # info["success"] was true at some step
+    start: int = 0  # the clock's reading when it began (the actor's: the run's env step, estimated)
 
 
 @dataclass
@@ -26,16 +28,21 @@ class StepResult:
 
 
 class EnvPool:
-    def __init__(self, envs: list[gym.Env], task_ids: list[int]):
-        self.envs, self.task_ids = envs, np.asarray(task_ids, np.int64)
+    def __init__(self, envs: list[gym.Env], task_ids: list[int], clock: Callable[[], int] = lambda: 0):
+        """clock(): the time stamp of an episode's start (Episode.start)."""
+        self.envs, self.task_ids, self.clock = envs, np.asarray(task_ids, np.int64), clock
         n = len(envs)
+        self.started = np.zeros(n, np.int64)  # the clock at each env's episode's first step
         self.obs = np.stack([env.reset()[0] for env in envs])  # current observation of each env
+        self._follow_tasks(range(n))
         self._return = np.zeros(n)
         self._success = np.zeros(n, bool)
         self.first = np.ones(n, bool)  # each env's current observation starts its episode
 
     def step(self, actions: np.ndarray) -> StepResult:
         n = len(self.envs)
+        if self.first.any():
+            self.started[self.first] = self.clock()
         obs_before, obs_after, first = self.obs, np.empty_like(self.obs), self.first.copy()
         next_obs = np.empty_like(self.obs)
         reward, terminated = np.empty(n, np.float32), np.zeros(n, np.float32)
@@ -46,13 +53,22 @@ class EnvPool:
             self._return[i] += r
             self._success[i] |= bool(info["success"])
             if term or trunc:
-                finished.append(Episode(int(self.task_ids[i]), float(self._return[i]), bool(self._success[i])))
+                finished.append(Episode(int(self.task_ids[i]), float(self._return[i]), bool(self._success[i]),
+                                        int(self.started[i])))
                 self._return[i], self._success[i] = 0.0, False
                 obs, _ = env.reset()
+                self._follow_tasks([i])
             self.first[i] = term or trunc
             obs_after[i] = obs
         self.obs = obs_after
         return StepResult(obs_before, next_obs, reward, terminated, finished, first)
+
+    def _follow_tasks(self, slots) -> None:
+        """A slot whose task changes per episode (envs/mixture.py) runs its current one."""
+        for i in slots:
+            task = getattr(self.envs[i], "task", None)
+            if task is not None:
+                self.task_ids[i] = task
 
     def close(self) -> None:
         for env in self.envs:

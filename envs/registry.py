@@ -21,10 +21,12 @@ def sequence_presets(name: str) -> dict[str, list[str]]:
     raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
 
 
-def make_suite(name: str, tasks: str = "", seed: int = 0, goal_observable: bool = True) -> Suite:
+def make_suite(name: str, tasks: str = "", seed: int = 0, goal_observable: bool = True,
+               target_visible: bool = False) -> Suite:
     """Build a suite by name; raises ValueError with the valid choices for unknown names.
     goal_observable=False hides the goal from the observation (Meta-World: its ML benchmarks'
-    partial observability; pointmass never shows its target, either way)."""
+    partial observability; pointmass ignores it). target_visible=True appends pointmass's target to
+    its observation (Meta-World ignores it: goal_observable says what it shows)."""
     if name not in SUITES:
         raise ValueError(f"unknown suite {name!r}; valid: {', '.join(SUITES)}")
-    return SUITES[name](tasks, seed, goal_observable)
+    return SUITES[name](tasks, seed, goal_observable, target_visible)

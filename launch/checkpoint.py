@@ -13,7 +13,7 @@ on the task's rank) and, when ranks' optimizer states differ (local SGD without 
 moments), its own optimizer state. Everything logged at steps <= N is logged before it is
 written (`save_run`); a preempted run also keeps the evaluations it had asked for but not
 received, and its resume asks for them again. This module knows the files and their layout, not
-the trainer (launch/trainer.py)."""
+the trainer (launch/loop/trainer.py)."""
 
 from __future__ import annotations
 
@@ -77,8 +77,9 @@ def save(ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
 
 def pack(shared: dict, ranks: list[dict]) -> dict:
     """A trainer checkpoint's layout from what every rank holds alike (`shared`: learner, strategy,
-    auxiliary, and replay if it is kept; rank 0's) and each rank's own part, in rank order (steps,
-    rng, steps_by_actor, reward_stats, optimizers: None where ranks share them, balancers)."""
+    auxiliary, replay if it is kept, a boundary detector's state; rank 0's) and each rank's own part,
+    in rank order (steps, rng, steps_by_actor, reward_stats, optimizers: None where ranks share them,
+    balancers)."""
     own = {key: [part[key] for part in ranks] for key in ranks[0]}
     state = {"learner": shared["learner"], "rank_steps": own["steps"], "rng": own["rng"],
              "steps_by_actor": {str(k): v for counts in own["steps_by_actor"] for k, v in counts.items()},
@@ -88,8 +89,9 @@ def pack(shared: dict, ranks: list[dict]) -> dict:
         state["rank_optimizers"] = own["optimizers"]
     if len(ranks) > 1:
         state["rank_balancers"] = own["balancers"]
-    if "replay" in shared:
-        state["replay"] = shared["replay"]
+    for key in ("replay", "detector"):  # replay.save_in_checkpoint; hidden boundaries' detector
+        if key in shared:
+            state[key] = shared[key]
     return state
 
 
@@ -99,7 +101,7 @@ def unpack(state: dict, rank: int, world: int) -> dict:
     and every actor's env steps. UserError if another number of ranks wrote it."""
     if len(state["rank_steps"]) != world:
         raise UserError(f"checkpoint was written by {len(state['rank_steps'])} learner rank(s), this run has {world}")
-    shared = {key: state[key] for key in ("learner", "strategy", "auxiliary", "replay") if key in state}
+    shared = {key: state[key] for key in ("learner", "strategy", "auxiliary", "replay", "detector") if key in state}
     return {**shared, "step": int(state["step"]), "steps": int(state["rank_steps"][rank]), "rng": state["rng"][rank],
             "steps_by_actor": {int(k): v for k, v in state["steps_by_actor"].items()},
             "reward_stats": state["reward_stats"][rank],

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from agents import seeding
 from agents.context import env_memories
-from agents.models import build_policy
+from agents.models import build_policy, network_task
 from agents.sac.config import SACConfig
 from envs.evaluation import evaluate
 from launch.actors.processes import signals_ignored_by_children
@@ -39,14 +39,15 @@ class RememberingPolicy:
     """A policy with memory as envs/evaluation.py calls one: its mean action (tanh(mu)), each env's
     memory (agents/recurrent.py's state or agents/context.py's window) reset at its episode's start."""
 
-    def __init__(self, memories):
-        self.memories = memories  # agents/context.py: env_memories
+    def __init__(self, memories, num_tasks: int):
+        self.memories, self.num_tasks = memories, num_tasks  # agents/context.py: env_memories; the policy's tasks
 
     def start(self, envs) -> None:
         self.memories.start(torch.as_tensor(envs))
 
     def __call__(self, obs: np.ndarray, task: np.ndarray, envs: np.ndarray) -> np.ndarray:
-        return self.memories.act(torch.from_numpy(obs), torch.from_numpy(task), torch.from_numpy(envs),
+        return self.memories.act(torch.from_numpy(obs), torch.from_numpy(network_task(task, self.num_tasks)),
+                                 torch.from_numpy(envs),
                                  deterministic=True).numpy()
 
     def rewarded(self, envs: np.ndarray, rewards: np.ndarray) -> None:
@@ -56,22 +57,25 @@ class RememberingPolicy:
 class Evaluation:
     """Eval envs for every task plus a policy copy; built once, reused for every evaluation.
     policy="sample" draws each task's action noise from a generator of its own, reseeded at every
-    evaluation, so a task's result does not depend on which other tasks it is evaluated with."""
+    evaluation, so a task's result does not depend on which other tasks it is evaluated with.
+    network_tasks: the policy's tasks, 0: the suite's (1 with hidden boundaries: every task is
+    evaluated as the network's task 0, agents/models.py network_task)."""
 
     def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
-                 goal_observable: bool = True):
+                 goal_observable: bool = True, target_visible: bool = False, network_tasks: int = 0):
         from envs import make_suite
 
-        suite = make_suite(suite_name, tasks, seed, goal_observable)
+        suite = make_suite(suite_name, tasks, seed, goal_observable, target_visible)
         self.names, self.env_names = suite.task_names, [t.env_name for t in suite.tasks]
         self.envs = [suite.make_env(t, seeding.seed_for(seed, "eval-envs", t.index)) for t in suite.tasks]
-        self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, len(suite.tasks)).requires_grad_(False)
+        self.num_tasks = network_tasks or len(suite.tasks)
+        self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, self.num_tasks).requires_grad_(False)
         self.goals, self.mode, self.seed = goals, policy, seed
         self.obs_dim, self.action_dim = suite.obs_dim, suite.action_dim
         self.noise: dict[int, torch.Generator] = {}
 
     def act(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
-        obs_t, task_t = torch.from_numpy(obs), torch.from_numpy(task)
+        obs_t, task_t = torch.from_numpy(obs), torch.from_numpy(network_task(task, self.num_tasks))
         if self.mode == "mean":
             return self.policy.act(obs_t, task_t, deterministic=True).numpy()
         with torch.no_grad():
@@ -88,7 +92,7 @@ class Evaluation:
         for weights, group in groups:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
             memories = env_memories(self.policy, len(group), self.obs_dim, self.action_dim)
-            act = RememberingPolicy(memories) if memories is not None else self.act
+            act = RememberingPolicy(memories, self.num_tasks) if memories is not None else self.act
             results += evaluate(act, [self.envs[t] for t in group], group, self.goals,
                                 seed=seeding.seed_for(self.seed, "eval"))
         return labelled(results, step, version, self.names, self.env_names, self.mode)
@@ -99,9 +103,9 @@ class Evaluation:
 
 
 class InlineEvaluator:
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
-                 goal_observable: bool = True):
-        self.evaluation = Evaluation(suite_name, tasks, seed, sac, goals, policy, goal_observable)
+    def __init__(self, *args):
+        """args: Evaluation's."""
+        self.evaluation = Evaluation(*args)
         self.done = []
 
     def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
@@ -134,14 +138,13 @@ def _evaluator_main(args: tuple, requests, replies) -> None:
 
 
 class EvaluatorWorker:
-    def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
-                 goal_observable: bool = True):
+    def __init__(self, *args):
+        """args: Evaluation's, for the worker process to build it."""
         ctx = mp.get_context("spawn")
         self.requests, child_requests = ctx.Pipe()
         self.replies, child_replies = ctx.Pipe()
         self.process = ctx.Process(target=_evaluator_main, daemon=True, name="polytask-evaluator",
-                                   args=((suite_name, tasks, seed, sac, goals, policy, goal_observable),
-                                         child_requests, child_replies))
+                                   args=(args, child_requests, child_replies))
         with signals_ignored_by_children():
             self.process.start()
         child_requests.close()
@@ -185,8 +188,9 @@ class EvaluatorWorker:
             self.process.join()
 
 
-def make_evaluator(cfg):
-    """Inline for `single` (no process of its own), else an evaluator process beside the learner."""
+def make_evaluator(cfg, network_tasks: int = 0):
+    """Inline for `single` (no process of its own), else an evaluator process beside the learner.
+    network_tasks: the policy's tasks (0: the suite's)."""
     args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy,
-            cfg.env.goal_observable)
+            cfg.env.goal_observable, cfg.env.target_visible, network_tasks)
     return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)

@@ -3,7 +3,7 @@ agent forwards it to every rank and waits 30 s before SIGKILL). While a trainer 
 only sets a flag; the training loop reads it once per iteration, every rank learns of any
 rank's request in the same all-gather (launch/distributed/ranks.py: sync_counts), and all ranks then
 finish the iteration's update round, average (local SGD), write a checkpoint at the current
-step and stop (launch/trainer.py). Actor and evaluator processes ignore SIGTERM from birth
+step and stop (launch/loop/trainer.py). Actor and evaluator processes ignore SIGTERM from birth
 (launch/actors/local.py): the learner shuts them down."""
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ class RLlibRun:
             self._start_stage(resumed=False)
         self.runlog = RunLog(self.run_dir, resume_step=self.step if state is not None else None)
         self.evaluation = Evaluation(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals,
-                                     cfg.eval.policy, cfg.env.goal_observable) if cfg.rllib.algo == "sac" else None
+                                     cfg.eval.policy, cfg.env.goal_observable,
+                                     cfg.env.target_visible) if cfg.rllib.algo == "sac" else None
         self.ppo_evaluation = PPOEvaluation(self.suite, cfg.run.seed, cfg.eval.goals, cfg.eval.policy) \
             if self.evaluation is None else None
         self.updates = 0

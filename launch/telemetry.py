@@ -3,7 +3,7 @@ the TensorBoard scalars and the finished training episodes; at the end learners.
 rank's summary, the cross-rank check of everything learned, the state digests) and the final line.
 
 Every learner rank calls these at the same steps (they gather from every rank); rank 0 writes,
-through the run log (metrics/runlog.py). The loop (launch/trainer.py) hands over what it counted.
+through the run log (metrics/runlog.py). The loop (launch/loop/trainer.py) hands over what it counted.
 
 The progress line (`Progress`): steps, env-steps/s, updates/s, success, ETA. The ETA is honest
 about the two speeds of a run: during a warm-up actors step at random and nothing is learned (fast),
@@ -134,15 +134,15 @@ class Telemetry:
         if not self.dist.is_main:
             return
         steps_per_s, updates_per_s = progress.rates(step, learner.num_updates)
-        every_task = torch.arange(len(self.suite.tasks), device=learner.device)
-        alphas = learner.temperature.log_alpha(every_task).detach().exp().cpu().numpy()  # shared, or per task
+        alphas = learner.temperature.log_alphas.detach().exp().cpu().numpy()  # per network task (or one, shared)
+        alphas = {task.name: alphas[min(task.index, len(alphas) - 1)] for task in self.suite.tasks}  # hidden: one
         restarts = sum(g[1] for g in gathered)
         lags = [lag for g in gathered for lag in g[3]]
         scalars = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s, **losses,
                    "perf/lr_factor": learner.lr_factor(),
                    "actors/restarts": restarts, **({"actors/policy_lag": np.mean(lags)} if lags else {}),
                    **{f"actors/steps/actor{a}": n for g in gathered for a, n in g[2].items()},
-                   **{f"alpha/{task.name}": alphas[task.index] for task in self.suite.tasks}}
+                   **{f"alpha/{name}": alpha for name, alpha in alphas.items()}}
         scalars.update({f"sync/{k}": v for k, v in learner.synchronizer.stats().items() if v is not None})
         eta = progress.eta(*steps_to_go)
         if eta is not None:
@@ -153,7 +153,8 @@ class Telemetry:
             for task, eps in rank_episodes.items():
                 by_task[task] += eps
         train_success = self.runlog.episodes(step, [
-            {"task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success), "return": float(e.ret)}
+            {"task": self.suite.tasks[t].name, "task_index": t, "success": bool(e.success), "return": float(e.ret),
+             "start_step": e.start}
             for t, eps in sorted(by_task.items()) for e in eps])
         line = progress.line(step, steps_per_s, updates_per_s, train_success, self.runlog.eval_success, eta,
                              progress.bound())
@@ -176,7 +177,8 @@ class Telemetry:
         self.runlog.learners({"world_size": self.dist.world, "sync": run["sync"], "step": step,
                               "actor_restarts": restarts, "max_parameter_difference_across_ranks": max_difference,
                               "train_env_steps_per_s": run["train_env_steps_per_s"], "workers": run["workers"],
-                              "bound_by": progress.bound("run"), "ranks": ranks})
+                              "bound_by": progress.bound("run"), "ranks": ranks,
+                              **{k: run[k] for k in ("boundaries", "detected_boundaries") if k in run}})
         final = "n/a" if self.runlog.eval_success is None else f"{self.runlog.eval_success:.3f}"
         by_actor = ", ".join(f"{k}: {v:,}" for r in ranks for k, v in sorted(r["steps_by_actor"].items()))
         progress.done(f"done: step {step:,} | eval success {final} | training "

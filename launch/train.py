@@ -205,14 +205,15 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
     """Build the suite and trainer for one run and train it. A run directory this call created is
     removed again if it fails before the run really started."""
     from envs import make_suite  # heavy imports after the cheap checks
+    from launch.loop.trainer import Trainer
     from launch.preemption import sigterm_requests_stop
-    from launch.trainer import Trainer
     from metrics.runlog import write_config
     created, trainer = False, None
     stack = contextlib.ExitStack()
     try:
         try:
-            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.env.goal_observable)
+            suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.env.goal_observable,
+                               cfg.env.target_visible)
         except ValueError as e:
             raise UserError(str(e)) from None
         check_launch(cfg, dist.world, suite)  # learner ranks, the suite, the engine: before anything is built

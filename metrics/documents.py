@@ -51,10 +51,11 @@ def sections(metrics: dict, images: dict[str, str]) -> list[tuple]:
                      f"Performance measure: {s['measure']}. Continual World metrics: mean over seeds with "
                      f"{s['cw_confidence']:.0%} bootstrap CI ({s['cw_reps']} resamples over seeds); multi-task "
                      f"aggregates: {s['mt_confidence']:.0%} stratified bootstrap CI ({s['mt_reps']} resamples)."))
-    main_header = ["Method", "Seeds", "Eval policy"] + [name for name, _ in MAIN_COLUMNS]
-    main_rows = [[label, str(len(m["seeds"])), _protocol(m)] + [_fmt(get(m)) for _, get in MAIN_COLUMNS]
+    main_header = ["Method", "Seeds", "Eval policy", "Boundaries"] + [name for name, _ in MAIN_COLUMNS]
+    main_rows = [[label, str(len(m["seeds"])), _protocol(m), m["setting"]] + [_fmt(get(m)) for _, get in MAIN_COLUMNS]
                  for label, m in groups.items()]
     out += [("h2", "Main metrics"), ("table", (main_header, main_rows)), ("img", ("Metric table", images["table"]))]
+    out += _task_free_section(groups)
     l2m_header = ["Method"] + list(L2M_NAMES.values())
     l2m_rows = [[label] + [_fmt(m["l2m"]["lifetime"][k]) for k in L2M_NAMES] for label, m in groups.items()]
     out += [("h2", "DARPA L2M metrics (l2metrics definitions)"),
@@ -81,6 +82,23 @@ def sections(metrics: dict, images: dict[str, str]) -> list[tuple]:
     runs = [[label, str(seed), name] for label, m in groups.items() for seed, name in zip(m["seeds"], m["runs"])]
     out += [("h2", "Runs"), ("table", (["Method", "Seed", "Run directory"], runs))]
     return out
+
+
+def _task_free_section(groups: dict) -> list[tuple]:
+    """Anytime performance and boundary detection (metrics/task_free.py), beside each group's setting."""
+    rows = []
+    for label, m in groups.items():
+        detection = m["task_free"].get("detection")
+        rows.append([label, m["setting"], _fmt(m["task_free"]["anytime_performance"])]
+                    + ([_fmt(detection["delay"], 0), _fmt(detection["false_alarms"], 1), _fmt(detection["missed"], 1)]
+                       if detection else ["n/a"] * 3))
+    return [("h2", "Without task boundaries"),
+            ("p", "Boundaries: given (the learner is told every switch) or hidden (no task id, no switch; a "
+                  "blend and a detector if the run had them). Anytime performance: the mean over evaluations "
+                  "of the mean success over the tasks seen so far. Detection (runs with a detector): mean delay "
+                  "in env steps over the switches detected, false alarms and missed switches per run."),
+            ("table", (["Method", "Boundaries", "Anytime performance", "Detection delay", "False alarms",
+                        "Missed switches"], rows))]
 
 
 def _protocol(m: dict) -> str:

@@ -3,11 +3,12 @@
 A `Run` is the performance matrix over time (task x evaluation step), the schedule that says
 which tasks were trained in which step range, and the training episodes. Every metric in
 `metrics/` is a pure function of `Run`s; `read_run(dir)` builds one from a run directory
-(config.yaml, evals.jsonl, episodes.jsonl).
+(config.yaml, evals.jsonl, episodes.jsonl; learners.json's detected boundaries).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class Run:
     name: str = ""                                # e.g. the run directory
     envs: tuple[str, ...] = ()                    # per task, the environment it runs (its log's "env"):
                                                   # CW20's "hammer-v3#2" runs "hammer-v3"; () = the task names
+    detected: tuple[int, ...] | None = None       # hidden boundaries with a detector: the detected ones'
+                                                  # env steps (learners.json); None: no detector
 
     def values(self, measure: str = "success") -> np.ndarray:
         if measure not in ("success", "return"):
@@ -152,5 +155,13 @@ def read_run(run_dir: Path | str) -> Run:
         schedule = schedule_from_config(config, tasks)
     except (KeyError, TypeError, ValueError) as e:
         raise RunReadError(f"{config_path} has a malformed schedule ({_one_line(e)})") from None
+    detected = None
+    learners_path = run_dir / "learners.json"
+    if learners_path.is_file():
+        try:
+            found = json.loads(learners_path.read_text()).get("detected_boundaries")
+            detected = None if found is None else tuple(int(s) for s in found)
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+            raise RunReadError(f"{learners_path} is malformed ({_one_line(e)})") from None
     return Run(tasks, steps, success, returns, schedule, episodes, eval_time, seed=seed, config=config,
-               name=str(run_dir), envs=envs)
+               name=str(run_dir), envs=envs, detected=detected)

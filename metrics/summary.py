@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from metrics import continual, multitask
+from metrics import continual, multitask, task_free
 from metrics.l2logger_io import run_regimes
 from metrics.l2m import LIFETIME_METRICS, L2MSettings, l2m_metrics
 from metrics.runs import Run
@@ -80,13 +80,29 @@ def group_metrics(runs: list[Run], references: list[Run], s: ReportSettings) -> 
     l2m = {"lifetime": {m: _seed_ci([x["lifetime"][m] for x in l2m_runs], s) for m in LIFETIME_METRICS},
            "settings": asdict(s.l2m)}
     return {"runs": [r.name for r in runs], "seeds": [r.seed for r in runs], "tasks": list(tasks),
-            "evaluation": evaluation_protocol(runs[0]),
+            "evaluation": evaluation_protocol(runs[0]), "setting": task_free.setting(runs[0]),
+            "task_free": task_free_metrics(runs, s),
             "schedule": [{"tasks": list(st.tasks), "start": st.start, "end": st.end} for st in runs[0].schedule],
             "multitask": mt, "continual": cw,
             "performance_matrix": {"stage_ends": [st.end for st in runs[0].schedule],
                                    "mean": np.nanmean(matrices, 0).tolist(), "per_seed": matrices.tolist(),
                                    "evaluation_steps": steps.tolist(), "by_evaluation": by_evaluation},
             "l2m": l2m, "references": sorted(refs)}
+
+
+def task_free_metrics(runs: list[Run], s: ReportSettings) -> dict:
+    """Anytime average performance (any setting) and, for runs with a detector, its mean delay over
+    the switches it hit, its false alarms and missed switches (metrics/task_free.py); mean over seeds [CI]."""
+    out = {"anytime_performance": _seed_ci([task_free.anytime_average_performance(r, s.measure) for r in runs], s)}
+    found = [task_free.run_detection(r) for r in runs]
+    if all(f is not None for f in found) and runs[0].schedule[1:]:
+        delays = [np.mean([d for d in f["delays"] if d is not None]) if f["missed"] < len(f["delays"]) else np.nan
+                  for f in found]
+        out["detection"] = {"delay": _seed_ci(delays, s),
+                            "false_alarms": _seed_ci([f["false_alarms"] for f in found], s),
+                            "missed": _seed_ci([f["missed"] for f in found], s),
+                            "per_seed": found}
+    return out
 
 
 def evaluation_protocol(run: Run) -> dict:
@@ -107,6 +123,7 @@ def run_summary(run: Run, s: ReportSettings = ReportSettings()) -> dict[str, flo
     if len(run.schedule) > 1:
         summary["average_performance"] = continual.average_performance(run, s.last_k)
         summary["forgetting"] = continual.forgetting(run, s.last_k).mean
+        summary["anytime_performance"] = task_free.anytime_average_performance(run, s.measure)
         if run.episodes.step.size:
             l2m = l2m_metrics(run_regimes(run, s.measure), {}, s.l2m)["lifetime"]
             for k in ("perf_maintenance_mrlep", "forward_transfer_ratio", "backward_transfer_ratio"):

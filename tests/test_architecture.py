@@ -81,13 +81,13 @@ def test_no_import_cycles():
 def test_the_layer_check_can_fail(tmp_path):
     """The two checks above see function-level imports and relative cycles: a sample would fail."""
     sample = tmp_path / "m.py"
-    sample.write_text("def f():\n    from continual.strategies import METHODS\n    from launch import trainer\n")
-    assert _imports(sample) == {"continual.strategies", "launch.trainer"}
+    sample.write_text("def f():\n    from continual.strategies import METHODS\n    from launch.loop import trainer\n")
+    assert _imports(sample) == {"continual.strategies", "launch.loop.trainer"}
 
 
 # Inside launch/: the actors know neither the loop nor the learner ranks; the config tree knows only
 # the error type; the machine (devices, cores, sizing) knows nothing of launch.
-LAUNCH_FORBIDDEN = {"launch.actors": {"launch.trainer", "launch.distributed", "launch.rllib_engine", "launch.train"},
+LAUNCH_FORBIDDEN = {"launch.actors": {"launch.loop", "launch.distributed", "launch.rllib_engine", "launch.train"},
                     "launch.config": "all but launch.config and launch.errors",
                     "launch.machine": "all of launch but launch.errors"}
 
@@ -112,10 +112,10 @@ def _launch_violations(graph) -> list[tuple[str, str]]:
 def test_layers_inside_launch():
     assert _launch_violations(_module_graph()) == []
     # ... and the check can fail: an actor that imports the loop, config reading the machine
-    assert _launch_violations({"launch.actors.local": {"launch.trainer"},
+    assert _launch_violations({"launch.actors.local": {"launch.loop.trainer"},
                                "launch.config.validate": {"launch.machine"},
                                "launch.machine": {"launch.actors"}}) == [
-        ("launch.actors.local", "launch.trainer"), ("launch.config.validate", "launch.machine"),
+        ("launch.actors.local", "launch.loop.trainer"), ("launch.config.validate", "launch.machine"),
         ("launch.machine", "launch.actors")]
 
 

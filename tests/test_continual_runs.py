@@ -27,7 +27,8 @@ CW10 = ["hammer-v3", "push-wall-v3", "faucet-close-v3", "push-back-v3", "stick-p
 
 STEPS_PER_TASK = 1000
 RUNS = {  # name -> extra flags; hnet needs a hypernetwork, so it has a fine-tuning baseline of its own
-    "none": [], **{m: ["--method", m] for m in METHODS if m not in ("none", "hnet")},
+    "none": [], **{m: ["--method", m] for m in METHODS  # task-free methods: tests/test_task_free_runs.py
+                   if m not in ("none", "hnet") and not getattr(METHODS[m], "task_free", False)},
     "none-hyper": ["--set", "sac.head=hyper", "--set", "sac.trunk=hyper"],
     "hnet": ["--method", "hnet", "--set", "sac.head=hyper", "--set", "sac.trunk=hyper"],
 }

@@ -1,6 +1,6 @@
 """Every file path the documentation names exists: the README, BENCHMARKS.md, docs/ pages, and
 every docstring and comment in the code. A moved or renamed module must take its references
-along (`launch/trainer.py`, `agents/seeding`, a glob like `launch/config/presets/*.yaml`, or a path
+along (`launch/loop/trainer.py`, `agents/seeding`, a glob like `launch/config/presets/*.yaml`, or a path
 relative to a package such as `sac/config.py`)."""
 
 import ast
@@ -63,6 +63,6 @@ def test_every_path_the_docs_name_exists():
 
 def test_the_check_can_fail():
     suffixes = {str(p.relative_to(REPO)) for p in _files()}
-    assert _exists("launch/trainer.py", suffixes) and _exists("agents/seeding", suffixes)
+    assert _exists("launch/loop/trainer.py", suffixes) and _exists("agents/seeding", suffixes)
     assert _exists("sac/config.py", suffixes) and _exists("launch/config/presets/*.yaml", suffixes)
     assert not _exists("launch/no_such_module.py", suffixes) and not _exists("sac/nothing.py", suffixes)

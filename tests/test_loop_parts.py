@@ -1,5 +1,5 @@
 """The parts taken out of the training loops, each checked on its own, without a run: stage
-bookkeeping (continual/schedule.py), a rank's share of a stage (launch/trainer.py: local_end), the
+bookkeeping (continual/schedule.py), a rank's share of a stage (launch/loop/trainer.py: local_end), the
 checkpoint layout and protocol (launch/checkpoint.py), a stage's actors (launch/actors/stage.py),
 which strategies read stored states (needs_states), and the RLlib engine's checkpoint, replay view
 and PPO evaluation (integrations/rllib/: none of them needs RLlib)."""
@@ -24,7 +24,7 @@ from launch.config import ContinualConfig
 from launch.distributed.ranks import Dist
 from launch.errors import UserError
 from launch.evaluator import labelled
-from launch.trainer import local_end
+from launch.loop.trainer import local_end
 
 # -- stage bookkeeping (continual/schedule.py) --------------------------------------------------
 
@@ -59,7 +59,7 @@ def test_a_stages_context_holds_its_tasks_the_earlier_ones_and_the_callbacks():
     assert last.train(7) is None  # no extra updates unless the loop gives a way to run them
 
 
-# -- a rank's share of a stage (launch/trainer.py) ----------------------------------------------
+# -- a rank's share of a stage (launch/loop/trainer.py) ----------------------------------------------
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -210,7 +210,7 @@ class _Source:
 def _chunk(actor_id: int, version: int, rows: int, task: int = 0) -> Chunk:
     zeros = np.zeros((rows, 2), np.float32)
     return Chunk(actor_id, version, np.full(rows, task), zeros, zeros, np.zeros(rows, np.float32), zeros,
-                 np.zeros(rows, np.float32), episodes=[SimpleNamespace(task=task)], episode_ends=[rows])
+                 np.zeros(rows, np.float32), episodes=[SimpleNamespace(task=task, ret=0.0)], episode_ends=[rows])
 
 
 def test_stage_actors_keep_what_fits_in_the_stage_and_count_it():

@@ -30,7 +30,7 @@ FAMO (Liu et al. 2023), as its reference class (Cranial-XIX/FAMO, famo.py):
   shared parameters' gradient to norm 1 in its `backward` (famo.py); its Meta-World agent does
   not, and neither does polytask (only `sac.max_grad_norm`, off by default, clips).
 FAMO and GradNorm need every task's losses at once: with several learner ranks they are refused
-(launch/trainer.py). In a continual stage only the batch's tasks are weighted; the other tasks'
+(launch/loop/trainer.py). In a continual stage only the batch's tasks are weighted; the other tasks'
 weights and their Adam moments (exp_avg, exp_avg_sq) are kept as they are (not moved by Adam's
 momentum, FAMO's coupled weight decay or the moments' decay). Adam's step counter is one for the
 whole vector and counts every step: a task that returns later resumes its own moments with the

@@ -228,7 +228,7 @@ class SACLearner(LearnerState):
 
     def update(self, batch: Batch, hooks: Sequence[LearnerHook] = ()) -> dict[str, torch.Tensor]:
         """One gradient step on critics, actor and temperatures, then the target critics. Returns
-        detached loss tensors."""
+        detached loss tensors; `critic_rows` keeps each row's critic loss before the step."""
         batch = type(batch)(*(x.to(self.device, non_blocking=True) for x in batch))
         self._set_learning_rates()
         sequential = self.cfg.update_order != "simultaneous"
@@ -251,6 +251,8 @@ class SACLearner(LearnerState):
         self.num_updates += 1
         self.synchronizer.after_update(self)
         qf1, qf2 = (term.detach().mean() for term in losses["critic"].terms)
+        # each row's critic loss before the step (TF-MAS's hard buffer reads it)
+        self.critic_rows = sum(term.detach() for term in losses["critic"].terms) / len(losses["critic"].terms)
         out = {"loss/qf1": qf1, "loss/qf2": qf2, **info, "loss/actor": means[1], "loss/alpha": means[2],
                "policy/entropy": self.entropy(log_pi)}
         return {**out, **{f"loss/{name}": value.detach() for name, value in (terms["critic"] | terms["actor"]).items()}}

@@ -7,6 +7,8 @@ from continual.strategies.hnet import HypernetRegularizer
 from continual.strategies.packnet import PackNet
 from continual.strategies.penalties import EWC, L2, MAS, SI, OnlineEWC
 from continual.strategies.replay import BehaviourCloning, Replay
+from continual.strategies.task_free import CLEAR, MIR, Reservoir, ThreeRL
+from continual.strategies.tfmas import TaskFreeMAS
 
 METHODS = {
     "none": Strategy,            # fine-tuning
@@ -20,6 +22,12 @@ METHODS = {
     "replay": Replay,            # perfect memory
     "bc": BehaviourCloning,      # behaviour-cloning replay (ClonEx-SAC's cloning half)
     "hnet": HypernetRegularizer,
+    # task-free (continual.boundaries=hidden): continual/strategies/task_free.py, tfmas.py
+    "reservoir": Reservoir,
+    "mir": MIR,
+    "clear": CLEAR,
+    "3rl": ThreeRL,
+    "tfmas": TaskFreeMAS,
 }
 
 

@@ -35,6 +35,7 @@ from continual.strategies.base import Strategy, TaskContext, sample_windows
 
 
 class AGEM(Strategy):
+    needs_task_ids = True  # per-task memories / embeddings, read by task id
     default_networks = "both"  # CW's published runs regularize the critic too
     needs_states = True
 

@@ -60,6 +60,11 @@ class Strategy(LearnerHook):
     """Fine-tuning: every hook does nothing. Subclasses override what they need."""
 
     rehearses = False
+    stream_replay = ""    # the replay it needs (launch/loop/learning.py build_replay): "" the config's, "reservoir"
+                          # (agents/stream_replay.py ReservoirReplay), "recent" (RecentReplay)
+    boundary_free = True  # works with hidden boundaries without a detector (fine-tuning; the task-free methods)
+    needs_task_ids = False  # reads task ids (its own per-task state): refused with hidden boundaries
+    reads_losses = False  # after_update gets each update's losses (a host sync per update)
     needs_states = False  # end_task reads ctx.replay (a training loop without our replay builds a view of its own)
     default_networks = "actor"  # what continual.regularize="" means for this method
 
@@ -77,6 +82,20 @@ class Strategy(LearnerHook):
 
     def coef(self, default: float) -> float:
         return default if self.cfg.coef is None else self.cfg.coef
+
+    def replay_extra(self, action_dim: int) -> dict[str, tuple[int, ...]]:
+        """Extra per-row columns its stream replay keeps ({name: shape}; computed by its annotate)."""
+        return {}
+
+    def use_replay(self, replay) -> None:
+        """The replay the learner samples from, once built."""
+
+    def sample(self, replay, per_task: int, rng: np.random.Generator, tasks):
+        """One update's batch: by default task-balanced over `tasks`, `per_task` of each."""
+        return replay.sample(per_task, rng, tasks)
+
+    def after_update(self, row_losses: torch.Tensor, loss: float) -> None:
+        """An update is done: its rows' critic losses before the step [B] and their mean (TF-MAS reads them)."""
 
     def start_task(self, ctx: TaskContext) -> None:
         pass

@@ -44,6 +44,7 @@ from continual.strategies.importance import FISHER_FLOOR, States
 
 
 class HypernetRegularizer(Strategy):
+    needs_task_ids = True  # per-task memories / embeddings, read by task id
     default_coef = 0.01
 
     def __init__(self, *args, **kwargs):

@@ -38,6 +38,7 @@ def prunable(name: str, param: torch.Tensor) -> bool:
 
 
 class PackNet(Strategy):
+    boundary_free = False
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.owner = {net: [torch.zeros_like(p, dtype=torch.int16) for _, p in self.shared(net)]

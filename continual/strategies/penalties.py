@@ -34,6 +34,7 @@ class AnchoredPenalty(Strategy):
     """coef * sum(importance * (theta - theta*)^2) per protected network, after the first task."""
 
     default_coef = 1.0
+    boundary_free = False  # its end-of-task step needs a boundary (hidden boundaries: a detected one)
     needs_states = True  # importances from the finished task's states (L2 and SI need none)
     # network -> importance estimate from the finished task's states: (actor, obs, task) or (critic, obs, action, task)
     estimators: dict = {}

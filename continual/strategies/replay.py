@@ -22,9 +22,13 @@ from continual.strategies.base import Strategy, TaskContext, sample_states
 
 class Replay(Strategy):
     rehearses = True
+    needs_task_ids = True  # per-task buffers
+
+
 
 
 class BehaviourCloning(Strategy):
+    needs_task_ids = True  # one memory per finished task
     default_coef = 1.0
     needs_states = True
 

@@ -97,7 +97,8 @@ def algorithm_config(cfg, suite, stage_tasks: list[int], task_stage: list[int], 
                                       minibatch_size=cfg.rllib.ppo_minibatch_size, num_epochs=cfg.rllib.ppo_epochs)
         module_class = PPOModule
     env_config = {"suite": cfg.env.suite, "tasks": cfg.env.tasks, "seed": cfg.run.seed, "stage_tasks": stage_tasks,
-                  "envs_per_runner": envs, "goal_observable": cfg.env.goal_observable}
+                  "envs_per_runner": envs, "goal_observable": cfg.env.goal_observable,
+                  "target_visible": cfg.env.target_visible}
     return (config.environment(rllib_env.ENV_NAME, env_config=env_config)
             .env_runners(num_env_runners=runners, num_envs_per_env_runner=envs, rollout_fragment_length=fragment,
                          num_cpus_per_env_runner=1)

@@ -42,8 +42,8 @@ class TaskOneHotEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, suite_name: str, task_list: str, seed: int, slot: int, slots: int, stage_tasks: list[int],
-                 goal_observable: bool = True):
-        self.suite = make_suite(suite_name, task_list, seed, goal_observable)
+                 goal_observable: bool = True, target_visible: bool = False):
+        self.suite = make_suite(suite_name, task_list, seed, goal_observable, target_visible)
         self.num_tasks = len(self.suite.tasks)
         self.slot, self.slots, self.seed = slot, slots, seeding.seed_for(seed, "actor", 1000 + slot)
         self.envs: dict[int, gym.Env] = {}  # built on first use: a slot touches only its own tasks
@@ -108,7 +108,8 @@ def make_env(ctx) -> TaskOneHotEnv:
     _made[runner] = _made.get(runner, 0) + 1
     return TaskOneHotEnv(ctx["suite"], ctx["tasks"], int(ctx["seed"]), slot=(runner - 1) * n + index,
                          slots=runners * n, stage_tasks=list(ctx["stage_tasks"]),
-                         goal_observable=bool(ctx["goal_observable"]))
+                         goal_observable=bool(ctx["goal_observable"]),
+                         target_visible=bool(ctx.get("target_visible", False)))
 
 
 def register() -> None:

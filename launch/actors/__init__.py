@@ -29,9 +29,10 @@ from launch.actors.inline import InlineActors
 
 
 def actor_specs(cfg, plan, own_tasks: list[int], rank: int, num_tasks: int,
-                step: int) -> list[ActorSpec]:
+                step: int, stages: tuple = ()) -> list[ActorSpec]:
     """Actor a steps tasks a, a+A, ... of this rank's shard, env.envs_per_task envs per task
-    (runtime.envs_per_actor overrides the count); one actor for the single backend."""
+    (runtime.envs_per_actor overrides the count); one actor for the single backend. num_tasks:
+    the policy's (the learner's networks'); stages: the schedule's, for blended switches."""
     rt = cfg.runtime
     actors = 1 if rt.backend == "single" else plan.actors
     specs = []
@@ -40,7 +41,8 @@ def actor_specs(cfg, plan, own_tasks: list[int], rank: int, num_tasks: int,
         specs.append(ActorSpec(actor_id=rank * 1000 + a, suite=cfg.env.suite, tasks=cfg.env.tasks, seed=cfg.run.seed,
                                task_indices=tasks, num_envs=rt.envs_per_actor or len(tasks) * cfg.env.envs_per_task,
                                sac=cfg.sac, num_tasks=num_tasks, start_step=step,
-                               goal_observable=cfg.env.goal_observable))
+                               goal_observable=cfg.env.goal_observable, target_visible=cfg.env.target_visible,
+                               blend_steps=cfg.continual.blend_steps, stages=stages, actors=actors))
     return specs
 
 

@@ -16,11 +16,13 @@ import torch
 
 from agents import seeding
 from agents.context import env_memories
-from agents.models import build_policy
+from agents.models import build_policy, network_task
 from agents.networks import SquashedGaussianActor
 from agents.recurrent import EnvMemories
 from agents.sac.config import SACConfig
+from continual.schedule import blend_shares
 from envs import make_suite
+from envs.mixture import MixtureEnv
 from envs.pool import EnvPool, Episode
 
 STREAMS_PER_ACTOR = 1 << 20  # stream ids: actor_id * this + env index (actor ids are rank * 1000 + a)
@@ -35,10 +37,15 @@ class ActorSpec:
     task_indices: tuple[int, ...]   # the tasks this actor steps
     num_envs: int                   # envs, assigned round-robin over task_indices
     sac: SACConfig                  # network shape of the policy copy
-    num_tasks: int
+    num_tasks: int                  # the policy's tasks (1 with hidden boundaries: agents/models.py network_task)
     incarnation: int = 0            # bumped on restart: fresh env seeds
     start_step: int = 0             # a resumed run's actors get fresh seeds too
     goal_observable: bool = True    # env.goal_observable
+    target_visible: bool = False    # env.target_visible
+    blend_steps: int = 0            # continual.blend_steps: each episode's task drawn from the ramp
+    stages: tuple = ()              # ... of these stages (continual/schedule.py Stage), at the global step
+    actors: int = 1                 # ... estimated as start_step + actors x this actor's steps
+    steps_before: int = 0           # ... counting those of its earlier incarnations (a restart)
 
 
 @dataclass
@@ -77,13 +84,21 @@ class Actor:
 
     def __init__(self, spec: ActorSpec, policy: SquashedGaussianActor | None = None):
         self.spec = spec
-        suite = make_suite(spec.suite, spec.tasks, spec.seed, spec.goal_observable)
+        suite = make_suite(spec.suite, spec.tasks, spec.seed, spec.goal_observable, spec.target_visible)
         tasks = [suite.tasks[i] for i in spec.task_indices]
         env_tasks = [tasks[k % len(tasks)] for k in range(spec.num_envs)]
         def seed(*index: int) -> int:  # this incarnation's streams: a restart or resume gets fresh ones
             return seeding.seed_for(spec.seed, "actor", spec.actor_id, spec.incarnation, spec.start_step, *index)
 
-        self.pool = EnvPool([suite.make_env(t, seed(k)) for k, t in enumerate(env_tasks)], [t.index for t in env_tasks])
+        self.steps = 0  # env steps this actor took
+        if spec.blend_steps:  # blended switches: every env slot runs the ramp's task of each episode
+            blend = np.random.default_rng(seeding.seed_for(spec.seed, "blend", spec.actor_id, spec.incarnation,
+                                                           spec.start_step))
+            envs = [MixtureEnv(lambda task, k=k: suite.make_env(suite.tasks[task], seed(k, task)),
+                               lambda: self._blended_task(blend)) for k in range(spec.num_envs)]
+        else:
+            envs = [suite.make_env(t, seed(k)) for k, t in enumerate(env_tasks)]
+        self.pool = EnvPool(envs, [t.index for t in env_tasks], self.clock)
         self.streams = spec.actor_id * STREAMS_PER_ACTOR + np.arange(spec.num_envs)  # each env's stream id
         self.action_dim = suite.action_dim
         self.rng = np.random.default_rng(seed(1_000_000))                  # random actions (warm-up)
@@ -95,6 +110,16 @@ class Actor:
         # a recurrent policy's memory of each env's episode so far (sac.memory)
         self.memories = env_memories(policy, spec.num_envs, suite.obs_dim, suite.action_dim)
         self.version = 0
+
+    def clock(self) -> int:
+        """The run's env step now: exact with one actor, estimated with several (start + actors x own steps)."""
+        return self.spec.start_step + self.spec.actors * (self.spec.steps_before + self.steps)
+
+    def _blended_task(self, rng: np.random.Generator) -> int:
+        """The next episode's task, drawn from the blend ramp at the (estimated) global env step."""
+        shares = blend_shares(self.spec.stages, self.spec.blend_steps, self.clock())
+        tasks = list(shares)
+        return int(tasks[rng.choice(len(tasks), p=np.array([shares[t] for t in tasks]))])
 
     def set_weights(self, flat: torch.Tensor, version: int) -> None:
         torch.nn.utils.vector_to_parameters(flat, self.policy.parameters())
@@ -111,7 +136,8 @@ class Actor:
             if memories is not None:
                 memories.acted(torch.from_numpy(obs).to(self.device), torch.from_numpy(action).to(self.device))
             return action
-        obs_t, task_t = torch.from_numpy(obs).to(self.device), torch.from_numpy(task).to(self.device)
+        obs_t = torch.from_numpy(obs).to(self.device)
+        task_t = torch.from_numpy(network_task(task, self.spec.num_tasks)).to(self.device)
         if memories is not None:
             action = memories.act(obs_t, task_t, slice(None), deterministic=False, generator=self.generator)
         else:
@@ -123,13 +149,14 @@ class Actor:
         parts, episodes, ends = [], [], []
         steps = 0
         while steps < min_steps:
-            task = self.pool.task_ids
+            task = self.pool.task_ids.copy()  # a blended slot's task changes in place at its next episode
             action = self._actions(self.pool.obs, task)
             r = self.pool.step(action)
             if self.memories is not None:
                 self.memories.rewarded(slice(None), r.reward)
             parts.append((task, r.obs, action, r.reward, r.next_obs, r.terminated, self.streams, r.first))
             steps += len(task)
+            self.steps += len(task)
             episodes += r.finished
             ends += [steps] * len(r.finished)  # an episode ends within this round's rows
         *columns, stream, first = [np.concatenate(c) for c in zip(*parts)]

@@ -62,6 +62,7 @@ class _Worker:
     spec: ActorSpec
     process: mp.Process
     conn: object
+    steps: int = 0  # env steps it sent (a restart's blend clock goes on from them)
 
 
 class LocalActorPool:
@@ -107,7 +108,8 @@ class LocalActorPool:
         self.restarts += 1
         self.log(f"actor {worker.spec.actor_id} died ({why}); restarting with fresh envs "
                  f"(restart {self.restarts})")
-        self._start(dataclasses.replace(worker.spec, incarnation=worker.spec.incarnation + 1))
+        self._start(dataclasses.replace(worker.spec, incarnation=worker.spec.incarnation + 1,
+                                        steps_before=worker.spec.steps_before + worker.steps))
 
     def publish(self, weights, version: int) -> None:
         """weights(): the flat policy parameters (called here, so a pool that needs no copy skips it)."""
@@ -123,6 +125,7 @@ class LocalActorPool:
                 message = conn.recv()
                 if message != READY:  # a restarted actor says it is ready, then steps
                     chunks.append(message)
+                    worker.steps += len(message)
             except (EOFError, OSError, pickle.UnpicklingError) as e:
                 self._restart(worker, f"exit code {worker.process.exitcode}" if worker.process.exitcode
                               is not None else type(e).__name__)

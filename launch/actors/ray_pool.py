@@ -62,6 +62,7 @@ class RayActorPool:
         self.handles: dict[int, object] = {}
         self.specs: dict[int, ActorSpec] = {}
         self.pending: dict[object, int] = {}  # future -> actor id
+        self.steps: dict[int, int] = {}  # actor id -> env steps its current incarnation sent
         self.restarts = 0
         self._start(specs)
 
@@ -101,6 +102,7 @@ class RayActorPool:
             actor_id = self.pending.pop(future)
             try:
                 chunks.append(self.ray.get(future))
+                self.steps[actor_id] = self.steps.get(actor_id, 0) + len(chunks[-1])
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError) as e:
                 dead.setdefault(actor_id, type(e).__name__)
                 continue
@@ -116,8 +118,9 @@ class RayActorPool:
         self.ray.kill(self.handles[actor_id], no_restart=True)
         self.restarts += 1
         self.log(f"actor {actor_id} died ({why}); restarting with fresh envs (restart {self.restarts})")
-        spec = self.specs[actor_id]
-        self._start([dataclasses.replace(spec, incarnation=spec.incarnation + 1)])
+        spec = self.specs[actor_id]  # a restart's blend clock goes on from the steps it sent
+        self._start([dataclasses.replace(spec, incarnation=spec.incarnation + 1,
+                                         steps_before=spec.steps_before + self.steps.pop(actor_id, 0))])
 
     def close(self) -> None:
         for handle in self.handles.values():

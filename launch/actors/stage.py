@@ -1,4 +1,4 @@
-"""A stage's actors, as the learner's loop (launch/trainer.py) sees them: every stage gets a fresh
+"""A stage's actors, as the learner's loop (launch/loop/trainer.py) sees them: every stage gets a fresh
 actor source on its tasks, sized to them (launch/machine.py), acting at random until the first
 weights are published to it; experience comes back in chunks, of which the loop keeps what fits in
 the stage's budget. Counted over the whole run: env steps per actor, actor restarts, and the
@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import numpy as np
 import torch
 
 from launch.actors import actor_specs, make_actor_source
@@ -18,8 +19,12 @@ from launch.machine import plan_workers
 
 
 class StageActors:
-    def __init__(self, cfg, rank: int, num_tasks: int, cores: tuple[int, int], policy: torch.nn.Module, log=print):
-        """cores: launch/machine.py free_cores(), measured before any worker of the run started."""
+    def __init__(self, cfg, rank: int, num_tasks: int, cores: tuple[int, int], policy: torch.nn.Module, log=print,
+                 stages: tuple = (), hide_tasks: bool = False):
+        """num_tasks: the policy's; cores: launch/machine.py free_cores(), measured before any worker of the
+        run started; stages: the schedule's (blended switches draw each episode's task from them);
+        hide_tasks (hidden boundaries): the learner's replay gets every row as task 0."""
+        self.stages, self.hide_tasks = stages, hide_tasks
         self.cfg, self.rank, self.num_tasks, self.cores, self.log = cfg, rank, num_tasks, cores, log
         self.policy = policy
         self.publisher = WeightPublisher(policy, cfg.runtime.backend)
@@ -27,6 +32,7 @@ class StageActors:
         self.version = 0  # weight version the actors see; 0 = no weights yet: act at random
         self.steps_by_actor: Counter = Counter()
         self.lags: list[int] = []  # policy-version lag of the chunks received since the last log
+        self.returns: list[float] = []  # finished episodes' returns since the last take_returns, as they came
 
     def start(self, tasks: list[int], step: int, device: torch.device) -> None:
         """Fresh actors on `tasks` from env step `step`, sized to them; the previous stage's are closed."""
@@ -37,7 +43,7 @@ class StageActors:
         self.publisher.reset()
         self.plan = plan_workers(self.cfg, device, self.cores, len(tasks))  # sized to the stage's tasks
         torch.set_num_threads(self.plan.threads)
-        specs = actor_specs(self.cfg, self.plan, tasks, self.rank, self.num_tasks, step)
+        specs = actor_specs(self.cfg, self.plan, tasks, self.rank, self.num_tasks, step, self.stages)
         self.source = make_actor_source(self.cfg.runtime, specs, self.policy, log=self.log)
 
     def collect(self, room: int, replay, episodes: dict) -> tuple[int, float]:
@@ -54,10 +60,12 @@ class StageActors:
         return added, polled
 
     def _ingest(self, chunk: Chunk, replay, episodes: dict) -> int:
-        replay.add(chunk.task, chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated,
+        task = np.zeros_like(chunk.task) if self.hide_tasks else chunk.task  # the stream is one task to the learner
+        replay.add(task, chunk.obs, chunk.action, chunk.reward, chunk.next_obs, chunk.terminated,
                    stream=chunk.stream, first=chunk.first)
         for episode in chunk.episodes:
             episodes[episode.task].append(episode)
+            self.returns.append(episode.ret)
         self.steps_by_actor[chunk.actor_id] += len(chunk)
         self.lags.append(self.version - chunk.policy_version)
         return len(chunk)
@@ -69,6 +77,11 @@ class StageActors:
         if published is not None:
             self.version = published
         return published is not None
+
+    def take_returns(self) -> list[float]:
+        """The finished training episodes' returns since the last call, in arrival order."""
+        returns, self.returns = self.returns, []
+        return returns
 
     def take_lags(self) -> list[int]:
         """The lags counted since the last call."""

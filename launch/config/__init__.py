@@ -14,6 +14,7 @@ from pathlib import Path
 from agents.auxiliary import AuxConfig
 from agents.balancers import BalanceConfig
 from agents.sac.config import SACConfig
+from launch.config import boundaries
 from launch.config.overrides import merge, parse_override, read_yaml, set_key
 from launch.config.validate import validate
 from launch.errors import UserError
@@ -43,6 +44,8 @@ class EnvConfig:
     envs_per_task: int = field(default=1, metadata=POSITIVE)  # training envs per task, stepped in lockstep
     goal_observable: bool = True  # false: the goal's coordinates read 0 (Meta-World's ML benchmarks' partial
                                   # observability); pointmass never shows its target
+    target_visible: bool = False  # pointmass: append the target to the observation, [x, y, target_x, target_y]
+                                  # (a memoryless agent can tell its tasks apart without a task id)
 
 
 @dataclass
@@ -109,6 +112,36 @@ class ContinualConfig:
                                                                   # gradient (CW: 128)
     agem_projection: str = field(default="joint", metadata={"choices": ("joint", "separate")})  # A-GEM: joint
                                   # (CW: one projection over actor + critic) | separate
+    # -- without task boundaries (launch/config/boundaries.py, launch/loop/learning.py) --
+    boundaries: str = field(default="given", metadata={"choices": ("given", "hidden")})  # hidden: the learner
+                                  # and the networks see no task id and no stage starts or ends; one replay
+                                  # for the stream (the schedule drives the envs, the evaluator, the metrics)
+    blend_steps: int = field(default=0, metadata=AT_LEAST_0)  # > 0: each switch blends over this many env
+                                  # steps (centred on it): the next task's share of episodes rises 0 -> 1
+    detector: str = field(default="", metadata={"choices": ("plateau", "change"), "empty": "none"})  # hidden:
+                                  # detected boundaries run the method's end-of-task step (continual/detectors.py)
+    detector_window: int = field(default=5, metadata=POSITIVE)  # plateau: losses in its window (TF-MAS: 5)
+    detector_block: int = field(default=100, metadata=POSITIVE)  # plateau / tfmas: learner updates whose mean
+                                  # critic loss is one window value
+    plateau_mean: float = field(default=0.2, metadata=POSITIVE)  # plateau: window mean below this fraction of
+                                  # the peak's (TF-MAS: 0.2, of an absolute loss)
+    plateau_variance: float = field(default=0.1, metadata=POSITIVE)  # plateau: window variance below this
+                                  # fraction of the peak's squared mean (TF-MAS: 0.1, absolute)
+    change_threshold: float = field(default=10.0, metadata=POSITIVE)  # change: Page-Hinkley alarm, in standard
+                                  # deviations of episode returns
+    change_tolerance: float = field(default=0.5, metadata=AT_LEAST_0)  # change: drift ignored, in standard
+                                  # deviations (Page-Hinkley's delta)
+    change_min_episodes: int = field(default=20, metadata=POSITIVE)  # change: episodes since the last alarm
+                                  # before the next can fire
+    tfmas_hard_buffer: int = field(default=30, metadata=POSITIVE)  # tfmas: highest-loss samples kept (TF-MAS: 30)
+    replay_fraction: float = field(default=0.5, metadata={"above": 0, "max": 1})  # clear / mir: the batch's
+                                  # replayed share (the rest: the newest experience; CLEAR: 0.5)
+    recent_steps: int = field(default=10_000, metadata=POSITIVE)  # clear / mir: the newest env steps the
+                                  # batch's new share is drawn from
+    mir_candidates: int = field(default=5, metadata={"above": 1})  # mir: candidates drawn per replayed row
+                                  # (MIR: 50 for 10)
+    clear_policy_cloning: float = field(default=0.01, metadata=AT_LEAST_0)  # clear: KL(behaviour || pi) weight
+    clear_value_cloning: float = field(default=0.005, metadata=AT_LEAST_0)  # clear: value-cloning weight
 
 
 @dataclass
@@ -193,12 +226,18 @@ def build_config(suite: str | None = None, config_file: str | None = None,
     cfg = resolve(continual_preset=False)
     if cfg.continual.sequence:
         cfg = resolve(continual_preset=True)
-    given = ("update_order" in (file_tree.get("sac") or {}) or (flags or {}).get("sac.update_order") is not None
-             or any(parse_override(text)[0] == "sac.update_order" for text in overrides))
-    if cfg.continual.method == "agem" and cfg.continual.agem_projection == "joint" and not given:
+
+    def given(key: str) -> bool:  # did the user set it (file, named flag or --set)? presets do not count
+        section, _, name = key.partition(".")
+        return (name in (file_tree.get(section) or {}) or (flags or {}).get(key) is not None
+                or any(parse_override(text)[0] == key for text in overrides))
+    if cfg.continual.method == "agem" and cfg.continual.agem_projection == "joint" and not given("sac.update_order"):
         # The joint projection needs both gradients before either step; an explicit setting is
         # honoured, and refused by validate() if it is sequential.
         cfg.sac.update_order = "simultaneous"
+    for key, value in boundaries.implied(cfg).items():  # hidden boundaries' and task-free methods' settings
+        if not given(key):
+            set_key(cfg, key, value)
     validate(cfg)
     return cfg
 
@@ -216,6 +255,7 @@ def plan_schedule(cfg: Config):
         raise UserError(str(e)) from None
     cfg.env.tasks = ",".join(schedule.names)
     cfg.run.steps = schedule.stages[-1].end
+    boundaries.check_blend(cfg, schedule)
     return schedule
 
 

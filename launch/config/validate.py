@@ -35,8 +35,9 @@ def world_rule(fn):
 
 def validate(cfg) -> None:
     """One UserError line for the first field constraint or rule the config breaks."""
+    from launch.config import boundaries  # its rules: continual learning without task boundaries
     check_fields(cfg)
-    for check in RULES:
+    for check in boundaries.RULES + RULES:
         if message := check(cfg):
             raise UserError(message)
 
@@ -286,6 +287,8 @@ def check_engine(cfg, world: int = 1) -> None:
         problems.append(f"sac.precision={cfg.sac.precision} (RLlib's learner runs its passes in fp32)")
     if cfg.sac.memory != "none":
         problems.append(f"sac.memory={cfg.sac.memory} (recurrent SAC runs in our loop: --engine polytask)")
+    if cfg.continual.boundaries != "given":
+        problems.append("continual.boundaries=hidden (task-free learning runs in our loop: --engine polytask)")
     if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
         problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
     if problems:

@@ -34,7 +34,7 @@ What is averaged, and why:
   * Adam's moments only with `sync.average_optimizer_state=true`. By default each rank keeps its
     own moments, as the QSR reference does with Local AdamW ("local gradient methods can lead
     to different optimizer states across workers"): each rank's checkpoint then keeps its own
-    optimizer state (launch/trainer.py), and a resumed rank continues with its moments.
+    optimizer state (launch/loop/trainer.py), and a resumed rank continues with its moments.
 Not averaged: the balancers' learned task weights (each rank weights only its own tasks'
 losses) and replay's reward statistics (each rank's own tasks). A gradient-combining balancer
 (PCGrad, CAGrad, ...) combines the rank's own tasks' gradients between averages (`gather_rows`

@@ -20,7 +20,10 @@ min(warmup_steps_per_task, replay capacity) transitions (and a batch) in replay:
 resume without a checkpointed replay, the buffer refills with the restored policy first.
 
 Learner hooks (agents/hooks.py): the continual strategy and the auxiliary tasks
-(agents/auxiliary.py) are the hooks of `Learning.hooks`, called at the same points of every update.
+(agents/auxiliary.py) are the hooks of `Learning.hooks` (launch/loop/learning.py), called at the same
+points of every update. With hidden boundaries (continual.boundaries=hidden) the learner's side
+never hears of stages (launch/loop/learning.py says what it gets instead): the loop still moves the
+actors and the evaluator on at each stage, and feeds a boundary detector.
 
 Resume contract: a checkpoint at step S holds everything logged at steps <= S (pending
 evaluations are awaited and TensorBoard flushed before it is written). On resume from S, the run
@@ -48,20 +51,17 @@ from pathlib import Path
 import torch
 
 from agents import seeding
-from agents.auxiliary import make_auxiliary_tasks
-from agents.models import make_replay
-from agents.sac import SACLearner, make_learner
-from continual.schedule import Schedule, Stage, UpdateCredit, planned_updates, stage_at, steps_left, updates_per_step
-from continual.strategies import TaskContext, make_strategy
+from agents.sac import make_learner
+from continual.schedule import Schedule, UpdateCredit, planned_updates, stage_at, steps_left, updates_per_step
 from envs.base import Suite
 from launch import checkpoint, preemption
 from launch.actors.stage import StageActors
-from launch.checkpoint import to_device
 from launch.config import Config
 from launch.distributed import make_synchronizer
 from launch.distributed.ranks import Dist
-from launch.errors import Preempted, TrainingDiverged, UserError
+from launch.errors import Preempted, TrainingDiverged
 from launch.evaluator import make_evaluator
+from launch.loop.learning import Learning
 from launch.machine import free_cores, resolve_device
 from launch.telemetry import Progress, Telemetry
 from metrics.runlog import RunLog
@@ -99,96 +99,6 @@ def close_all(parts: list, log) -> None:
                 log(f"closing {type(part).__name__} failed: {type(e).__name__}: {e}")
 
 
-class Learning:
-    """The learner's side of the loop: the SAC learner with its hooks (the continual strategy, the
-    auxiliary tasks), replay and its sampler's stream; for the current stage its TaskContext, the tasks
-    this rank collects and those an update samples (a rehearsing strategy's: every task seen so far)."""
-
-    def __init__(self, cfg: Config, suite: Suite, learner: SACLearner, schedule: Schedule, continual: bool,
-                 dist: Dist):
-        seed, num_tasks = cfg.run.seed, len(suite.tasks)
-        self.cfg, self.suite, self.learner, self.schedule, self.continual = cfg, suite, learner, schedule, continual
-        self.rng = seeding.rng(seed, "replay", dist.rank)
-        self.replay = make_replay(cfg.replay, cfg.sac, num_tasks, suite.obs_dim, suite.action_dim, learner.device)
-        self.strategy = make_strategy(cfg.continual, learner, schedule.task_stage, seed)
-        self.auxiliary = make_auxiliary_tasks(cfg.aux, learner, suite.obs_dim, suite.action_dim, seed)
-        self.hooks = [self.strategy, *self.auxiliary]
-        learner.add_hook_parameters(self.hooks)
-        # Rank 0's networks, temperatures and hook tensors on every rank: the auxiliary heads were
-        # drawn from each rank's own stream (a single run's draws stay those of rank 0).
-        dist.broadcast_tensors(learner.synced_tensors().values())
-        self.losses: dict = {}
-        self.collected = dist.shard(num_tasks)  # not empty: launch/config/validate.py checks the world first
-        self.tasks: list[int] = []  # what an update samples
-        self.context: TaskContext | None = None  # the stage's, built once
-
-    def update(self, updates: int) -> None:
-        """`updates` learner updates, each on a task-balanced batch of self.tasks from replay."""
-        for _ in range(updates):
-            batch = self.replay.sample(self.cfg.sac.batch_size_per_task, self.rng, self.tasks)
-            self.losses = self.learner.update(batch, self.hooks)
-
-    def ready(self, stage: Stage, step: int) -> bool:
-        """May this rank update at env step `step`? The stage's warm-up is over and each task it
-        collects holds its warm-up's worth of transitions (a refill after a resume) and a batch."""
-        sac = self.cfg.sac
-        refill = max(sac.batch_size_per_task, min(sac.warmup_steps_per_task, self.cfg.replay.capacity_per_task))
-        return (step - stage.start >= sac.warmup_steps_per_task * len(stage.tasks)
-                and self.replay.min_size([t for t in stage.tasks if t in self.collected]) >= refill)
-
-    def start_stage(self, k: int, resumed: bool, train) -> None:
-        """Begin stage k (resumed: in its middle). A continual stage's tasks are what this rank collects; it
-        gets fresh replay and optimizers as configured (unless resumed) and the strategy's start_task."""
-        ctx = self.context = self.schedule.context(k, self.replay, self.rng, train, resumed=self.continual and resumed)
-        if not self.continual:
-            self.tasks = self.collected
-            return
-        self.collected = list(ctx.tasks)
-        rehearses, batch = self.strategy.rehearses, self.cfg.sac.batch_size_per_task
-        if not ctx.resumed and ctx.stage > 0:
-            if self.cfg.continual.reset_replay and not rehearses:
-                self.replay.clear(ctx.earlier)
-            if self.cfg.continual.reset_optimizer:
-                self.learner.reset_optimizers()
-        self.strategy.start_task(ctx)
-        self.tasks = sorted(set(ctx.tasks) | (set(ctx.earlier) if rehearses else set()))
-        starved = [self.suite.tasks[t].name for t in self.tasks if t not in ctx.tasks and self.replay.size[t] < batch]
-        if starved:  # nothing collects these tasks any more: updates would wait forever
-            raise UserError(f"stage {ctx.stage + 1} rehearses {', '.join(starved)} but replay holds fewer than "
-                            f"a batch ({batch}) of it")
-
-    def state_dict(self) -> dict:
-        """What every rank holds alike (rank 0's is saved); replay only with replay.save_in_checkpoint."""
-        state = {"learner": self.learner.state_dict(), "strategy": self.strategy.state_dict(),
-                 "auxiliary": [a.state_dict() for a in self.auxiliary]}
-        if self.cfg.replay.save_in_checkpoint:
-            state["replay"] = self.replay.state_dict()
-        return state
-
-    def rank_state(self) -> dict:
-        """This rank's own: replay reward statistics (small: kept even when replay is not), its optimizers'
-        when ranks' differ (local SGD, unaveraged moments; else None), its balancers' (its tasks' weights)."""
-        learner = self.learner
-        return {"reward_stats": torch.from_numpy(self.replay.reward_stats.copy()),
-                "optimizers": learner.optimizer_state_dicts() if learner.synchronizer.local_optimizer_state else None,
-                "balancers": {net: b.state_dict() for net, b in learner.balancers.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        """state_dict's and this rank's rank_state's entries (launch/checkpoint.py: unpack)."""
-        learner, device = self.learner, self.learner.device
-        learner.load_state_dict(state["learner"])
-        if state["optimizers"] is not None:  # local SGD: this rank's own moments
-            learner.load_optimizer_state_dicts(state["optimizers"])
-        for net, balancer in learner.balancers.items() if state["balancers"] is not None else ():
-            balancer.load_state_dict(state["balancers"].get(net, {}))
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])
-        self.replay.reward_stats[:] = state["reward_stats"].numpy()
-        self.strategy.load_state_dict(to_device(state.get("strategy", {}), device))
-        for task, aux in zip(self.auxiliary, state.get("auxiliary", []), strict=True):
-            task.load_state_dict(to_device(aux, device))
-
-
 class Trainer:
     """The loop (the module docstring has its contracts), its stages, and its checkpoint state."""
 
@@ -206,20 +116,23 @@ class Trainer:
         torch.manual_seed(seeding.seed_for(seed, "networks"))  # the same initial networks on every rank
         planned = planned_updates(self.schedule.stages, cfg.sac.warmup_steps_per_task, cfg.sac.updates_per_round,
                                   cfg.env.envs_per_task)
-        self.learner = make_learner(cfg.sac, suite.obs_dim, suite.action_dim, num_tasks, self.device,
+        self.hidden = cfg.continual.boundaries == "hidden"
+        network_tasks = 1 if self.hidden else num_tasks  # hidden boundaries: one task to the networks
+        self.learner = make_learner(cfg.sac, suite.obs_dim, suite.action_dim, network_tasks, self.device,
                                   synchronizer=make_synchronizer(cfg.sync, dist, num_tasks), balance=cfg.balance,
                                   seed=seed, planned_updates=planned)
         torch.manual_seed(seeding.seed_for(seed, "learner", rank))  # also seeds every CUDA device
         self.learning = Learning(cfg, suite, self.learner, self.schedule, self.continual, dist)
         self.step = self.local_step = 0  # env steps: all ranks / this rank
-        self.actors = StageActors(cfg, rank, num_tasks, cores, self.learner.actor, log)
+        self.actors = StageActors(cfg, rank, network_tasks, cores, self.learner.actor, log, self.schedule.stages,
+                                  hide_tasks=self.hidden)
         state = checkpoint.load_latest_on_every_rank(run_dir / "checkpoints", dist) if resume else {}
         if resume:
             self.load_state_dict(state)
         log_from = self.step if resume else (-1 if discard_logs else None)
         self.runlog = RunLog(run_dir, resume_step=log_from) if dist.is_main else None
         self.telemetry = Telemetry(dist, suite, self.runlog, log)
-        self.evaluator = make_evaluator(cfg) if dist.is_main else None
+        self.evaluator = make_evaluator(cfg, network_tasks) if dist.is_main else None
         for request in state.get("pending_evaluations", []) if dist.is_main else []:
             self.evaluator.submit(*request)  # a preempted run's evaluations that had not come back
         self.stage_index = stage_at(self.schedule.stages, self.step)
@@ -232,14 +145,15 @@ class Trainer:
 
     # -- stages -------------------------------------------------------------------------------
     def _start_stage(self, resumed: bool) -> None:
-        """Begin stage `stage_index` (resumed: in its middle): the learner's side of it, then fresh
-        actors on the tasks this rank collects, acting at random until the first update."""
+        """Begin stage `stage_index` (resumed: in its middle): the learner's side, then fresh actors (random first)."""
         k, stages = self.stage_index, self.schedule.stages
         self.learning.start_stage(k, resumed, self._train_on_replay)
         if self.continual and self.dist.is_main:
             names = ", ".join(self.suite.tasks[t].name for t in stages[k].tasks)
             self.log(f"stage {k + 1}/{len(stages)}: {names} (env steps {stages[k].start:,} to {stages[k].end:,})")
         self.actors.start(self.learning.collected, self.step, self.device)
+        if self.hidden and self.learner.num_updates:  # no warm-up after the first stage: act at once
+            self.actors.publish(self.learner.num_updates, wait=True)
 
     def _train_on_replay(self, updates: int) -> None:
         """Learner updates on what replay holds, with no new env steps (PackNet's retraining)."""
@@ -247,11 +161,9 @@ class Trainer:
         self._check_finite()
 
     def _end_stage(self) -> None:
-        """The stage's budget is spent: the strategy's end_task (which may train further), and a
-        rehearsing strategy's copy of the stage's replay, written once."""
+        """The stage's budget is spent: end_task (it may train further); a rehearsing strategy's replay saved once."""
         strategy, replay, ctx = self.learning.strategy, self.learning.replay, self.learning.context
-        strategy.end_task(ctx)
-        if strategy.rehearses and self.dist.is_main:
+        if self.learning.end_stage() and strategy.rehearses and self.dist.is_main:
             for t in ctx.tasks:
                 checkpoint.save_rehearsal(self.run_dir / "checkpoints", t, replay.task_state(t))
 
@@ -306,7 +218,7 @@ class Trainer:
         self.learner.synchronizer.sync_point(self.learner)
         if self.dist.is_main:
             policy = torch.nn.utils.parameters_to_vector(self.learner.actor.parameters()).detach().cpu()
-            weights = self.learning.strategy.eval_weights(policy, self.stage_index)
+            weights = self.learning.eval_weights(policy, self.stage_index)
             self.evaluator.submit(self.step, self.learner.num_updates, weights)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -339,6 +251,10 @@ class Trainer:
             due = credit.earn(self.step - before, per_step, ready)  # every rank's steps: the same on each
             updating = time.perf_counter()
             learning.update(due)
+            learning.observe_returns(actors.take_returns())
+            if learning.boundary_detected(self.step):  # a stage start to the learner: fresh actors warm up
+                actors.start(learning.collected, self.step, self.device)
+                self.log(f"boundary detected at env step {self.step:,} ({cfg.continual.detector} detector)")
             since_publish += due
             if ready and cfg.runtime.backend != "single":  # the single loop steps the envs itself: no "bound"
                 progress.learner(polled, time.perf_counter() - updating)
@@ -388,7 +304,7 @@ class Trainer:
             self._write_evals(self.evaluator.wait())
             self.telemetry.finish(self.step, progress, ranks, {
                 "sync": self.cfg.sync.mode, "train_env_steps_per_s": self.train_steps_per_s,
-                "workers": actors.plan.note}, self.run_dir)
+                "workers": actors.plan.note, **self.learning.summary()}, self.run_dir)
 
     def _log_training(self, progress: Progress, episodes: dict) -> None:
         actors = self.actors

@@ -1,0 +1,137 @@
+"""Continual learning without task boundaries (continual.boundaries=hidden), side by side with the
+task-aware references, on the same seeds and budgets.
+
+    python benchmarks/task_free.py pointmass [--sequence PM2] [--steps-per-task 6000] [--seeds 0 1 2 3 4]
+                                    # the target visible (env.target_visible): every method, abrupt and
+                                    # blended switches (hidden), task-aware EWC and PackNet (given)
+    python benchmarks/task_free.py task-hidden --steps-per-task 20000 [--seeds 0 1 2 3 4]
+                                    # the target hidden: 3rl, without and with a change detector
+
+Rows: the task-aware references (EWC and PackNet told every boundary, with their per-task heads and
+task one-hot, the continual defaults), then with hidden boundaries: fine-tuning (a FIFO replay of
+replay.capacity_per_task), reservoir, mir, clear, tfmas, 3rl, and EWC with each detector; the
+hidden rows abrupt and with blended switches (continual.blend_steps, --blend). Columns: Continual
+World's average performance, forgetting and forward transfer (against single-task runs of the
+fine-tuning configuration, target visible), anytime average performance, and the detection delay
+(env steps after a switch; false alarms and missed switches per run) for runs with a detector;
+mean over seeds [90% bootstrap CI] (metrics/continual.py, metrics/task_free.py). Runs stay under
+--out, so the table re-prints without training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import table, train_missing  # noqa: E402
+
+HIDDEN = ["--set", "continual.boundaries=hidden"]
+REFERENCES = {"ewc (given)": ["--method", "ewc"], "packnet (given)": ["--method", "packnet"]}
+TASK_FREE = {  # hidden boundaries
+    "finetune": [], "reservoir": ["--method", "reservoir"], "mir": ["--method", "mir"],
+    "clear": ["--method", "clear"], "tfmas": ["--method", "tfmas"], "3rl": ["--method", "3rl"],
+    "ewc + plateau": ["--method", "ewc", "--set", "continual.detector=plateau"],
+    "ewc + change": ["--method", "ewc", "--set", "continual.detector=change"],
+}
+
+
+def slug(name: str) -> str:
+    return name.replace(" + ", "-").replace(" (given)", "-given").replace(" ", "-")
+
+
+def cell(entry, digits: int = 2) -> str:
+    if entry is None or entry.get("mean") is None:
+        return "n/a"
+    return f"{entry['mean']:.{digits}f} [{entry['lower']:.{digits}f}, {entry['upper']:.{digits}f}]"
+
+
+def summarize(out: Path, variants: dict[str, str], seeds: list[int], refs: str, title: str) -> None:
+    """variants: row label -> run name prefix under out."""
+    from metrics import continual
+    from metrics.runs import read_run
+    from metrics.summary import ReportSettings, task_free_metrics
+
+    references = [read_run(d) for d in sorted(out.glob(f"{refs}-seed*/*")) if (d / "learners.json").exists()]
+    settings = ReportSettings(last_k=1)
+    rows = []
+    for label, prefix in variants.items():
+        runs = [read_run(d) for s in seeds if ((d := out / f"{prefix}-seed{s}") / "learners.json").exists()]
+        if not runs:
+            continue
+        cw = continual.summarize(runs, references or None, last_k=1)
+        free = task_free_metrics(runs, settings)
+        detection = free.get("detection")
+        rows.append([label, len(runs), cell(cw["performance"]), cell(cw["forgetting"]),
+                     cell(cw.get("forward_transfer")), cell(free["anytime_performance"]),
+                     "n/a" if detection is None else
+                     f"{cell(detection['delay'], 0)}; {detection['false_alarms']['mean']:.1f} false, "
+                     f"{detection['missed']['mean']:.1f} missed"])
+    print(title)
+    print(table(["method", "seeds", "average performance", "forgetting", "forward transfer", "anytime performance",
+                 "detection delay (steps); per run"], rows))
+
+
+def pointmass(args) -> None:
+    out = Path(args.out)
+    common = ["--suite", "pointmass", "--sequence", args.sequence, "--steps-per-task", str(args.steps_per_task),
+              "--set", "env.target_visible=true", "--backend", "single", "--set", "run.threads=1"]
+    runs, variants = {}, {}
+    for seed in args.seeds:
+        s = ["--seed", str(seed)]
+        for label, flags in REFERENCES.items():
+            runs[f"{slug(label)}-seed{seed}"] = [*common, *flags, *s]
+            variants[label] = slug(label)
+        for label, flags in TASK_FREE.items():
+            runs[f"{slug(label)}-seed{seed}"] = [*common, *HIDDEN, *flags, *s]
+            variants[label] = slug(label)
+            if args.blend:
+                blended = f"{slug(label)}-blend-seed{seed}"
+                runs[blended] = [*common, *HIDDEN, *flags, "--set", f"continual.blend_steps={args.blend}", *s]
+                variants[f"{label}, blended"] = f"{slug(label)}-blend"
+        runs[f"refs-seed{seed}"] = [*common, "--set", "sac.task_input=false", "--set", "sac.head=single",
+                                    "--mode", "single-task", *s]
+    runs = {name: a for name, a in runs.items()  # single-task references: a folder of finished runs per seed
+            if not (name.startswith("refs-") and (out / name).is_dir() and any((out / name).iterdir())
+                    and all((d / "learners.json").exists() for d in (out / name).iterdir() if d.is_dir()))}
+    train_missing(out, runs, args.workers)
+    summarize(out, variants, args.seeds, "refs",
+              f"pointmass {args.sequence}, target visible, {args.steps_per_task:,} env steps per task; blended: "
+              f"{args.blend:,} steps per switch; success = the last evaluation of a window (10 goals); "
+              "mean over seeds [90% bootstrap CI]")
+
+
+def task_hidden(args) -> None:
+    out = Path(args.out)
+    common = ["--suite", "pointmass", "--sequence", args.sequence, "--steps-per-task", str(args.steps_per_task),
+              "--backend", "single", "--set", "run.threads=1", "--set", "eval.every=2000", *HIDDEN, "--method", "3rl"]
+    variants = {"3rl": "3rl", "3rl + change detector": "3rl-change"}
+    detector = {"3rl": [], "3rl-change": ["--set", "continual.detector=change"]}
+    train_missing(out, {f"{prefix}-seed{seed}": [*common, *detector[prefix], "--seed", str(seed)]
+                        for prefix in variants.values() for seed in args.seeds}, args.workers)
+    summarize(out, variants, args.seeds, "refs",
+              f"pointmass {args.sequence}, target hidden (the same states need opposite actions), hidden boundaries, "
+              f"{args.steps_per_task:,} env steps per task; success = the last evaluation of a window")
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["pointmass", "task-hidden"])
+    p.add_argument("--sequence", default="PM2")
+    p.add_argument("--steps-per-task", type=int, default=6000)
+    p.add_argument("--blend", type=int, default=2000, help="blended rows' continual.blend_steps (0: none)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    args.out = args.out or f"runs/bench-task-free-{args.mode}"
+    {"pointmass": pointmass, "task-hidden": task_hidden}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Boundary detectors: where a stream of tasks seems to switch, read from the data alone
+(continual.boundaries=hidden, `continual.detector`). The task-aware strategies (EWC, online EWC,
+L2, SI, MAS, PackNet) run their end-of-task step at each detection (launch/loop/learning.py).
+
+plateau  Task-Free Continual Learning's rule (Aljundi, Kelchtermans, Tuytelaars, CVPR 2019; code
+         `kkelchte/task_free_continual_learning`, method.py lines 147-160), on the learner's loss: a
+         window of the last `detector_window` (5) loss values; armed at the start; each value, first
+         re-arm if disarmed and the window mean exceeds the last plateau's mean + sqrt(its variance)
+         (a new peak), then fire if armed and the window's mean and variance are below their
+         thresholds (a plateau), remembering the window's mean and variance and disarming. Both
+         checks may act on one value; the window is used before it is full, as in the reference.
+         Deviations:
+         - a value is the mean critic TD loss over `detector_block` learner updates (the reference:
+           one batch's summed loss before its first of 5 gradient steps; a SAC update's loss is far
+           noisier than one supervised batch's);
+         - the thresholds are scale-free (SAC's TD loss has no fixed scale; the reference's 0.2 and
+           0.1 apply to a summed squared error on one-hot targets): a plateau is a window mean below
+           `plateau_mean` x the peak and a variance below `plateau_variance` x peak^2, where the peak
+           is the highest window mean since the detector was last armed.
+change   Page-Hinkley's test for a drop in the mean of finished training episodes' returns (Page
+         1954; Hinkley 1971), scale-free: each return is standardised by the mean and standard
+         deviation of the returns since the last alarm (at least `change_min_episodes` of them before
+         an alarm can fire); the statistic m_n = sum_i ((mean_i - x_i) / std_i - delta), with the
+         running mean and standard deviation at episode i (the online form; delta:
+         `change_tolerance` standard deviations), is compared with its running minimum, and an alarm
+         fires when m_n - min_k m_k > `change_threshold` standard deviations. A drop of d standard
+         deviations is flagged after about change_threshold / (d - change_tolerance) episodes;
+         rising returns (learning) never fire it. After an alarm every statistic starts afresh.
+
+Each detector is fed by the trainer (`observe_loss` after each learner update, `observe_return`
+per finished training episode) and says True where it detects a boundary; its state is saved with
+the run (a resumed run detects as if never stopped).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+class PlateauDetector:
+    def __init__(self, window: int = 5, mean_fraction: float = 0.2, variance_fraction: float = 0.1,
+                 block: int = 100):
+        self.window, self.mean_fraction, self.variance_fraction, self.block = window, mean_fraction, \
+            variance_fraction, block
+        self.losses: deque[float] = deque(maxlen=window)
+        self.armed = True                      # the reference's new_peak_detected, True at the start
+        self.peak = -math.inf                  # the highest window mean since it was last armed
+        self.last_mean = self.last_variance = 0.0  # the window at the last plateau
+        self.block_sum, self.block_count = 0.0, 0
+
+    def observe_value(self, value: float) -> bool:
+        """One loss value (a block's mean): True if a plateau is detected here."""
+        self.losses.append(value)
+        n = len(self.losses)
+        mean = sum(self.losses) / n
+        variance = sum((x - mean) ** 2 for x in self.losses) / n  # population variance, as np.var
+        if not self.armed and mean > self.last_mean + math.sqrt(self.last_variance):
+            self.armed, self.peak = True, mean
+        self.peak = max(self.peak, mean) if self.armed else self.peak
+        if self.armed and mean < self.mean_fraction * self.peak and variance < self.variance_fraction * self.peak ** 2:
+            self.last_mean, self.last_variance, self.armed = mean, variance, False
+            return True
+        return False
+
+    def observe_loss(self, loss: float) -> bool:
+        """One learner update's loss; a value enters the window every `block` updates."""
+        self.block_sum += loss
+        self.block_count += 1
+        if self.block_count < self.block:
+            return False
+        value = self.block_sum / self.block_count
+        self.block_sum, self.block_count = 0.0, 0
+        return self.observe_value(value)
+
+    def observe_return(self, episode_return: float) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {"losses": list(self.losses), "armed": self.armed, "peak": self.peak, "last_mean": self.last_mean,
+                "last_variance": self.last_variance, "block_sum": self.block_sum, "block_count": self.block_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = deque(state["losses"], maxlen=self.window)
+        for key in ("armed", "peak", "last_mean", "last_variance", "block_sum", "block_count"):
+            setattr(self, key, state[key])
+
+
+class ChangeDetector:
+    def __init__(self, threshold: float = 10.0, tolerance: float = 0.5, min_episodes: int = 20):
+        self.threshold, self.tolerance, self.min_episodes = threshold, tolerance, min_episodes
+        self.reset()
+
+    def reset(self) -> None:
+        self.count, self.mean, self.squares = 0, 0.0, 0.0  # Welford's running mean and sum of squares
+        self.statistic, self.minimum = 0.0, 0.0
+
+    def observe_return(self, x: float) -> bool:
+        """One finished episode's return: True if a drop in the mean is detected here."""
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.squares += delta * (x - self.mean)
+        std = math.sqrt(self.squares / self.count) if self.count > 1 else 0.0
+        if std <= 0.0:
+            return False
+        self.statistic += (self.mean - x) / std - self.tolerance
+        self.minimum = min(self.minimum, self.statistic)
+        if self.count >= self.min_episodes and self.statistic - self.minimum > self.threshold:
+            self.reset()
+            return True
+        return False
+
+    def observe_loss(self, loss: float) -> bool:
+        return False
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("count", "mean", "squares", "statistic", "minimum")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def make_detector(cfg):
+    """The detector `cfg` (launch.config.ContinualConfig) names, or None."""
+    if cfg.detector == "plateau":
+        return PlateauDetector(cfg.detector_window, cfg.plateau_mean, cfg.plateau_variance, cfg.detector_block)
+    if cfg.detector == "change":
+        return ChangeDetector(cfg.change_threshold, cfg.change_tolerance, cfg.change_min_episodes)
+    return None

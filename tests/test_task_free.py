@@ -1,0 +1,244 @@
+"""Continual learning without task boundaries, part by part: the boundary detectors against the
+rules they implement, reservoir memory, MIR's retrieval, CLEAR's cloning terms, TF-MAS's hard buffer
+and importances, the blend ramp and the metrics of the hidden setting. (Runs: tests/test_task_free_runs.py.)"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from agents.replay import Batch
+from agents.sac import make_learner
+from agents.stream_replay import RecentReplay, ReservoirReplay
+from continual.detectors import ChangeDetector, PlateauDetector
+from continual.schedule import Stage, blend_shares
+from continual.strategies import make_strategy
+from launch.config import build_config
+from metrics import task_free
+from metrics.runs import make_run
+
+
+def reference_plateau_fires(losses, window=5, mean_threshold=0.2, variance_threshold=0.1):
+    """kkelchte/task_free_continual_learning method.py lines 147-160, transcribed: the steps whose
+    loss makes the rule update importances."""
+    loss_window, fired = [], []
+    new_peak_detected, last_mean, last_variance = True, None, None
+    for i, loss in enumerate(losses):
+        loss_window.append(np.mean(loss))
+        if len(loss_window) > window:
+            del loss_window[0]
+        mean, variance = np.mean(loss_window), np.var(loss_window)
+        if not new_peak_detected and mean > last_mean + np.sqrt(last_variance):
+            new_peak_detected = True
+        if mean < mean_threshold and variance < variance_threshold and new_peak_detected:
+            fired.append(i)
+            last_mean, last_variance, new_peak_detected = mean, variance, False
+    return fired
+
+
+def ours_fires(losses, scale=1.0):
+    detector = PlateauDetector(window=5, mean_fraction=0.2, variance_fraction=0.1, block=1)
+    return [i for i, loss in enumerate(losses) if detector.observe_loss(loss * scale)]
+
+
+def test_plateau_rule_fires_where_the_references_does_and_is_scale_free():
+    # two tasks: a peak of 1.0 (the reference's thresholds are then ours), learned down to 0.05
+    task = [1.0] * 6 + [0.6, 0.3, 0.12, 0.06] + [0.05] * 10
+    losses = task + task + [0.05 + 0.01 * (i % 3) for i in range(10)]
+    reference = reference_plateau_fires(losses)
+    assert len(reference) == 2  # once per task, after it is learned
+    assert ours_fires(losses) == reference
+    assert ours_fires(losses, scale=1000.0) == reference  # a TD loss 1000x larger: the same steps
+    assert reference_plateau_fires([x * 1000 for x in losses]) == []  # the reference's absolute thresholds do not
+    assert ours_fires([1.0] * 40) == [] and ours_fires([3.0 + 0.01 * (i % 2) for i in range(40)]) == []
+
+
+def test_plateau_blocks_average_the_updates_losses():
+    detector = PlateauDetector(window=2, block=3)
+    for loss in (1.0, 2.0, 6.0, 4.0, 4.0):
+        detector.observe_loss(loss)
+    assert list(detector.losses) == [3.0] and (detector.block_sum, detector.block_count) == (8.0, 2)
+
+
+def test_change_detector_finds_a_drop_within_its_stated_delay_and_ignores_learning():
+    rng = np.random.default_rng(0)
+    shift, before = 3.0, 300
+    returns = np.concatenate([rng.normal(0, 1, before), rng.normal(-shift, 1, 100)])
+    detector = ChangeDetector(threshold=10.0, tolerance=0.5, min_episodes=20)  # the defaults
+    alarms = [i for i, x in enumerate(returns) if detector.observe_return(float(x))]
+    stated = math.ceil(10.0 / (shift - 0.5))  # threshold / (d - tolerance) episodes
+    assert alarms and alarms[0] >= before, alarms  # nothing before the drop
+    assert alarms[0] - before <= 3 * stated, alarms
+    learning = ChangeDetector()
+    rising = np.linspace(-30, 0, 400) + rng.normal(0, 1, 400)  # returns rising as a task is learned
+    assert not any(learning.observe_return(float(x)) for x in rising)
+
+
+def test_reservoir_keeps_a_uniform_sample_and_its_annotations():
+    replay = ReservoirReplay(1, 500, 2, 1, np.random.default_rng(0), extra={"double": (2,)})
+    replay.annotate = lambda rows: {"double": 2 * rows["obs"]}
+    n = 20_000
+    index = np.arange(n, dtype=np.float32)
+    for start in range(0, n, 64):  # chunks, as actors send them
+        rows = slice(start, start + 64)
+        obs = np.stack([index[rows], -index[rows]], 1)
+        replay.add(np.zeros(len(obs), np.int64), obs, np.zeros((len(obs), 1), np.float32),
+                   np.zeros(len(obs), np.float32), obs, np.zeros(len(obs), np.float32))
+    assert replay.size[0] == 500 and replay.seen[0] == n
+    kept = replay.buffers[0]["obs"][:, 0]
+    assert len(np.unique(kept)) == 500
+    counts = np.histogram(kept, bins=10, range=(0, n))[0]  # uniform: 50 per tenth of the stream
+    assert counts.min() >= 25 and counts.max() <= 75, counts  # FIFO would keep only the last tenth
+    np.testing.assert_array_equal(replay.extra[0]["double"], 2 * replay.buffers[0]["obs"])
+
+
+def _learner_and_config(*overrides):
+    cfg = build_config("pointmass", overrides=["continual.sequence=PM2", "continual.boundaries=hidden",
+                                               "env.target_visible=true", *overrides])
+    torch.manual_seed(0)
+    return make_learner(cfg.sac, 4, 2, 1, torch.device("cpu")), cfg
+
+
+def _filled(replay, n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    obs, next_obs = rng.uniform(-1, 1, (n, 4)).astype(np.float32), rng.uniform(-1, 1, (n, 4)).astype(np.float32)
+    replay.add(np.zeros(n, np.int64), obs, rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+               -rng.random(n).astype(np.float32), next_obs, np.zeros(n, np.float32))
+    return replay
+
+
+def test_mir_replays_the_candidates_a_virtual_adam_step_hurts_most():
+    learner, cfg = _learner_and_config("continual.method=mir")
+    mir = make_strategy(cfg.continual, learner, [0], 0)
+    replay = _filled(RecentReplay(1, 1000, 100, 4, 2, np.random.default_rng(1)))
+    for _ in range(3):  # Adam moments that are not zero
+        learner.update(replay.sample(64, np.random.default_rng(2)))
+    new = replay.recent.sample(32, np.random.default_rng(3), [0])
+    candidates = replay.sample(40, np.random.default_rng(4))
+    torch.manual_seed(7)  # the soft targets sample next actions: the same draws below
+    scores = mir.interference(new, candidates)
+
+    # by hand: a copy of the critic takes the Adam step its optimizer would take on new's TD loss
+    import copy
+    torch.manual_seed(7)
+    critic, new_target = copy.deepcopy(learner.critic), learner.critic_pass(*new)[2].detach()
+    target = learner.critic_pass(*candidates)[2].detach()
+    optimizer = torch.optim.Adam(critic.parameters(), lr=learner.critic_optimizer.param_groups[0]["lr"])
+    optimizer.load_state_dict(learner.critic_optimizer.state_dict())
+    td = lambda net, b, y: ((net(b.obs, b.action, b.task) - y) ** 2).sum(0)  # noqa: E731
+    before = td(critic, candidates, target).detach()
+    optimizer.zero_grad()
+    td(critic, new, new_target).mean().backward()
+    optimizer.step()
+    after = td(critic, candidates, target).detach()
+    torch.testing.assert_close(scores, after - before, rtol=1e-4, atol=1e-6)
+    assert scores.abs().max() > 0
+
+    batch = mir.sample(replay, 64, np.random.default_rng(5), [0])
+    assert len(batch.obs) == 64 and bool((batch.task == 0).all())
+
+
+def test_clear_clones_the_stored_behaviour_on_the_replayed_half():
+    learner, cfg = _learner_and_config("continual.method=clear")
+    clear = make_strategy(cfg.continual, learner, [0], 0)
+    replay = RecentReplay(1, 1000, 100, 4, 2, np.random.default_rng(1), extra=clear.replay_extra(2))
+    clear.use_replay(replay)
+    _filled(replay)
+    batch = clear.sample(replay, 64, np.random.default_rng(2), [0])
+    assert len(batch.obs) == 64 and clear.new_count == 32
+    terms = {**clear.loss_terms("actor", batch, None), **clear.loss_terms("critic", batch, None)}
+    # stored when the rows arrived, by the same networks: nothing to clone yet
+    assert terms["clear/policy_cloning"].abs() < 1e-5 and terms["clear/value_cloning"].abs() < 1e-5
+    clear.behaviour["mean"] += 0.5  # the behaviour policy acted elsewhere, more widely; valued otherwise
+    clear.behaviour["log_std"] += 0.3
+    clear.behaviour["q"] += 1.0
+    actor_term = clear.loss_terms("actor", batch, None)["clear/policy_cloning"]
+    critic_term = clear.loss_terms("critic", batch, None)["clear/value_cloning"]
+    replayed = slice(32, None)
+    mean, log_std = learner.actor(batch.obs[replayed], batch.task[replayed])
+    behaviour = torch.distributions.Normal(clear.behaviour["mean"], clear.behaviour["log_std"].exp())
+    kl = torch.distributions.kl_divergence(behaviour, torch.distributions.Normal(mean, log_std.exp())).sum()
+    torch.testing.assert_close(actor_term, 0.01 * kl / 64, rtol=1e-4, atol=1e-7)  # forward KL, summed / B
+    torch.testing.assert_close(critic_term, torch.tensor(0.005 * 2 * 32 / 64), rtol=1e-4, atol=1e-7)
+    # the policy-cloning gradient moves the actor's mean towards the stored one
+    actor_term.backward()
+    before = learner.actor(batch.obs[replayed], batch.task[replayed])[0].detach()
+    with torch.no_grad():
+        for p in learner.actor.parameters():
+            p -= 1.0 * p.grad
+    after = learner.actor(batch.obs[replayed], batch.task[replayed])[0].detach()
+    assert (after - before).mean() > 0
+
+
+def test_tfmas_keeps_the_hardest_rows_and_updates_importances_at_plateaus():
+    learner, cfg = _learner_and_config("continual.method=tfmas", "continual.tfmas_hard_buffer=5",
+                                       "continual.detector_block=1")
+    tfmas = make_strategy(cfg.continual, learner, [0], 0)
+    replay = _filled(RecentReplay(1, 1000, 100, 4, 2, np.random.default_rng(1)))
+    batch = tfmas.sample(replay, 20, np.random.default_rng(2), [0])
+    tfmas.after_update(torch.arange(20, dtype=torch.float32), 1.0)  # a first peak
+    torch.testing.assert_close(tfmas.hard.obs, batch.obs[[19, 18, 17, 16, 15]])  # the 5 highest losses
+    for k in range(5):  # the window falls: [1, 0, 0, 0, 0] is no plateau yet (mean 0.2, not below it)
+        hard_in_place = tfmas.hard
+        batch = tfmas.sample(replay, 20, np.random.default_rng(3 + k), [0])
+        assert len(batch.obs) == 25  # the replay batch + the hard buffer
+        assert not tfmas.omega
+        tfmas.after_update(torch.arange(25, dtype=torch.float32), 0.0)
+    assert tfmas.plateaus == 1  # [0, 0, 0, 0, 0]: a plateau, on the hard buffer in place before the refill
+    params = [p for _, p in tfmas.shared("actor")]
+    expected = [torch.zeros_like(p) for p in params]
+    for row in range(5):  # per sample |d ||f(x)||_2 / d theta|, summed (the reference's lines 163-172)
+        mean, log_std = learner.actor(hard_in_place.obs[row:row + 1], hard_in_place.task[row:row + 1])
+        grads = torch.autograd.grad(torch.cat([mean.flatten(), log_std.flatten()]).norm(), params, allow_unused=True)
+        for e, g in zip(expected, grads):
+            if g is not None:
+                e += g.abs()
+    for got, want in zip(tfmas.omega["actor"], expected):
+        torch.testing.assert_close(got, want)
+    assert tfmas.penalty("actor") == 0  # anchored at the current weights
+    with torch.no_grad():
+        for p in params:
+            p += 0.1
+    penalty = tfmas.penalty("actor")
+    torch.testing.assert_close(penalty, 0.02 / 2 * sum((w * 0.01).sum() for w in expected), rtol=1e-4, atol=1e-6)
+    old = [w.clone() for w in tfmas.omega["actor"]]
+    tfmas._update_importance()  # a second plateau: the running average g / 2 + (1 - 1/2) omega
+    assert tfmas.plateaus == 2
+    assert any(not torch.equal(o, w) for o, w in zip(old, tfmas.omega["actor"]))
+
+
+def test_blend_ramp_rises_linearly_across_each_switch():
+    stages = [Stage((0,), 0, 1000), Stage((1,), 1000, 2000), Stage((2,), 2000, 3000)]
+    assert blend_shares(stages, 400, 799) == {0: 1.0}
+    assert blend_shares(stages, 400, 800) == {0: 1.0, 1: 0.0}
+    assert blend_shares(stages, 400, 900) == {0: 0.75, 1: 0.25}
+    assert blend_shares(stages, 400, 1000) == {0: 0.5, 1: 0.5}
+    assert blend_shares(stages, 400, 1100) == {0: 0.25, 1: 0.75}
+    assert blend_shares(stages, 400, 1200) == {1: 1.0}
+    assert blend_shares(stages, 400, 2100) == {1: 0.25, 2: 0.75}
+    assert blend_shares(stages, 0, 1000) == {1: 1.0}
+
+
+def test_anytime_performance_and_detection_metrics():
+    run = make_run(["a", "b"], [0, 100, 200, 300, 400], [[0, 0], [0.5, 0], [1, 0], [0.5, 0.5], [0, 1]],
+                   [(["a"], 0, 200), (["b"], 200, 400)])
+    # step 0: nothing seen; 100, 200: a only; 300, 400: both
+    assert task_free.anytime_average_performance(run) == pytest.approx(np.mean([0.5, 1, 0.5, 0.5]))
+    assert task_free.switches(run) == [200]
+    found = task_free.detection([150, 230, 260], [200], 400)
+    assert found == {"delays": [30], "false_alarms": 2, "missed": 0}
+    assert task_free.detection([], [200, 300], 400) == {"delays": [None, None], "false_alarms": 0, "missed": 2}
+    assert task_free.detection([250, 310], [200, 300], 400)["delays"] == [50, 10]
+
+
+def test_hidden_batches_carry_no_task_label():
+    from launch.loop.learning import build_replay
+    learner, cfg = _learner_and_config("continual.method=reservoir")
+    from envs import make_suite
+    suite = make_suite("pointmass", "reach-e,reach-w", 0, target_visible=True)
+    strategy = make_strategy(cfg.continual, learner, [0], 0)
+    replay = build_replay(cfg, suite, learner, strategy, 1, 2)
+    assert isinstance(replay, ReservoirReplay) and replay.num_tasks == 1
+    batch = strategy.sample(_filled(replay), 16, np.random.default_rng(0), [0])
+    assert isinstance(batch, Batch) and bool((batch.task == 0).all())

@@ -1,0 +1,161 @@
+"""Continual learning without task boundaries, as runs (continual.boundaries=hidden; launch/loop/learning.py):
+what the learner is not told, blended switches counted from episodes.jsonl, detected boundaries
+running a strategy's end-of-task step, resuming a detector, and each task-free method learning."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from continual.schedule import blend_shares
+from envs import make_suite
+from launch.config import build_config, plan_schedule
+from launch.loop.trainer import Trainer
+from metrics import evallog
+from metrics.runs import read_run
+from tests.conftest import run_train, train_in_process, train_many
+
+pytestmark = pytest.mark.integration
+
+
+def _trainer(run_dir: Path, *overrides: str, steps: int = 300):
+    cfg = build_config("pointmass", flags={"continual.sequence": "PM2", "continual.steps_per_task": steps},
+                       overrides=["runtime.backend=single", "sac.warmup_steps_per_task=100", "eval.goals=2",
+                                  *overrides])
+    schedule = plan_schedule(cfg)
+    suite = make_suite("pointmass", cfg.env.tasks, 0, target_visible=cfg.env.target_visible)
+    return Trainer(cfg, suite, run_dir, resume=False, log=lambda *a: None, schedule=schedule)
+
+
+def _run(trainer):
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def test_hidden_boundaries_tell_the_learner_neither_task_nor_switch(tmp_path):
+    # L2 with a change detector that never fires: any end_task call would anchor its weights
+    hidden = _run(_trainer(tmp_path / "hidden", "continual.boundaries=hidden", "continual.method=l2",
+                           "continual.detector=change", "continual.change_threshold=1e9"))
+    given = _run(_trainer(tmp_path / "given", "continual.method=l2", "sac.task_input=false", "sac.head=single"))
+    learning = hidden.learning
+    assert learning.strategy.anchor == {}  # no end_task arrived at the schedule's switch
+    assert set(given.learning.strategy.anchor) == {"actor"}  # ... where the given setting's did
+    assert learning.replay.num_tasks == 1 and learning.replay.size[0] == 600  # one buffer, the whole stream
+    assert given.learning.replay.num_tasks == 2
+    assert hidden.learner.log_alpha.numel() == 1  # one temperature (per-task ones would be 2)
+    assert not hidden.cfg.sac.task_input and hidden.cfg.sac.head == "single"  # implied by hidden boundaries
+    batch = learning.strategy.sample(learning.replay, 16, np.random.default_rng(0), learning.tasks)
+    assert learning.tasks == [0] and bool((batch.task == 0).all())
+    assert json.loads((tmp_path / "hidden" / "learners.json").read_text())["detected_boundaries"] == []
+    rows = evallog.read(tmp_path / "hidden" / "evals.jsonl")
+    assert {r["task"] for r in rows} == {"reach-e", "reach-w"}  # the evaluator still knows the schedule
+
+
+def test_blended_switches_follow_the_linear_ramp(tmp_path):
+    """Episodes' tasks around the switch (episodes.jsonl), against the ramp, bin by bin; no updates
+    (sac.updates_per_round=0) so that only the envs run."""
+    run = tmp_path / "blend"
+    result = train_in_process("--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", 6000, "--backend",
+                              "single", "--set", "continual.boundaries=hidden", "--set", "continual.blend_steps=4000",
+                              "--set", "env.envs_per_task=4", "--set", "sac.updates_per_round=0",
+                              "--set", "eval.every=0", "--set", "eval.goals=1", "--run-dir", run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = evallog.read(run / "episodes.jsonl")
+    start = np.array([r["start_step"] for r in rows])
+    second = np.array([r["task"] == "reach-w" for r in rows])
+    assert not second[start < 4000].any() and second[start >= 8000].all()  # outside the blend: one task
+    stages = read_run(run).schedule
+    from continual.schedule import Stage
+    plan = [Stage((k,), s.start, s.end) for k, s in enumerate(stages)]
+    for low in range(4000, 8000, 500):
+        inside = (start >= low) & (start < low + 500)
+        expected = np.mean([blend_shares(plan, 4000, int(s)).get(1, 0.0) for s in start[inside]])
+        spread = 3 * np.sqrt(expected * (1 - expected) / inside.sum()) + 0.02
+        assert abs(second[inside].mean() - expected) <= spread, (low, second[inside].mean(), expected)
+
+
+def test_a_detected_boundary_runs_the_end_of_task_step(tmp_path):
+    """EWC with the plateau detector on the hidden PM2 (2 x 6,000 steps, a FIFO of 2,000 transitions so
+    that fine-tuning forgets): a detection between the switch and half a stage after it, and less
+    forgetting than fine-tuning on the same seed and budget."""
+    common = ["--suite", "pointmass", "--sequence", "PM2", "--backend", "single", "--set",
+              "continual.boundaries=hidden", "--set", "replay.capacity_per_task=2000"]
+    results = train_many({"ewc": [*common, "--method", "ewc", "--set", "continual.detector=plateau",
+                                  "--run-dir", tmp_path / "ewc"],
+                          "finetune": [*common, "--run-dir", tmp_path / "finetune"]})
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+    from metrics import continual, task_free
+    ewc, finetune = read_run(tmp_path / "ewc"), read_run(tmp_path / "finetune")
+    hits = [d for d in ewc.detected if 6000 <= d < 9000]
+    assert hits, ewc.detected
+    assert task_free.run_detection(ewc)["delays"][0] == hits[0] - 6000
+    assert continual.forgetting(ewc, last_k=1).mean < continual.forgetting(finetune, last_k=1).mean - 0.2
+
+
+def test_a_resumed_run_keeps_its_detections_and_its_detector(tmp_path):
+    """SIGKILL after the checkpoint at 1,800 (a switch detected at about 1,590, before it), resume: the
+    finished run lists that detection, and the checkpoint holds the detector's running statistics."""
+    from launch import checkpoint
+    from tests.conftest import kill_after_checkpoint, start_train
+    run = tmp_path / "run"
+    proc = start_train("--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", 1500, "--backend", "single",
+                       "--set", "continual.boundaries=hidden", "--set", "continual.detector=change",
+                       "--set", "run.checkpoint_every=1800", "--set", "eval.goals=2", "--run-dir", run)
+    kill_after_checkpoint(proc, run, 1800)
+    saved = checkpoint.load_latest(run / "checkpoints")["detector"]
+    assert [d for d in saved["detected"] if 1500 <= d < 1800], saved
+    assert saved["state"]["count"] > 0  # episodes since that alarm
+    finished = run_train("--resume", run)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    detected = json.loads((run / "learners.json").read_text())["detected_boundaries"]
+    assert detected[:len(saved["detected"])] == saved["detected"]
+
+
+def test_every_task_free_method_learns_each_task_of_a_visible_target_sequence(tmp_path):
+    """Target visible (env.target_visible): each method, hidden boundaries, 2 x 2,500 env steps, seed 0.
+    Every method keeps the first task; MIR and CLEAR end with the second learned too. EWC (CW's 1e4
+    on the one shared head) and TF-MAS (its hard buffer in every batch) learn it more slowly than this
+    budget (BENCHMARKS.md, 3,000 steps per task). Fine-tuning
+    forgets nothing here (one policy, "go to the target", solves every pointmass task): forgetting is
+    compared on the task-hidden sequence (test_a_detected_boundary_runs_the_end_of_task_step). EWC runs
+    with a change detector: it fires on the drop at the switch."""
+    common = ["--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", 2500, "--backend", "single",
+              "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=500",
+              "--set", "run.threads=1"]
+    methods = {"mir": [], "clear": [], "tfmas": [], "ewc": ["--set", "continual.detector=change"]}
+    # (reservoir: fine-tuning's run until its memory fills, tests/test_task_free.py samples it; PackNet and
+    # EWC at plateau detections: BENCHMARKS.md)
+    results = train_many({m: [*common, "--method", m, *extra, "--run-dir", tmp_path / m]
+                          for m, extra in methods.items()})
+    for method, result in results.items():
+        assert result.returncode == 0, (method, result.stderr[-2000:])
+        run = read_run(tmp_path / method)
+        final = run.success[-1]
+        assert final[0] >= 0.8, (method, run.success.tolist())  # the first task kept
+        if method not in ("ewc", "tfmas"):
+            assert final[1] >= 0.8, (method, run.success.tolist())  # the second learned
+        if method == "ewc":
+            assert [d for d in run.detected if 2500 <= d < 3750], run.detected  # the drop at the switch
+
+
+def test_3rl_keeps_the_whole_stream_in_replay_and_in_its_checkpoint(tmp_path):
+    """3RL on the task-hidden PM2 (short: its learning is BENCHMARKS.md's): 3RL's context window is
+    implied, replay holds every stage (capacity_per_task x 2 stages: 1,200 of 1,200 steps with 600 per
+    stage), and its checkpoint keeps it (a task-free method's memory is the method)."""
+    run = tmp_path / "3rl"
+    result = train_in_process("--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", 600, "--backend",
+                              "single", "--method", "3rl", "--set", "continual.boundaries=hidden", "--set",
+                              "replay.capacity_per_task=600", "--set", "eval.goals=2", "--run-dir", run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from launch import checkpoint
+    from launch.config import load_run_config
+    cfg = load_run_config(run / "config.yaml")
+    assert (cfg.sac.memory, cfg.sac.memory_context, cfg.sac.memory_hidden) == ("gru", 15, 30)
+    assert cfg.replay.save_in_checkpoint
+    replay = checkpoint.load_latest(run / "checkpoints")["replay"]
+    assert sum(int(t["size"]) for t in replay["tasks"]) == 1200  # FIFO of 600 would hold half
