@@ -83,7 +83,7 @@ def test_a_detected_boundary_runs_the_end_of_task_step(tmp_path):
     that fine-tuning forgets): a detection between the switch and half a stage after it, and less
     forgetting than fine-tuning on the same seed and budget."""
     common = ["--suite", "pointmass", "--sequence", "PM2", "--backend", "single", "--set",
-              "continual.boundaries=hidden", "--set", "replay.capacity_per_task=2000"]
+              "continual.boundaries=hidden", "--set", "replay.capacity_per_task=2000", "--set", "run.threads=1"]
     results = train_many({"ewc": [*common, "--method", "ewc", "--set", "continual.detector=plateau",
                                   "--run-dir", tmp_path / "ewc"],
                           "finetune": [*common, "--run-dir", tmp_path / "finetune"]})
@@ -105,7 +105,8 @@ def test_a_resumed_run_keeps_its_detections_and_its_detector(tmp_path):
     run = tmp_path / "run"
     proc = start_train("--suite", "pointmass", "--sequence", "PM2", "--steps-per-task", 1500, "--backend", "single",
                        "--set", "continual.boundaries=hidden", "--set", "continual.detector=change",
-                       "--set", "run.checkpoint_every=1800", "--set", "eval.goals=2", "--run-dir", run)
+                       "--set", "run.checkpoint_every=1800", "--set", "eval.goals=2", "--set", "run.threads=1",
+                       "--run-dir", run)
     kill_after_checkpoint(proc, run, 1800)
     saved = checkpoint.load_latest(run / "checkpoints")["detector"]
     assert [d for d in saved["detected"] if 1500 <= d < 1800], saved
