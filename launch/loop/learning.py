@@ -76,6 +76,7 @@ class Learning:
         self.context: TaskContext | None = None  # the stage's, built once
         self.detector = make_detector(cfg.continual) if self.hidden else None
         self.detected: list[int] = []  # env steps of the detected boundaries
+        self.pending = False  # a detection waiting for the trainer's step count (boundary_detected)
 
     def update(self, updates: int) -> None:
         """`updates` learner updates, each on a batch the strategy samples (by default task-balanced
@@ -87,8 +88,6 @@ class Learning:
                 loss = float(self.losses["loss/qf1"] + self.losses["loss/qf2"]) / 2  # a host sync: only if read
                 self.strategy.after_update(self.learner.critic_rows, loss)
                 self.pending |= self.detector is not None and self.detector.observe_loss(loss)
-
-    pending = False  # a detection waits for the trainer's step count (boundary_detected)
 
     def observe_returns(self, returns: list[float]) -> None:
         """Finished training episodes' returns, in arrival order (the change detector's signal)."""
