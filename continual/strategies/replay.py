@@ -20,6 +20,13 @@ from agents import seeding
 from continual.strategies.base import Strategy, TaskContext, sample_states
 
 
+def gaussian_kl(old_mean, old_log_std, mean, log_std) -> torch.Tensor:
+    """KL(N(old_mean, old_std) || N(mean, std)) per row, summed over action dimensions (the tanh
+    leaves it unchanged): behaviour cloning's term (here and CLEAR's)."""
+    return (log_std - old_log_std + ((2 * old_log_std).exp() + (old_mean - mean).pow(2))
+            / (2 * (2 * log_std).exp()) - 0.5).sum(-1)
+
+
 class Replay(Strategy):
     rehearses = True
     needs_task_ids = True  # per-task buffers
@@ -55,9 +62,7 @@ class BehaviourCloning(Strategy):
             rows = torch.from_numpy(self.rng.integers(len(kept["obs"]), size=size)).to(kept["obs"].device)
             mean, log_std = self.learner.actor(kept["obs"][rows], kept["task"][rows])
             old_mean, old_log_std = kept["mean"][rows], kept["log_std"][rows]
-            # KL(N(m0, s0) || N(m, s)) per dimension, summed over action dimensions
-            kl = kl + (log_std - old_log_std + ((2 * old_log_std).exp() + (old_mean - mean).pow(2))
-                       / (2 * (2 * log_std).exp()) - 0.5).sum(-1).mean()
+            kl = kl + gaussian_kl(old_mean, old_log_std, mean, log_std).mean()
         return self.coef(self.default_coef) * kl / len(self.memory)
 
     def state_dict(self) -> dict:

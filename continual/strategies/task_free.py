@@ -51,6 +51,7 @@ import torch
 from agents import seeding
 from agents.replay import Batch
 from continual.strategies.base import Strategy
+from continual.strategies.replay import gaussian_kl
 
 
 class TaskFree(Strategy):
@@ -193,9 +194,7 @@ class CLEAR(RecentAndReplayed):
             with self.learner.autocast():
                 mean, log_std = self.learner.actor(obs, task)
             mean, log_std = mean.float(), log_std.float()
-            # KL(N(m0, s0) || N(m, s)) per dimension, summed over dimensions and replayed rows
-            kl = (log_std - old["log_std"] + ((2 * old["log_std"]).exp() + (old["mean"] - mean).pow(2))
-                  / (2 * (2 * log_std).exp()) - 0.5).sum()
+            kl = gaussian_kl(old["mean"], old["log_std"], mean, log_std).sum()  # over the replayed rows
             return {"clear/policy_cloning": self.cfg.clear_policy_cloning * kl / self.batch_size}
         with self.learner.autocast():
             q = self.learner.critic(obs, action, task).float()
