@@ -36,19 +36,21 @@ def labelled(results: list[dict], step: int, version: int, names: list[str], env
 
 
 class RememberingPolicy:
-    """A policy with memory as envs/evaluation.py calls one: its mean action (tanh(mu)), each env's
-    memory (agents/recurrent.py's state or agents/context.py's window) reset at its episode's start."""
+    """A policy with memory as envs/evaluation.py calls one: its mean action (tanh(mu)), or a sample
+    drawn with `noise` (a generator), each env's memory (agents/recurrent.py's state or
+    agents/context.py's window) reset at its episode's start."""
 
-    def __init__(self, memories, num_tasks: int):
+    def __init__(self, memories, num_tasks: int, noise: torch.Generator | None = None):
         self.memories, self.num_tasks = memories, num_tasks  # agents/context.py: env_memories; the policy's tasks
+        self.noise = noise
 
     def start(self, envs) -> None:
         self.memories.start(torch.as_tensor(envs))
 
     def __call__(self, obs: np.ndarray, task: np.ndarray, envs: np.ndarray) -> np.ndarray:
         return self.memories.act(torch.from_numpy(obs), torch.from_numpy(network_task(task, self.num_tasks)),
-                                 torch.from_numpy(envs),
-                                 deterministic=True).numpy()
+                                 torch.from_numpy(envs), deterministic=self.noise is None,
+                                 generator=self.noise).numpy()
 
     def rewarded(self, envs: np.ndarray, rewards: np.ndarray) -> None:
         self.memories.rewarded(torch.from_numpy(envs), torch.from_numpy(rewards))
@@ -57,7 +59,8 @@ class RememberingPolicy:
 class Evaluation:
     """Eval envs for every task plus a policy copy; built once, reused for every evaluation.
     policy="sample" draws each task's action noise from a generator of its own, reseeded at every
-    evaluation, so a task's result does not depend on which other tasks it is evaluated with.
+    evaluation, so a task's result does not depend on which other tasks it is evaluated with (a policy
+    with memory then takes one task at a time: its memories draw a batch's noise from one generator).
     network_tasks: the policy's tasks, 0: the suite's (1 with hidden boundaries: every task is
     evaluated as the network's task 0, agents/models.py network_task)."""
 
@@ -83,6 +86,17 @@ class Evaluation:
         noise = torch.stack([torch.randn(mean.shape[1:], generator=self.noise[int(t)]) for t in task])
         return torch.tanh(mean + log_std.exp() * noise).numpy()
 
+    def _policies(self, group: list[int]):
+        """(tasks, policy) pairs evaluating `group`: one for a memoryless policy or the mean action;
+        a sampling policy with memory takes one task at a time, its noise that task's generator."""
+        if env_memories(self.policy, 1, self.obs_dim, self.action_dim) is None:
+            return [(group, self.act)]
+        if self.mode == "mean":
+            return [(group, RememberingPolicy(env_memories(self.policy, len(group), self.obs_dim, self.action_dim),
+                                              self.num_tasks))]
+        return [([t], RememberingPolicy(env_memories(self.policy, 1, self.obs_dim, self.action_dim), self.num_tasks,
+                                        self.noise[t])) for t in group]
+
     def __call__(self, step: int, version: int, flat: torch.Tensor) -> list[dict]:
         """flat: the policy weights [P], or per task [T, P] (task t evaluated with row t: PackNet)."""
         tasks = list(range(len(self.envs)))
@@ -91,10 +105,9 @@ class Evaluation:
         results = []
         for weights, group in groups:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
-            memories = env_memories(self.policy, len(group), self.obs_dim, self.action_dim)
-            act = RememberingPolicy(memories, self.num_tasks) if memories is not None else self.act
-            results += evaluate(act, [self.envs[t] for t in group], group, self.goals,
-                                seed=seeding.seed_for(self.seed, "eval"))
+            for subset, act in self._policies(group):
+                results += evaluate(act, [self.envs[t] for t in subset], subset, self.goals,
+                                    seed=seeding.seed_for(self.seed, "eval"))
         return labelled(results, step, version, self.names, self.env_names, self.mode)
 
     def close(self) -> None:

@@ -89,7 +89,6 @@ def _assert_user_error(proc, *fragments):
       "sac.hyper_growth=true"], ["sac.hyper_growth", "sac.hypernet=rnn and --method hnet"]),
     (["--suite", "pointmass", "--set", "sac.memory=gru", "--balancer", "pcgrad"], ["balance.method=pcgrad"]),
     (["--suite", "pointmass", "--set", "sac.memory=gru", "--set", "sac.encoder=mlp"], ["sac.encoder=mlp"]),
-    (["--suite", "pointmass", "--set", "sac.memory=gru", "--set", "eval.policy=sample"], ["eval.policy=sample"]),
     (["--suite", "pointmass", "--set", "sac.memory=gru", "--set", "replay.normalize_rewards=true"],
      ["replay.normalize_rewards"]),
     (["--suite", "pointmass", "--set", "sac.memory_context=15"], ["sac.memory_context is a recurrent mode"]),

@@ -150,6 +150,43 @@ def test_an_evaluation_of_a_recurrent_policy_replays_step_by_step_through_the_ne
         np.testing.assert_allclose(np.array(actions), torch.tanh(mean).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_sampled_evaluation_of_a_recurrent_policy_draws_each_tasks_noise_from_its_own_generator():
+    """eval.policy=sample with a GRU policy on two tasks: task 1's actions are tanh(mean + std * noise),
+    the mean and std read step by step from its episode, the noise drawn in order from task 1's own
+    generator (seed_for(seed, "eval", 1, 1)), as a memoryless policy's sampled evaluation draws it."""
+    from agents import seeding
+    from launch.evaluator import Evaluation
+
+    cfg = _cfg()
+    evaluation = Evaluation("pointmass", "reach-e,reach-w", 0, cfg, 1, "sample")
+    torch.manual_seed(3)
+    weights = torch.nn.utils.parameters_to_vector(RecurrentActor(2, 2, 2, cfg).parameters())
+    taken, observed, rewarded = [], [], []
+    env = evaluation.envs[1]
+    step = env.step
+
+    def recording_step(action):
+        taken.append(np.array(action))
+        out = step(action)
+        observed.append(out[0]), rewarded.append(out[1])
+        return out
+    env.step = recording_step
+    evaluation(0, 1, weights)
+    assert len(taken) == 30
+
+    actor = RecurrentActor(2, 2, 2, cfg).requires_grad_(False)
+    torch.nn.utils.vector_to_parameters(weights, actor.parameters())
+    first = env.reset(seed=seeding.seed_for(0, "eval") + 1, options={"goal": 0})[0]
+    obs_t = torch.tensor(np.array([first, *observed[:-1]]))[None]
+    prev_action = torch.tensor(np.array([np.zeros(2, np.float32), *taken[:-1]]))[None]
+    prev_reward = torch.tensor([0.0, *rewarded[:-1]], dtype=torch.float32)[None]
+    mean, log_std = (x[0] for x in actor(obs_t, prev_action, prev_reward, torch.ones(1, dtype=torch.long)))
+    noise = torch.Generator().manual_seed(seeding.seed_for(0, "eval", 1, 1))
+    expected = [torch.tanh(mean[t] + log_std[t].exp() * torch.randn(1, 2, generator=noise)[0]) for t in range(30)]
+    np.testing.assert_allclose(np.array(taken), torch.stack(expected).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.array(taken), torch.tanh(mean).numpy(), atol=1e-3)  # noise was drawn
+
+
 @pytest.mark.integration
 @pytest.mark.multiproc
 def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_resume(tmp_path):

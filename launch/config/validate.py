@@ -176,8 +176,6 @@ def memory_runs_on_windows(cfg):
         problems.append("replay.device=learner (sequence replay is on the host)")
     if cfg.replay.normalize_rewards:
         problems.append("replay.normalize_rewards (the memories read rewards as inputs: raw while acting)")
-    if cfg.eval.policy == "sample":
-        problems.append("eval.policy=sample (recurrent policies are evaluated by their mean action)")
     if sac.memory_context and sac.memory != "gru":
         problems.append(f"sac.memory_context={sac.memory_context} with sac.memory={sac.memory} (3RL's context "
                         "window runs through a GRU: sac.memory=gru)")
