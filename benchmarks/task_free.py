@@ -114,32 +114,29 @@ def train_grid(out: Path, runs: dict, workers: int) -> None:
     train_missing(out, runs, workers)
 
 
-def pointmass(args) -> None:
+def grid(args, suite: list[str], memory: int, setting: str) -> None:
+    """Train and print the method grid on `suite` (train.py's suite flags and overrides)."""
     out = Path(args.out)
-    common = ["--suite", "pointmass", "--sequence", args.sequence, "--steps-per-task", str(args.steps_per_task),
-              "--set", "env.target_visible=true", "--backend", "single", "--set", "run.threads=1"]
-    runs, variants = method_grid(common, args.seeds, args.blend, args.memory)
+    common = [*suite, "--sequence", args.sequence, "--steps-per-task", str(args.steps_per_task),
+              "--backend", "single", "--set", "run.threads=1"]
+    runs, variants = method_grid(common, args.seeds, args.blend, memory)
     train_grid(out, runs, args.workers)
     summarize(out, variants, args.seeds, "refs",
-              f"pointmass {args.sequence}, target visible, {args.steps_per_task:,} env steps per task; blended: "
-              f"{args.blend:,} steps per switch; success = the last evaluation of a window (10 goals); "
-              "mean over seeds [90% bootstrap CI]")
+              f"{setting}, {args.steps_per_task:,} env steps per task; blended: {args.blend:,} steps per switch; "
+              "success = the last evaluation of a window (10 goals); mean over seeds [90% bootstrap CI]")
+
+
+def pointmass(args) -> None:
+    grid(args, ["--suite", "pointmass", "--set", "env.target_visible=true"], args.memory,
+         f"pointmass {args.sequence}, target visible")
 
 
 def metaworld(args) -> None:
     """A short Meta-World sequence at a CPU budget: 2x128 networks (CW's 4x256 does not fit 2 cores),
     1,000 random steps at the start, evaluation every half stage on 10 goals."""
-    out = Path(args.out)
-    common = ["--suite", "metaworld", "--sequence", args.sequence, "--steps-per-task", str(args.steps_per_task),
-              "--set", "sac.hidden_sizes=[128,128]", "--set", "sac.warmup_steps_per_task=1000",
-              "--set", "eval.goals=10", "--eval-every", str(args.steps_per_task // 2),
-              "--backend", "single", "--set", "run.threads=1"]
-    runs, variants = method_grid(common, args.seeds, args.blend)
-    train_grid(out, runs, args.workers)
-    summarize(out, variants, args.seeds, "refs",
-              f"Meta-World {args.sequence}, {args.steps_per_task:,} env steps per task, 2x128; blended: "
-              f"{args.blend:,} steps per switch; success = the last evaluation of a window (10 goals); "
-              "mean over seeds [90% bootstrap CI]")
+    suite = ["--suite", "metaworld", "--set", "sac.hidden_sizes=[128,128]", "--set", "sac.warmup_steps_per_task=1000",
+             "--set", "eval.goals=10", "--eval-every", str(args.steps_per_task // 2)]
+    grid(args, suite, 0, f"Meta-World {args.sequence}, 2x128")
 
 
 def task_hidden(args) -> None:
