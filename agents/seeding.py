@@ -27,6 +27,9 @@ PURPOSES = {
     "reservoir": 12,    # reservoir replay's slot draws (agents/stream_replay.py)
     "mir": 13,          # MIR's candidate draws
     "blend": 14,        # blended switches: each episode's task (continual.blend_steps), per actor
+    "plasticity-probe": 15,  # the plasticity diagnostics' probe batches from replay
+    "plasticity-init": 16,   # the fresh weights of plasticity remedies (ReDo, CBP, shrink and perturb, resets)
+    "cbp": 17,          # continual backprop: its stochastic rounding (0) and its new units' weights (1)
 }
 
 

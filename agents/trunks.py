@@ -44,12 +44,15 @@ class MLPTrunk(nn.Module):
         sizes = [in_features, *hidden_sizes]
         self.norm = nn.LayerNorm(sizes[1]) if layer_norm else None
         self.layers = nn.ModuleList(EnsembleLinear(ensemble, a, b) for a, b in zip(sizes, sizes[1:]))
+        self.recording: list[torch.Tensor] | None = None  # each layer's activations [K, B, H], while probed
 
     def forward(self, x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         h = x.expand(self.ensemble, *x.shape)
         for i, layer in enumerate(self.layers):
             h = layer(h)
             h = torch.tanh(self.norm(h)) if i == 0 and self.norm is not None else self.activation(h)
+            if self.recording is not None:  # the plasticity diagnostics' probe (agents/plasticity/diagnostics.py)
+                self.recording.append(h)
         return h
 
     def task_specific(self, name: str) -> bool:

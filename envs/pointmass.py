@@ -9,22 +9,45 @@ the target to the observation ([x, y, target_x, target_y]): a memoryless agent w
 can then tell the tasks apart (the task-free continual methods' setting). Each task has fixed goals like
 Meta-World: goal i fixes the start position and a small jitter of the target.
 Reward is the negative distance to the target; success is being within 0.1 of it.
+
+Rotated tasks (the plasticity sequences): `reach-e@30` is reach-e with the action rotated by 30
+degrees (counter-clockwise) before it moves the point. The goals are reach-e's, so only the
+controller's mapping changes from one rotation to the next: a learner that gets slower at each new
+rotation has lost plasticity, since there is nothing to forget that a new rotation could reuse.
+ROT20 and ROT50 are 20 and 50 distinct rotations of reach-e, drawn once (fixed for every seed).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import gymnasium as gym
 import numpy as np
 
-from envs.base import Suite, TaskSpec, select_tasks
+from envs.base import Suite, TaskSpec, base_task_name, select_tasks
 
 DIRECTIONS = ["e", "ne", "n", "nw", "w", "sw", "s", "se"]
 ALL_TASKS = [f"reach-{d}" for d in DIRECTIONS]
 PRESETS = {"PM4": ["reach-e", "reach-n", "reach-w", "reach-s"], "PM8": ALL_TASKS}
 # Continual sequences of conflicting tasks (each pulls the start region the opposite way).
 SEQUENCES = {"PM2": ["reach-e", "reach-w"], "PM3": ["reach-e", "reach-w", "reach-n"]}
+ROTATED = re.compile(r"(reach-[a-z]+)@(-?\d+(?:\.\d+)?)")  # reach-e@30: reach-e, the action turned 30 degrees
+
+
+def rotations(count: int) -> list[str]:
+    """`count` distinct whole-degree rotations of reach-e in [-180, 180), drawn once from a fixed stream."""
+    angles = np.random.default_rng(7).choice(np.arange(-180, 180), size=count, replace=False)
+    return [f"reach-e@{int(a)}" for a in angles]
+
+
+SEQUENCES.update({"ROT20": rotations(20), "ROT50": rotations(50)})
+
+
+def split_rotation(name: str) -> tuple[str, float]:
+    """"reach-e@30" -> ("reach-e", 30.0); "reach-e" -> ("reach-e", 0.0)."""
+    match = ROTATED.fullmatch(name)
+    return (match.group(1), float(match.group(2))) if match else (name, 0.0)
 TARGET_RADIUS = 0.7
 SUCCESS_RADIUS = 0.1
 EPISODE_LENGTH = 30
@@ -45,7 +68,10 @@ class PointMassEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, task_name: str, seed: int | None = None, target_visible: bool = False):
+        task_name, degrees = split_rotation(task_name)
         self.goals, self.target_visible = goal_table(task_name), target_visible
+        c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+        self.rotation = np.array([[c, -s], [s, c]]) if degrees else None  # turns the action
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (4 if target_visible else 2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.np_random = np.random.default_rng(seed)
@@ -69,7 +95,10 @@ class PointMassEnv(gym.Env):
         return np.concatenate([self._pos, self._target]) if self.target_visible else self._pos.copy()
 
     def step(self, action):
-        self._pos = np.clip(self._pos + 0.1 * np.clip(action, -1.0, 1.0), -1.0, 1.0).astype(np.float32)
+        move = np.clip(action, -1.0, 1.0)
+        if self.rotation is not None:
+            move = self.rotation @ move
+        self._pos = np.clip(self._pos + 0.1 * move, -1.0, 1.0).astype(np.float32)
         self._t += 1
         distance = float(np.linalg.norm(self._pos - self._target))
         info = {"success": float(distance < SUCCESS_RADIUS)}
@@ -79,7 +108,9 @@ class PointMassEnv(gym.Env):
 def build(tasks: str, seed: int, goal_observable: bool = True, target_visible: bool = False) -> Suite:
     """goal_observable: unused. Without target_visible the observation never holds the target (an agent
     tells its task from the task input or, without it, from the rewards it sees)."""
-    names = select_tasks(tasks, PRESETS, ALL_TASKS, default="PM4")
+    requested = [base_task_name(n.strip()) for n in (tasks or "").split(",")]
+    rotated = [n for n in requested if ROTATED.fullmatch(n) and split_rotation(n)[0] in ALL_TASKS]
+    names = select_tasks(tasks, PRESETS, ALL_TASKS + rotated, default="PM4")
     return Suite(
         name="pointmass",
         tasks=tuple(TaskSpec(i, n) for i, n in enumerate(names)),

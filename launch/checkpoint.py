@@ -75,9 +75,14 @@ def save(ckpt_dir: Path, step: int, state: dict, keep: int) -> Path:
     return path
 
 
+# replay.save_in_checkpoint; hidden boundaries' detector; plasticity remedies and diagnostics (agents/plasticity/)
+OPTIONAL_SHARED = ("replay", "detector", "remedies", "diagnostics")
+
+
 def pack(shared: dict, ranks: list[dict]) -> dict:
     """A trainer checkpoint's layout from what every rank holds alike (`shared`: learner, strategy,
-    auxiliary, replay if it is kept, a boundary detector's state; rank 0's) and each rank's own part,
+    auxiliary, replay if it is kept, a boundary detector's state, the plasticity remedies' and
+    diagnostics' states; rank 0's) and each rank's own part,
     in rank order (steps, rng, steps_by_actor, reward_stats, optimizers: None where ranks share them,
     balancers)."""
     own = {key: [part[key] for part in ranks] for key in ranks[0]}
@@ -89,7 +94,7 @@ def pack(shared: dict, ranks: list[dict]) -> dict:
         state["rank_optimizers"] = own["optimizers"]
     if len(ranks) > 1:
         state["rank_balancers"] = own["balancers"]
-    for key in ("replay", "detector"):  # replay.save_in_checkpoint; hidden boundaries' detector
+    for key in OPTIONAL_SHARED:
         if key in shared:
             state[key] = shared[key]
     return state
@@ -101,7 +106,7 @@ def unpack(state: dict, rank: int, world: int) -> dict:
     and every actor's env steps. UserError if another number of ranks wrote it."""
     if len(state["rank_steps"]) != world:
         raise UserError(f"checkpoint was written by {len(state['rank_steps'])} learner rank(s), this run has {world}")
-    shared = {key: state[key] for key in ("learner", "strategy", "auxiliary", "replay", "detector") if key in state}
+    shared = {key: state[key] for key in ("learner", "strategy", "auxiliary", *OPTIONAL_SHARED) if key in state}
     return {**shared, "step": int(state["step"]), "steps": int(state["rank_steps"][rank]), "rng": state["rng"][rank],
             "steps_by_actor": {int(k): v for k, v in state["steps_by_actor"].items()},
             "reward_stats": state["reward_stats"][rank],

@@ -12,7 +12,13 @@ import html
 import json
 from pathlib import Path
 
-from metrics.plots import plot_forgetting_transfer, plot_metric_table, plot_performance_matrix, plot_success_curves
+from metrics.plots import (
+    plot_forgetting_transfer,
+    plot_metric_table,
+    plot_performance_matrix,
+    plot_plasticity,
+    plot_success_curves,
+)
 from metrics.runs import Run
 from metrics.summary import ReportSettings
 
@@ -78,6 +84,7 @@ def sections(metrics: dict, images: dict[str, str]) -> list[tuple]:
         pm_rows = [[t] + [_num_str(v) for v in m["performance_matrix"]["mean"][i]] for i, t in enumerate(tasks)]
         out += [("p", "Performance matrix at the end of each stage (rows: tasks; columns: stage ends):"),
                 ("table", (["Task"] + [f"{e:,}" for e in stage_ends], pm_rows))]
+    out += _plasticity_section(groups, images)
     out += [("h2", "Performance matrix"), ("img", ("Performance matrix", images["matrix"]))]
     runs = [[label, str(seed), name] for label, m in groups.items() for seed, name in zip(m["seeds"], m["runs"])]
     out += [("h2", "Runs"), ("table", (["Method", "Seed", "Run directory"], runs))]
@@ -99,6 +106,30 @@ def _task_free_section(groups: dict) -> list[tuple]:
                   "in env steps over the switches detected, false alarms and missed switches per run."),
             ("table", (["Method", "Boundaries", "Anytime performance", "Detection delay", "False alarms",
                         "Missed switches"], rows))]
+
+
+PLASTICITY_END = [("Actor dormant", "actor/dormant"), ("Critic dormant", "critic/dormant"),
+                  ("Actor srank", "actor/srank"), ("Critic srank", "critic/srank"),
+                  ("Actor weight norm", "actor/weight_norm"), ("Critic weight norm", "critic/weight_norm"),
+                  ("Entropy", "actor/entropy")]
+
+
+def _plasticity_section(groups: dict, images: dict) -> list[tuple]:
+    """Learning speed per stage and the diagnostics at the end (metrics/plasticity.py)."""
+    rows = []
+    for label, m in groups.items():
+        p = m["plasticity"]
+        auc = p["stage_auc"]["mean"]
+        rows.append([label, m["setting"], _num_str(auc[0]), _num_str(auc[-1]), _num_str(p["stage_auc"]["change"])]
+                    + [_num_str(p["end"].get(key)) for _, key in PLASTICITY_END])
+    return [("h2", "Plasticity"),
+            ("p", "Learning speed: each stage's AUC, the mean success of its tasks over the evaluations in the "
+                  "stage; change: the last five stages' mean minus the first five's. Diagnostics at the last log "
+                  "point (plasticity.jsonl): dormant units (ReDo's score <= 0), effective rank of the penultimate "
+                  "layer, weight norms, the policy's entropy; n/a where the run logged none."),
+            ("table", (["Method", "Boundaries", "AUC, stage 1", "AUC, last stage", "Change"]
+                       + [name for name, _ in PLASTICITY_END], rows)),
+            ("img", ("Plasticity", images["plasticity"]))]
 
 
 def _protocol(m: dict) -> str:
@@ -155,10 +186,11 @@ def render_html(items: list[tuple], out_dir: Path) -> str:
 def write_report(out_dir: Path, groups: dict[str, list[Run]], metrics: dict, s: ReportSettings) -> None:
     """Everything into `out_dir` (which the caller makes fresh and moves into place)."""
     images = {"curves": "success_curves.png", "matrix": "performance_matrix.png",
-              "bars": "forgetting_transfer.png", "table": "metric_table.png"}
+              "bars": "forgetting_transfer.png", "table": "metric_table.png", "plasticity": "plasticity.png"}
     plot_success_curves(groups, s, out_dir / images["curves"])
     plot_performance_matrix(groups, s, out_dir / images["matrix"])
     plot_forgetting_transfer(metrics, out_dir / images["bars"])
+    plot_plasticity(groups, metrics, out_dir / images["plasticity"])
     header = ["Method"] + [name for name, _ in MAIN_COLUMNS] + ["Perf. maintenance (mrlep)", "BT (ratio)"]
     rows = [[label] + [_fmt(get(m)) for _, get in MAIN_COLUMNS]
             + [_fmt(m["l2m"]["lifetime"][k]) for k in ("perf_maintenance_mrlep", "backward_transfer_ratio")]

@@ -1,5 +1,5 @@
 """The report's figures (PNG): success curves, the performance matrix, forgetting and transfer
-bars, the metric table."""
+bars, the metric table, and plasticity (per-stage learning speed and the learner's diagnostics)."""
 
 from __future__ import annotations
 
@@ -105,6 +105,47 @@ def plot_forgetting_transfer(metrics: dict, path: Path) -> None:
         ax.set_title(title if drawn else f"{title}: no --reference runs")
     axes[0].legend(fontsize=8)
     fig.suptitle("Continual World metrics per task (bars: mean over seeds; 'mean' bar: CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+PLASTICITY_MEASURES = ("dormant", "dormant_0.1", "srank", "weight_norm", "update_norm", "grad_norm", "entropy")
+
+
+def plot_plasticity(groups: dict[str, list[Run]], metrics: dict, path: Path) -> None:
+    """Per-stage AUC, then each diagnostic over the run (actor solid, critic dashed; mean over the
+    seeds' common log points), stage starts marked."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7), squeeze=False)
+    schedule = next(iter(groups.values()))[0].schedule
+    for g, (label, runs) in enumerate(groups.items()):
+        color = f"C{g}"
+        auc = metrics["groups"][label]["plasticity"]["stage_auc"]["mean"]
+        axes[0, 0].plot(range(1, len(auc) + 1), auc, "o-", color=color, label=label, ms=3)
+        logged = [r.diagnostics for r in runs if r.diagnostics]
+        if not logged:
+            continue
+        steps = sorted(set.intersection(*({row["step"] for row in rows} for rows in logged)))
+        for ax, measure in zip(axes.flat[1:], PLASTICITY_MEASURES):
+            for network, style in (("actor", "-"), ("critic", "--")):
+                key = f"{network}/{measure}"
+                series = [[next((row.get(key, np.nan) for row in rows if row["step"] == s), np.nan) for s in steps]
+                          for rows in logged]
+                if not np.isnan(series).all():
+                    ax.plot(steps, np.nanmean(series, 0), style, color=color, lw=1,
+                            label=f"{label} ({network})" if g == 0 or network == "actor" else None)
+    axes[0, 0].set_title("learning speed: per-stage AUC", fontsize=10)
+    axes[0, 0].set_xlabel("stage")
+    axes[0, 0].legend(fontsize=7)
+    for ax, measure in zip(axes.flat[1:], PLASTICITY_MEASURES):
+        ax.set_title(measure, fontsize=10)
+        ax.set_xlabel("env steps")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        for stage in schedule[1:]:
+            ax.axvline(stage.start, color="grey", lw=0.5, ls=":")
+    axes[0, 1].legend(fontsize=7)
+    fig.suptitle("Plasticity (solid: actor, dashed: critic; dotted lines: stage starts; mean over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -3,6 +3,7 @@
     config.yaml      the resolved config, the package versions and (continual runs) the schedule
     evals.jsonl      one row per evaluated task per evaluation (metrics/evallog.py)
     episodes.jsonl   one row per finished training episode
+    plasticity.jsonl one row per log point: the plasticity diagnostics (agents/plasticity/diagnostics.py)
     tb/              TensorBoard scalars
     learners.json    the end-of-run summary of the learners
 and the end-of-run headline metrics (from the run's own logs, metrics/summary.py).
@@ -27,7 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from metrics import evallog
 
-EVALS, EPISODES = "evals.jsonl", "episodes.jsonl"
+EVALS, EPISODES, PLASTICITY = "evals.jsonl", "episodes.jsonl", "plasticity.jsonl"
 
 
 def versions() -> dict:
@@ -58,7 +59,7 @@ class RunLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         if resume_step is not None:  # drop what a killed run logged after its checkpoint
-            for name in (EVALS, EPISODES):
+            for name in (EVALS, EPISODES, PLASTICITY):
                 evallog.keep_only(self.run_dir / name, lambda r: r["step"] <= resume_step)
         # purge_step hides the TensorBoard events a killed run wrote after its last checkpoint
         self.writer = SummaryWriter(str(self.run_dir / "tb"),
@@ -68,6 +69,13 @@ class RunLog:
     def scalars(self, step: int, values: dict) -> None:
         for name, value in values.items():
             self.writer.add_scalar(name, float(value), step)
+
+    def plasticity(self, step: int, values: dict) -> None:
+        """One log point's plasticity diagnostics {"plasticity/<network>/<measure>": value}: TensorBoard and
+        plasticity.jsonl (the report's plots)."""
+        self.scalars(step, values)
+        evallog.append(self.run_dir / PLASTICITY, [{"step": step, **{k.removeprefix("plasticity/"): float(v)
+                                                                     for k, v in values.items()}}])
 
     def evaluation(self, rows: list[dict]) -> None:
         """One evaluation: a row per task {"step", "task", "task_index", "env", "success", "return",

@@ -3,7 +3,7 @@
 A `Run` is the performance matrix over time (task x evaluation step), the schedule that says
 which tasks were trained in which step range, and the training episodes. Every metric in
 `metrics/` is a pure function of `Run`s; `read_run(dir)` builds one from a run directory
-(config.yaml, evals.jsonl, episodes.jsonl; learners.json's detected boundaries).
+(config.yaml, evals.jsonl, episodes.jsonl; learners.json's detected boundaries; plasticity.jsonl's diagnostics).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class Run:
                                                   # CW20's "hammer-v3#2" runs "hammer-v3"; () = the task names
     detected: tuple[int, ...] | None = None       # hidden boundaries with a detector: the detected ones'
                                                   # env steps (learners.json); None: no detector
+    diagnostics: tuple[dict, ...] = ()            # plasticity.jsonl's rows: {"step", "<network>/<measure>"}
 
     def values(self, measure: str = "success") -> np.ndarray:
         if measure not in ("success", "return"):
@@ -163,5 +164,8 @@ def read_run(run_dir: Path | str) -> Run:
             detected = None if found is None else tuple(int(s) for s in found)
         except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
             raise RunReadError(f"{learners_path} is malformed ({_one_line(e)})") from None
+    diagnostics = tuple(evallog.read(run_dir / "plasticity.jsonl"))
+    if any(not isinstance(r, dict) or not isinstance(r.get("step"), int) for r in diagnostics):
+        raise RunReadError(f"{run_dir / 'plasticity.jsonl'} is malformed (a row without an integer step)")
     return Run(tasks, steps, success, returns, schedule, episodes, eval_time, seed=seed, config=config,
-               name=str(run_dir), envs=envs, detected=detected)
+               name=str(run_dir), envs=envs, detected=detected, diagnostics=diagnostics)

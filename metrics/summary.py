@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from metrics import continual, multitask, task_free
+from metrics import continual, multitask, plasticity, task_free
 from metrics.l2logger_io import run_regimes
 from metrics.l2m import LIFETIME_METRICS, L2MSettings, l2m_metrics
 from metrics.runs import Run
@@ -83,7 +83,7 @@ def group_metrics(runs: list[Run], references: list[Run], s: ReportSettings) -> 
             "evaluation": evaluation_protocol(runs[0]), "setting": task_free.setting(runs[0]),
             "task_free": task_free_metrics(runs, s),
             "schedule": [{"tasks": list(st.tasks), "start": st.start, "end": st.end} for st in runs[0].schedule],
-            "multitask": mt, "continual": cw,
+            "multitask": mt, "continual": cw, "plasticity": plasticity.group_plasticity(runs),
             "performance_matrix": {"stage_ends": [st.end for st in runs[0].schedule],
                                    "mean": np.nanmean(matrices, 0).tolist(), "per_seed": matrices.tolist(),
                                    "evaluation_steps": steps.tolist(), "by_evaluation": by_evaluation},

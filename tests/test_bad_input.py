@@ -133,6 +133,25 @@ def _assert_user_error(proc, *fragments):
       "--set", "continual.replay_fraction=1"], ["continual.replay_fraction < 1"]),
     (["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.boundaries=hidden", "--engine", "rllib"],
      ["--engine rllib does not support", "continual.boundaries=hidden"]),
+    # plasticity remedies (launch/config/plasticity.py)
+    (["--suite", "pointmass", "--set", "plasticity.redoo=true"], ["unknown config key plasticity.redoo"]),
+    (["--suite", "pointmass", "--set", "plasticity.cbp=-1e-4"], ["plasticity.cbp must be in [0, 1]", "got -0.0001"]),
+    (["--suite", "pointmass", "--set", "plasticity.l2_init=-0.1"], ["plasticity.l2_init must be >= 0"]),
+    (["--suite", "pointmass", "--set", "plasticity.redo_every=0"], ["plasticity.redo_every must be positive"]),
+    (["--suite", "pointmass", "--set", "plasticity.redo=maybe"], ["plasticity.redo expects"]),
+    (["--suite", "pointmass", "--set", "plasticity.networks=policy"], ["unknown plasticity.networks 'policy'"]),
+    (["--suite", "pointmass", "--set", "plasticity.redo_every=500"],
+     ["plasticity.redo_every is a setting of plasticity.redo, which is off"]),
+    (["--suite", "pointmass", "--set", "plasticity.reset=1"], ["plasticity.reset acts at stage starts",
+                                                               "a multi-task run has none"]),
+    (["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.boundaries=hidden",
+      "--set", "plasticity.shrink_perturb=true"], ["hidden boundaries without a detector", "shrink_perturb_every"]),
+    (["--suite", "pointmass", "--set", "plasticity.redo=true", "--set", "sac.trunk=hyper", "--set",
+      "sac.head=hyper"], ["plasticity.redo recycles units of MLP trunks", "sac.trunk=hyper"]),
+    (["--suite", "pointmass", "--set", "plasticity.cbp=1e-4", "--set", "sac.hidden_sizes=[64]"],
+     ["plasticity.cbp has no unit to recycle", "per-task heads"]),
+    (["--suite", "pointmass", "--set", "plasticity.l2_init=1e-3", "--engine", "rllib"],
+     ["--engine rllib does not support", "plasticity.l2_init"]),
 ])
 def test_bad_flags(tmp_path, capsys, args, fragments):
     """In-process (the CLI's main, as `python launch/train.py` runs it): one line, exit 2."""

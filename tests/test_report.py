@@ -49,14 +49,14 @@ def test_report_writes_every_file(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "average performance" in proc.stdout and "forward transfer" in proc.stdout
     for name in ("report.md", "report.html", "metrics.json", "success_curves.png", "performance_matrix.png",
-                 "forgetting_transfer.png", "metric_table.png"):
+                 "forgetting_transfer.png", "metric_table.png", "plasticity.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     import matplotlib.image
     for png in out.glob("*.png"):
         assert png.read_bytes().startswith(PNG_SIGNATURE)
         assert matplotlib.image.imread(png).shape[0] > 100  # decodes to a real image
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and 'src="success_curves.png"' not in html
+    assert html.count("data:image/png;base64,") == 5 and 'src="success_curves.png"' not in html
     md = (out / "report.md").read_text()
     assert "![Success curves](success_curves.png)" in md and "| Method | Seeds |" in md
 
@@ -71,6 +71,11 @@ def test_report_writes_every_file(runs, tmp_path):
     assert group["continual"]["forward_transfer"]["mean"] is not None   # references given
     assert group["l2m"]["lifetime"]["ste_rel_perf"]["mean"] is not None  # STEs from the references
     assert group["multitask"]["iqm"]["lower"] <= group["multitask"]["iqm"]["mean"] <= group["multitask"]["iqm"]["upper"]
+    # the plasticity section: the diagnostics' last row, averaged over the seeds
+    from metrics.plasticity import final_diagnostics
+    ends = [final_diagnostics(root / f"mt-seed{s}")["critic/srank"] for s in (1, 2)]
+    assert group["plasticity"]["end"]["critic/srank"] == pytest.approx(np.mean(ends))
+    assert "## Plasticity" in md and "![Plasticity](plasticity.png)" in md
     matrix = group["performance_matrix"]
     assert len(matrix["mean"]) == 2  # tasks x stage ends
     assert matrix["evaluation_steps"] == list(range(0, 2001, 500))  # the heatmap: tasks x evaluations

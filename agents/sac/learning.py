@@ -176,6 +176,18 @@ class SACLearner(LearnerState):
         """The policy's entropy estimate, -E[log pi], over the batch."""
         return -log_pi.detach().mean()
 
+    def probe_passes(self, batch, record) -> torch.Tensor:
+        """The critic's, then the actor's loss pass on `batch`, without gradients, each inside
+        `record(network)` (the plasticity diagnostics record its activations there). Returns the
+        policy's entropy on the batch."""
+        batch = type(batch)(*(x.to(self.device) for x in batch))
+        with torch.no_grad():
+            with record(self.critic):
+                self.critic_pass(*batch)
+            with record(self.actor):
+                log_pi = self.actor_pass(batch.obs, batch.task)[1]
+        return -log_pi.mean()
+
     # -- one update ---------------------------------------------------------------------------------
     @staticmethod
     def _terms(network: str, batch: Batch, features: torch.Tensor, hooks: Sequence[LearnerHook]) -> dict:

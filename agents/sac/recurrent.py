@@ -122,6 +122,15 @@ class RecurrentSACLearner(SACLearner):
         """The policy's entropy estimate over the real steps."""
         return -(log_pi.detach() * self.weight).mean()
 
+    def probe_passes(self, batch: SequenceBatch, record) -> torch.Tensor:
+        batch = SequenceBatch(*(x.to(self.device) for x in batch))
+        with torch.no_grad():
+            with record(self.critic):
+                self.critic_pass(batch)
+            with record(self.actor):
+                log_pi = self.actor_pass(batch)[1]
+        return -(log_pi.flatten() * self.weights(batch).flatten()).mean()
+
 
 class ContextSACLearner(SACLearner):
     """SAC on single transitions with 3RL's context windows (agents/context.py): each network reads
@@ -145,6 +154,15 @@ class ContextSACLearner(SACLearner):
             pi, log_pi, features = self.actor.sample(obs, now, task, with_features=True)
             q = self.critic(obs, pi, now, task).min(dim=0).values
         return self.temperature.log_alpha(task).detach().exp() * log_pi - q, log_pi, features
+
+    def probe_passes(self, batch, record) -> torch.Tensor:
+        batch = type(batch)(*(x.to(self.device) for x in batch))
+        with torch.no_grad():
+            with record(self.critic):
+                self.critic_pass(*batch)
+            with record(self.actor):
+                log_pi = self.actor_pass(batch.obs, batch.task, batch.history)[1]
+        return -log_pi.mean()
 
     def critic_loss(self, batch):
         with self.prepare(self.balancers["critic"]) as prepared:

@@ -113,6 +113,10 @@ class Strategy(LearnerHook):
         penalty = self.penalty(network)
         return {f"penalty/{network}": penalty} if torch.is_tensor(penalty) else {}
 
+    def restore_frozen(self) -> None:
+        """Something outside the update changed weights (a plasticity remedy): put back every weight
+        the strategy has frozen, exactly."""
+
     def eval_weights(self, flat: torch.Tensor, stage: int) -> torch.Tensor:
         """[P] (one policy for every task) or [T, P] (task t evaluated with row t)."""
         return flat

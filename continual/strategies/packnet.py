@@ -67,6 +67,10 @@ class PackNet(Strategy):
             for (_, p), trainable, frozen_value in zip(self.shared(net), self.trainable[net], self.snapshot[net]):
                 p.copy_(torch.where(trainable, p, frozen_value))
 
+    def restore_frozen(self) -> None:
+        if self.trainable:
+            self.after_step(tuple(self.networks))
+
     @torch.no_grad()
     def prune(self, ctx: TaskContext) -> None:
         """Keep the free weight entries above CW's magnitude threshold (all free biases and norms

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agents.auxiliary import AuxConfig
 from agents.balancers import BalanceConfig
+from agents.plasticity.config import PlasticityConfig
 from agents.sac.config import SACConfig
 from launch.config import boundaries
 from launch.config.overrides import merge, parse_override, read_yaml, set_key
@@ -196,6 +197,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     aux: AuxConfig = field(default_factory=AuxConfig)
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     rllib: RLlibConfig = field(default_factory=RLlibConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)

@@ -35,9 +35,9 @@ def world_rule(fn):
 
 def validate(cfg) -> None:
     """One UserError line for the first field constraint or rule the config breaks."""
-    from launch.config import boundaries  # its rules: continual learning without task boundaries
+    from launch.config import boundaries, plasticity  # their rules: task-free learning, plasticity remedies
     check_fields(cfg)
-    for check in boundaries.RULES + RULES:
+    for check in boundaries.RULES + plasticity.RULES + RULES:
         if message := check(cfg):
             raise UserError(message)
 
@@ -45,9 +45,10 @@ def validate(cfg) -> None:
 def check_launch(cfg, world: int, suite) -> None:
     """The config against the world it is about to run in: `world` learner ranks (torchrun), the
     built `suite`, and, with run.engine=rllib, what that engine supports."""
+    from launch.config import plasticity
     if cfg.run.engine == "rllib":
         check_engine(cfg, world)
-    for check in WORLD_RULES:
+    for check in WORLD_RULES + plasticity.WORLD_RULES:
         if message := check(cfg, world, suite):
             raise UserError(message)
 
@@ -287,6 +288,9 @@ def check_engine(cfg, world: int = 1) -> None:
         problems.append(f"sac.memory={cfg.sac.memory} (recurrent SAC runs in our loop: --engine polytask)")
     if cfg.continual.boundaries != "given":
         problems.append("continual.boundaries=hidden (task-free learning runs in our loop: --engine polytask)")
+    from launch.config.plasticity import remedies_on
+    if remedies_on(cfg):
+        problems.append(f"plasticity.{remedies_on(cfg)[0]} (the plasticity remedies are hooks of our learner)")
     if cfg.sync.mode != "step" or cfg.sac.lr_schedule != "constant" or cfg.sac.lr_warmup_updates:
         problems.append("--sync local/qsr and sac.lr_schedule (RLlib's learners have their own)")
     if problems:

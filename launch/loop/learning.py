@@ -23,7 +23,8 @@ import torch
 
 from agents import seeding
 from agents.auxiliary import make_auxiliary_tasks
-from agents.models import make_replay
+from agents.models import build_actor_and_critic, make_replay
+from agents.plasticity import load_remedy_state, make_diagnostics, make_remedies, remedy_state
 from agents.sac import SACLearner
 from agents.stream_replay import RecentReplay, ReservoirReplay
 from continual.detectors import make_detector
@@ -65,7 +66,14 @@ class Learning:
         self.replay = build_replay(cfg, suite, learner, self.strategy, self.network_tasks, len(schedule.stages))
         self.strategy.use_replay(self.replay)
         self.auxiliary = make_auxiliary_tasks(cfg.aux, learner, suite.obs_dim, suite.action_dim, seed)
-        self.hooks = [self.strategy, *self.auxiliary]
+        # plasticity remedies (agents/plasticity/): hooks after the strategy, whose frozen weights they respect
+        self.remedies = make_remedies(
+            cfg.plasticity, learner, self.strategy,
+            lambda: build_actor_and_critic(cfg.sac, suite.obs_dim, suite.action_dim, self.network_tasks), seed,
+            self.probe_batch)
+        self.diagnostics = make_diagnostics(cfg.plasticity, learner, seed) if dist.is_main else None
+        # the diagnostics' hook last: it measures the gradient and the step the others left
+        self.hooks = [self.strategy, *self.auxiliary, *self.remedies, *([self.diagnostics] if self.diagnostics else [])]
         learner.add_hook_parameters(self.hooks)
         # Rank 0's networks, temperatures and hook tensors on every rank: the auxiliary heads were
         # drawn from each rank's own stream (a single run's draws stay those of rank 0).
@@ -89,6 +97,25 @@ class Learning:
                 self.strategy.after_update(self.learner.critic_rows, loss)
                 self.pending |= self.detector is not None and self.detector.observe_loss(loss)
 
+    def probe_batch(self, rng):
+        """About plasticity.probe_rows stored transitions over the tasks updates sample (a probe of the networks)."""
+        return self.replay.sample(max(1, self.cfg.plasticity.probe_rows // len(self.tasks)), rng, self.tasks)
+
+    def log_plasticity(self, runlog, step: int) -> None:
+        """A log point: the plasticity diagnostics and the unit remedies' counts into the run log (rank 0:
+        `runlog`; nothing when they are off or before the first update)."""
+        if runlog is None or self.diagnostics is None or not self.learner.num_updates:
+            return
+        out = self.diagnostics.measure(self.replay, self.tasks)
+        for remedy in self.remedies:
+            out.update({f"plasticity/{key}": value for key, value in remedy.counts().items()})
+        runlog.plasticity(step, out)
+
+    def _stage_started(self) -> None:
+        """A new stage (given) or a detected one (hidden) has begun: the remedies that act there."""
+        for remedy in self.remedies:
+            remedy.stage_started()
+
     def observe_returns(self, returns: list[float]) -> None:
         """Finished training episodes' returns, in arrival order (the change detector's signal)."""
         for episode_return in returns if self.detector is not None else ():
@@ -111,6 +138,7 @@ class Learning:
             self.learner.reset_optimizers()
         self.context = self._detected_context(resumed=False)
         self.strategy.start_task(self.context)
+        self._stage_started()
         return True
 
     def _detected_context(self, resumed: bool) -> TaskContext:
@@ -157,6 +185,8 @@ class Learning:
             if self.cfg.continual.reset_optimizer:
                 self.learner.reset_optimizers()
         self.strategy.start_task(ctx)
+        if not ctx.resumed and ctx.stage > 0:
+            self._stage_started()
         self.tasks = sorted(set(ctx.tasks) | (set(ctx.earlier) if rehearses else set()))
         starved = [self.suite.tasks[t].name for t in self.tasks if t not in ctx.tasks and self.replay.size[t] < batch]
         if starved:  # nothing collects these tasks any more: updates would wait forever
@@ -188,6 +218,10 @@ class Learning:
         if self.detector is not None:
             state["detector"] = {"state": self.detector.state_dict(), "detected": list(self.detected),
                                  "pending": self.pending}
+        if self.remedies:
+            state["remedies"] = remedy_state(self.remedies)
+        if self.diagnostics is not None:
+            state["diagnostics"] = self.diagnostics.state_dict()
         if self.cfg.replay.save_in_checkpoint:
             state["replay"] = self.replay.state_dict()
         return state
@@ -214,6 +248,10 @@ class Learning:
         self.strategy.load_state_dict(to_device(state.get("strategy", {}), device))
         for task, aux in zip(self.auxiliary, state.get("auxiliary", []), strict=True):
             task.load_state_dict(to_device(aux, device))
+        if self.remedies:
+            load_remedy_state(self.remedies, to_device(state["remedies"], device))
+        if self.diagnostics is not None and "diagnostics" in state:
+            self.diagnostics.load_state_dict(state["diagnostics"])
         if self.detector is not None and "detector" in state:
             self.detector.load_state_dict(state["detector"]["state"])
             self.detected, self.pending = list(state["detector"]["detected"]), state["detector"]["pending"]

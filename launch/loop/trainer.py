@@ -307,10 +307,10 @@ class Trainer:
                 "workers": actors.plan.note, **self.learning.summary()}, self.run_dir)
 
     def _log_training(self, progress: Progress, episodes: dict) -> None:
-        actors = self.actors
+        self.learning.log_plasticity(self.runlog, self.step)
         self.telemetry.training(self.step, progress, self.learner, self.learning.losses,
                                 steps_left(self.schedule.stages, self.step, self.cfg.sac.warmup_steps_per_task),
-                                episodes, actors.restarts(), actors.steps_by_actor, actors.take_lags())
+                                episodes, self.actors.restarts(), self.actors.steps_by_actor, self.actors.take_lags())
 
     def close(self) -> None:
         close_all([self.actors, self.evaluator, self.runlog], self.log)

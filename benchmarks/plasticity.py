@@ -1,0 +1,205 @@
+"""Plasticity remedies on long task sequences, side by side on the same seeds and budgets.
+
+    python benchmarks/plasticity.py rotation [--sequence ROT20] [--steps-per-task 1000] [--seeds 0 1 2 3 4]
+                                    # pointmass reach-e under 20 action rotations: one shared network
+                                    # (one head, no task input), so only the controller's mapping changes
+    python benchmarks/plasticity.py metaworld [--sequence A,A#2] [--steps-per-task 10000] [--seeds 0 1 2]
+                                    [--methods finetune]
+                                    # a short repeated Meta-World sequence (CW20's pattern) at a CPU budget
+    python benchmarks/plasticity.py cost [--repeats 3]
+                                    # what the diagnostics and each remedy cost: fine-tuning on the first
+                                    # four rotations, one run at a time, every variant once per repeat
+
+Rows: fine-tuning, EWC and PackNet (given boundaries), each alone and with each remedy (agents/plasticity/):
+ReDo (tau 0.1 every 1,000 updates), continual backprop (rate 1e-4), shrink and perturb (0.4 / 0.1 at each
+stage start), L2 Init (lambda 1e-2), Parseval (lambda 1e-3, s = 2) and a full reset at each stage start
+(Nikishin et al.'s, replay kept); plus fine-tuning with the diagnostics off (their cost).
+Columns: per-stage learning speed (AUC: the mean success of the stage's task over its evaluations in
+the stage) over the first and the last five stages and their difference, Continual World's average
+performance and forgetting, the actor's dormant fraction and the critic's srank at the end, and the
+time per learner update relative to the method alone (median over seeds). Mean over seeds [90%
+bootstrap CI]. A plot of the per-stage AUC goes to OUT/learning_speed.png. Runs stay under --out, so
+the table re-prints without training.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import median, table, train_missing  # noqa: E402
+
+METHODS = {"finetune": [], "ewc": ["--method", "ewc"], "packnet": ["--method", "packnet"]}
+REMEDIES = {
+    "": [],
+    "redo": ["--set", "plasticity.redo=true"],
+    "cbp": ["--set", "plasticity.cbp=1e-4"],
+    "shrink-perturb": ["--set", "plasticity.shrink_perturb=true"],
+    "l2-init": ["--set", "plasticity.l2_init=1e-2"],
+    "parseval": ["--set", "plasticity.parseval=1e-3"],
+    "reset": ["--set", "plasticity.reset=99"],
+}
+MW_SEQUENCE = "window-close-v3,window-close-v3#2"  # a task and its repeat (CW20's pattern, at a CPU budget)
+
+
+def label(method: str, remedy: str) -> str:
+    return f"{method} + {remedy}" if remedy else method
+
+
+def prefix(method: str, remedy: str) -> str:
+    return f"{method}-{remedy}" if remedy else method
+
+
+def grid(common: list[str], seeds: list[int], methods: list[str]) -> tuple[dict, dict]:
+    runs, rows = {}, {}
+    for method in methods:
+        for remedy, flags in REMEDIES.items():
+            rows[label(method, remedy)] = prefix(method, remedy)
+            for seed in seeds:
+                runs[f"{prefix(method, remedy)}-seed{seed}"] = [*common, *METHODS[method], *flags, "--seed", str(seed)]
+    rows["finetune, diagnostics off"] = "finetune-nodiag"
+    for seed in seeds:
+        runs[f"finetune-nodiag-seed{seed}"] = [*common, "--set", "plasticity.diagnostics=false", "--seed", str(seed)]
+    return runs, rows
+
+
+def seconds_per_update(run_dir: Path) -> float:
+    learners = json.loads((run_dir / "learners.json").read_text())
+    steps, updates = learners["step"], sum(r["updates"] for r in learners["ranks"])
+    return steps / learners["train_env_steps_per_s"] / max(1, updates)
+
+
+def cell(entry, digits: int = 2) -> str:
+    if entry is None or entry.get("mean") is None:
+        return "n/a"
+    return f"{entry['mean']:.{digits}f} [{entry['lower']:.{digits}f}, {entry['upper']:.{digits}f}]"
+
+
+def ci(values) -> dict:
+    from metrics.continual import bootstrap_ci
+    mean, lower, upper = bootstrap_ci(values)
+    return {"mean": mean, "lower": lower, "upper": upper}
+
+
+def summarize(out: Path, rows: dict[str, str], seeds: list[int], title: str) -> None:
+    import numpy as np
+
+    from metrics import continual
+    from metrics.plasticity import final_diagnostics, speed_change, stage_aucs
+    from metrics.runs import read_run
+
+    lines, curves = [], {}
+    for name, pre in rows.items():
+        dirs = [d for s in seeds if ((d := out / f"{pre}-seed{s}") / "learners.json").exists()]
+        if not dirs:
+            continue
+        runs = [read_run(d) for d in dirs]
+        aucs = np.array([stage_aucs(r) for r in runs])
+        curves[name] = aucs.mean(axis=0)
+        k = min(5, aucs.shape[1] // 2)
+        cw = continual.summarize(runs, None, last_k=1)
+        finals = [final_diagnostics(d) for d in dirs]
+        base = out / f"{pre.split('-')[0]}-seed{{}}"
+        cost = [seconds_per_update(d) / seconds_per_update(Path(str(base).format(s)))
+                for d, s in zip(dirs, seeds) if (Path(str(base).format(s)) / "learners.json").exists()]
+        lines.append([name, len(runs), cell(ci(aucs[:, :k].mean(axis=1))), cell(ci(aucs[:, -k:].mean(axis=1))),
+                      cell(ci([speed_change(a, k) for a in aucs])), cell(cw["performance"]), cell(cw["forgetting"]),
+                      f"{np.mean([f.get('actor/dormant', np.nan) for f in finals]):.2f}",
+                      f"{np.mean([f.get('critic/srank', np.nan) for f in finals]):.1f}",
+                      f"{median(cost):.2f}" if cost else "n/a"])
+    print(title)
+    print(table(["method", "seeds", f"AUC first {k}", f"AUC last {k}", "last - first", "average performance",
+                 "forgetting", "actor dormant (end)", "critic srank (end)", "time per update (x alone)"], lines))
+    plot(out / "learning_speed.png", curves, title)
+
+
+def plot(path: Path, curves: dict, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+    for ax, method in zip(axes, METHODS):
+        for name, curve in curves.items():
+            if name.split(" ")[0].rstrip(",") == method and "diagnostics" not in name:
+                ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=2 if name == method else 1)
+        ax.set_title(method)
+        ax.set_xlabel("stage")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("per-stage AUC (mean success in the stage)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
+
+
+def cost(out: Path, repeats: int) -> None:
+    """Seconds per learner update of each variant (the run's training time, evaluation excluded, over
+    its updates), median over repeats, as a ratio to fine-tuning with the default settings (diagnostics
+    on, no remedy); variants interleaved within each repeat, one run at a time."""
+    common = ["--suite", "pointmass", "--sequence", ",".join(rotations(4)), "--steps-per-task", "1000",
+              "--backend", "single", "--set", "run.threads=1", "--set", "sac.head=single", "--set",
+              "sac.task_input=false", "--set", "eval.every=1000", "--set", "eval.goals=2", "--seed", "0"]
+    variants = {"finetune (diagnostics on)": [], "finetune, diagnostics off": ["--set", "plasticity.diagnostics=false"],
+                **{f"+ {name}": flags for name, flags in REMEDIES.items() if name}}
+    runs = {f"{slugify(v)}-r{r}": [*common, *flags] for r in range(repeats) for v, flags in variants.items()}
+    train_missing(out, runs, workers=1)
+    base = median([seconds_per_update(out / f"{slugify('finetune (diagnostics on)')}-r{r}") for r in range(repeats)])
+    rows = []
+    for v in variants:
+        times = [seconds_per_update(out / f"{slugify(v)}-r{r}") for r in range(repeats)]
+        rows.append([v, repeats, f"{median(times) * 1e3:.2f}", f"{median(times) / base:.2f}"])
+    print("time per learner update on 4 rotations x 1,000 env steps (fine-tuning, 64x64, one thread), "
+          f"median of {repeats} interleaved repeats")
+    print(table(["variant", "repeats", "ms per update", "x default"], rows))
+
+
+def slugify(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def rotations(count: int) -> list[str]:
+    from envs.pointmass import SEQUENCES
+    return SEQUENCES["ROT20"][:count]
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["rotation", "metaworld", "cost"])
+    p.add_argument("--repeats", type=int, default=3, help="cost: runs of each variant")
+    p.add_argument("--sequence")
+    p.add_argument("--steps-per-task", type=int)
+    p.add_argument("--seeds", nargs="+", type=int)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out")
+    args = p.parse_args()
+    if args.mode == "cost":
+        return cost(Path(args.out or "runs/bench-plasticity-cost"), args.repeats)
+    if args.mode == "rotation":
+        sequence, steps, seeds = args.sequence or "ROT20", args.steps_per_task or 1000, args.seeds or [0, 1, 2, 3, 4]
+        suite = ["--suite", "pointmass", "--set", "sac.head=single", "--set", "sac.task_input=false",
+                 "--set", "eval.every=250", "--set", "eval.goals=5"]
+        title = (f"pointmass {sequence} (reach-e, the action rotated per stage), one head, no task input, "
+                 f"{steps:,} env steps per stage")
+    else:
+        sequence, steps, seeds = args.sequence or MW_SEQUENCE, args.steps_per_task or 10000, args.seeds or [0, 1, 2]
+        suite = ["--suite", "metaworld", "--set", "sac.hidden_sizes=[128,128]", "--set",
+                 "sac.warmup_steps_per_task=1000", "--set", "eval.goals=5", "--eval-every", str(steps // 4)]
+        title = f"Meta-World {sequence}, 2x128, {steps:,} env steps per stage"
+    out = Path(args.out or f"runs/bench-plasticity-{args.mode}")
+    common = [*suite, "--sequence", sequence, "--steps-per-task", str(steps), "--backend", "single",
+              "--set", "run.threads=1"]
+    runs, rows = grid(common, seeds, args.methods)
+    train_missing(out, runs, args.workers)
+    summarize(out, rows, seeds, title + "; mean over seeds [90% bootstrap CI]")
+
+
+if __name__ == "__main__":
+    main()
