@@ -412,3 +412,23 @@ def test_unit_remedies_need_one_learner_rank():
     with pytest.raises(UserError, match="plasticity.redo picks units from each rank's own batch"):
         check_launch(cfg, 2, make_suite("pointmass"))
     check_launch(cfg, 1, make_suite("pointmass"))
+
+
+def test_every_remedy_composes_with_a_gradient_balancer_and_a_strategy():
+    """PCGrad (per-task gradients) with EWC and all six remedies as hooks, two tasks, multi-head: updates run,
+    both penalties reach the losses, and the remedies' acts leave the weights finite."""
+    from agents.balancers import BalanceConfig
+    torch.manual_seed(0)
+    cfg = SACConfig(hidden_sizes=(8, 8), head="multi", batch_size_per_task=16)
+    learner = SACLearner(cfg, OBS, ACT, 2, CPU, balance=BalanceConfig(method="pcgrad"))
+    replay = _replay(num_tasks=2)
+    ewc = make_strategy(ContinualConfig(sequence="x", method="ewc", importance_samples=32), learner, [0, 1])
+    hooks = [ewc, *(make(ewc) for make in _every_remedy(learner, lambda: build_actor_and_critic(cfg, OBS, ACT, 2),
+                                                        replay).values())]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        losses = learner.update(replay.sample(16, rng, [0, 1]), hooks)
+    assert "loss/plasticity/l2_init/actor" in losses and "loss/plasticity/parseval/critic" in losses
+    for hook in hooks[1:]:
+        hook.stage_started()
+    assert all(torch.isfinite(p).all() for p in [*learner.actor.parameters(), *learner.critic.parameters()])
