@@ -3,7 +3,7 @@
     python benchmarks/plasticity.py rotation [--sequence ROT20] [--steps-per-task 1000] [--seeds 0 1 2 3 4]
                                     # pointmass reach-e under 20 action rotations: one shared network
                                     # (one head, no task input), so only the controller's mapping changes
-    python benchmarks/plasticity.py metaworld [--sequence A,A#2] [--steps-per-task 10000] [--seeds 0 1 2]
+    python benchmarks/plasticity.py metaworld [--sequence A,A] [--steps-per-task 10000] [--seeds 0 1 2]
                                     [--methods finetune]
                                     # a short repeated Meta-World sequence (CW20's pattern) at a CPU budget
     python benchmarks/plasticity.py cost [--repeats 3]
@@ -44,7 +44,7 @@ REMEDIES = {
     "parseval": ["--set", "plasticity.parseval=1e-3"],
     "reset": ["--set", "plasticity.reset=99"],
 }
-MW_SEQUENCE = "window-close-v3,window-close-v3#2"  # a task and its repeat (CW20's pattern, at a CPU budget)
+MW_SEQUENCE = "window-close-v3,window-close-v3"  # a task and its repeat (CW20's pattern, at a CPU budget)
 
 
 def label(method: str, remedy: str) -> str:
