@@ -93,7 +93,9 @@ def test_torchrun_two_learner_ranks(standalone, tmp_path):
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
     assert _eval_steps(run) == [0, 1000, 2000]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "episodes.jsonl", "evals.jsonl",
-                                                     "learners.json", "tb"]
+                                                     "learners.json", "plasticity.jsonl", "tb"]
+    rows = [json.loads(line) for line in (run / "plasticity.jsonl").read_text().splitlines()]
+    assert len({r["step"] for r in rows}) == len(rows)  # rank 0 alone logs the diagnostics, once per log point
 
 
 def test_torchrun_two_ranks_in_bf16_keep_fp32_weights_and_agree(standalone, tmp_path):

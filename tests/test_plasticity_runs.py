@@ -54,8 +54,8 @@ def test_a_run_with_every_remedy_resumes_with_their_state(tmp_path):
     run, uninterrupted = tmp_path / "run", tmp_path / "uninterrupted"
     remedies = ["--set", "plasticity.redo=true", "--set", "plasticity.redo_every=50", "--set", "plasticity.cbp=0.01",
                 "--set", "plasticity.shrink_perturb=true", "--set", "plasticity.l2_init=1e-3",
-                "--set", "plasticity.parseval=1e-4", "--set", "plasticity.reset=1", "--set", "run.checkpoint_every=1200",
-                "--set", "replay.save_in_checkpoint=true"]
+                "--set", "plasticity.parseval=1e-4", "--set", "plasticity.reset=1",
+                "--set", "run.checkpoint_every=1200", "--set", "replay.save_in_checkpoint=true"]
     three = [*COMMON[:3], ",".join(ROTATIONS.split(",")[:3]), *COMMON[4:]]  # three stages: 1,800 steps
     proc = start_train(*three, *remedies, "--run-dir", run)
     kill_after_checkpoint(proc, run, 1200)
