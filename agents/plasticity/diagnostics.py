@@ -104,6 +104,23 @@ def own_draws(rng: np.random.Generator, device: torch.device):
         yield
 
 
+def probe(learner, batch, rng: np.random.Generator) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """`batch` through the critic's and the actor's loss passes (no gradients, sampled actions drawn from
+    `rng`): ({network: each hidden layer's activations [K, rows, H]}, the policy's entropy). A memory's
+    windows give rows x steps rows."""
+    recordings: dict[str, list[torch.Tensor]] = {}
+
+    @contextmanager
+    def record(network):
+        with recorded(network) as layers:
+            yield
+        recordings["actor" if network is learner.actor else "critic"] = [a.flatten(1, -2) for a in layers]
+
+    with own_draws(rng, learner.device):
+        entropy = learner.probe_passes(batch, record)
+    return recordings, entropy
+
+
 def own_parameters(learner, network: str) -> list[torch.Tensor]:
     """What the network's optimizer trains of the network itself (not a hook's parameters)."""
     return learner.actor.own_parameters() if network == "actor" else list(learner.critic.parameters())
@@ -140,21 +157,10 @@ class Diagnostics(LearnerHook):
     def measure(self, replay, tasks: list[int]) -> dict[str, float]:
         """{"plasticity/<network>/<measure>": value} now, on a fresh probe batch; arms the next update."""
         per_task = max(1, self.probe_rows // max(1, len(tasks)))
-        batch = replay.sample(per_task, self.rng, tasks)
-        recordings: dict[str, list[torch.Tensor]] = {}
-
-        @contextmanager
-        def record(network):
-            name = "actor" if network is self.learner.actor else "critic"
-            with recorded(network) as layers:
-                yield
-            recordings[name] = layers
-
-        with own_draws(self.rng, self.learner.device):
-            entropy = self.learner.probe_passes(batch, record)
+        recordings, entropy = probe(self.learner, replay.sample(per_task, self.rng, tasks), self.rng)
         out = {}
         for net in NETWORKS:
-            layers = [a.flatten(1, -2) for a in recordings[net]]  # [K, rows, H] (a memory's: rows x steps)
+            layers = recordings[net]
             out[f"plasticity/{net}/dormant"] = dormant_fraction(layers, 0.0)
             out[f"plasticity/{net}/dormant_0.1"] = dormant_fraction(layers, 0.1)
             out[f"plasticity/{net}/srank"] = srank(layers[-1])

@@ -30,14 +30,12 @@ the head is per task (their outgoing weights belong to each task: earlier tasks'
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 from agents import seeding
 from agents.heads import SingleHead
 from agents.networks import TaskNetwork
-from agents.plasticity.diagnostics import own_draws, recorded, unit_scores
+from agents.plasticity.diagnostics import probe, unit_scores
 from agents.plasticity.remedies import Remedy
 from agents.trunks import MLPTrunk
 
@@ -59,18 +57,9 @@ class UnitRemedy(Remedy):
     re-initialising units."""
 
     def activations(self, batch) -> dict[str, list[torch.Tensor]]:
-        """{network: [K, rows, H] per hidden layer}: `batch` through the networks' loss passes."""
-        recordings = {}
-
-        @contextmanager
-        def record(network):
-            with recorded(network) as layers:
-                yield
-            recordings["actor" if network is self.learner.actor else "critic"] = [a.flatten(1, -2) for a in layers]
-
-        with own_draws(self.probe_rng, self.learner.device):  # sampled actions from the remedy's stream
-            self.learner.probe_passes(batch, record)
-        return recordings
+        """{network: [K, rows, H] per hidden layer}: `batch` through the networks' loss passes, sampled
+        actions from the remedy's own stream."""
+        return probe(self.learner, batch, self.probe_rng)[0]
 
     def names(self, network: str) -> dict[int, str]:
         return {id(p): n for n, p in getattr(self.learner, network).named_parameters()}
