@@ -62,6 +62,8 @@ def grid(common: list[str], seeds: list[int], methods: list[str]) -> tuple[dict,
             rows[label(method, remedy)] = prefix(method, remedy)
             for seed in seeds:
                 runs[f"{prefix(method, remedy)}-seed{seed}"] = [*common, *METHODS[method], *flags, "--seed", str(seed)]
+    if "finetune" not in methods:
+        return runs, rows
     rows["finetune, diagnostics off"] = "finetune-nodiag"  # the same numbers: the probe draws from its own stream
     for seed in seeds:
         runs[f"finetune-nodiag-seed{seed}"] = [*common, "--set", "plasticity.diagnostics=false", "--seed", str(seed)]
@@ -175,6 +177,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out")
+    p.add_argument("--summarize-only", action="store_true", help="tabulate the finished runs under --out, train none")
     args = p.parse_args()
     if args.mode == "cost":
         return cost(Path(args.out or "runs/bench-plasticity-cost"), args.repeats)
@@ -193,7 +196,8 @@ def main() -> None:
     common = [*suite, "--sequence", sequence, "--steps-per-task", str(steps), "--backend", "single",
               "--set", "run.threads=1"]
     runs, rows = grid(common, seeds, args.methods)
-    train_missing(out, runs, args.workers)
+    if not args.summarize_only:
+        train_missing(out, runs, args.workers)
     summarize(out, rows, seeds, title + "; mean over seeds [90% bootstrap CI]")
 
 

@@ -1,8 +1,7 @@
 """bf16 mixed precision (`sac.precision`, agents/sac/precision.py) against fp32, side by side.
 
     python benchmarks/learner_path.py precision     # learner updates/s, fp32 vs bf16, our presets' learners
-    python benchmarks/precision.py parity [--settings pm4 pm2-ewc pm2-packnet reach-v3] [--seeds 0 1 2 3 4]
-                                                    # final success, fp32 vs bf16, equal budgets
+    python launch/study.py benchmarks/studies/precision-parity.yaml   # final success, fp32 vs bf16: a study
     python benchmarks/precision.py actors           # an actor's inference calls/s, fp32 vs bf16
 
 updates/s: learner updates/s in fp32 and in bf16 for the learners our presets build.
@@ -13,8 +12,8 @@ model and its bf16 units (AMX, AVX512-BF16, none): on a CPU without them the bf1
 emulated kernels, and the last line says that no bf16 hardware was measured instead of giving a
 ratio. Replay holds random transitions; the batch is task-balanced as in training.
 
-parity: every setting trained in both precisions on the same seeds and budgets (one thread each,
---workers at a time); the run directories stay under --out, so the table re-prints without training.
+Learning parity (every setting trained in both precisions on the same seeds and budgets) is a
+grid of runs, so it is a study: benchmarks/studies/precision-parity.yaml.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import median, table, train_missing  # noqa: E402
+from benchmarks.common import median, table  # noqa: E402
 
 # name: (suite preset, a continual sequence or "", --set overrides, tasks in the network, tasks per batch,
 #        obs dim, action dim, timed updates)
@@ -122,44 +121,6 @@ def precision(args) -> None:
 # -- learning parity: the same runs in fp32 and in bf16, over seeds ---------------------------------------------------
 
 # name: train.py arguments (every run also gets --seed, --run-dir and sac.precision); budgets equal across precisions
-PARITY = {
-    "pm4": ["--suite", "pointmass", "--steps", "6000", "--eval-every", "2000", "--set", "eval.goals=20"],
-    "pm2-ewc": ["--suite", "pointmass", "--sequence", "PM2", "--method", "ewc"],
-    "pm2-packnet": ["--suite", "pointmass", "--sequence", "PM2", "--method", "packnet"],
-    # benchmarks/sac_vs_sb3.py's settings: reach-v3, 256x256, batch 256, one update per env step, 40k steps
-    "reach-v3": ["--suite", "metaworld", "--tasks", "reach-v3", "--steps", "40000", "--eval-every", "0",
-                 "--set", "sac.hidden_sizes=[256,256]", "--set", "sac.batch_size_per_task=256",
-                 "--set", "sac.head=single", "--set", "sac.task_input=false",
-                 "--set", "sac.warmup_steps_per_task=1000", "--set", "replay.capacity_per_task=1000000"],
-}
-
-
-def parity(args) -> None:
-    """Train every (setting, precision, seed) not yet under args.out (one thread each, args.workers at a
-    time, --backend single), then print final success: mean over seeds x tasks [95% stratified
-    bootstrap CI], fp32 beside bf16."""
-    from metrics import multitask
-    from metrics.runs import read_run
-
-    out = Path(args.out)
-    train_missing(out, {f"{name}-{p}-seed{seed}": [
-        *PARITY[name], "--backend", "single", "--seed", str(seed), "--set", "run.threads=1",
-        "--set", f"sac.precision={p}"] for name in args.settings for seed in args.seeds for p in ("fp32", "bf16")},
-        args.workers)
-    rows = []
-    for name in args.settings:
-        row = [name]
-        for p in ("fp32", "bf16"):
-            runs = [read_run(d) for s in args.seeds if ((d := out / f"{name}-{p}-seed{s}") / "learners.json").exists()]
-            scores = multitask.score_matrix(runs, "success", last_k=1)
-            low, high = multitask.stratified_bootstrap_ci(scores, multitask.mean, reps=args.reps)
-            row += [len(runs), f"{multitask.mean(scores):.2f} [{low:.2f}, {high:.2f}]"]
-        rows.append(row)
-    print(f"final success (the last evaluation, every task; mean policy), mean over seeds x tasks [95% stratified "
-          f"bootstrap CI]; CPU: {cpu_model()}")
-    print(table(["setting", "fp32 seeds", "fp32 success", "bf16 seeds", "bf16 success"], rows))
-
-
 def actors(args) -> None:
     """An actor's inference, fp32 vs bf16 autocast: the MT10 default policy (3x400, multi-head) acting
     on 10, 20 and 40 envs' observations at once (what one actor round asks), 1 thread, as
@@ -197,16 +158,11 @@ def actors(args) -> None:
 def main() -> None:
     import argparse
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["parity", "actors"])
-    p.add_argument("--settings", nargs="+", default=["pm4", "pm2-ewc", "pm2-packnet"], choices=list(PARITY))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--reps", type=int, default=10_000)
-    p.add_argument("--out", default="runs/bench-precision")
+    p.add_argument("mode", choices=["actors"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=2000)
     args = p.parse_args()
-    {"parity": parity, "actors": actors}[args.mode](args)
+    actors(args)
 
 
 if __name__ == "__main__":

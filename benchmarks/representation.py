@@ -1,11 +1,11 @@
 """Encoders and auxiliary tasks: their cost, and what they learn.
 
     python benchmarks/representation.py speed      # learner updates/s and peak memory vs the MLP
-    python benchmarks/representation.py quality    # success on Meta-World tasks, >= 3 seeds, with CIs
+    python launch/study.py benchmarks/studies/representation-quality.yaml   # success, >= 3 seeds: a study
 
 speed: the MT10 default learner (3x400, multi-head, batch 10 x 128), each variant in a fresh
-process, relative to the MLP; quality: every variant on the same tasks, seeds and budget
-(benchmarks/variants.py says how both measure).
+process, relative to the MLP (benchmarks/variants.py says how). Quality (every variant on the
+same tasks, seeds and budget) is a grid of runs, so it is a study.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,18 +39,13 @@ VARIANTS = {  # name -> config overrides (on top of each benchmark's base)
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["speed", "quality"])
+    p.add_argument("mode", choices=["speed"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--updates", type=int, default=30)
-    variants.add_quality_flags(p, VARIANTS, [v for v in VARIANTS if v not in ("bronet", "care-multihead")],
-                               "runs/bench-representation")
     args = p.parse_args()
-    hidden = yaml.safe_load(args.hidden) if args.mode == "quality" else [400, 400, 400]  # speed: MT10's
+    hidden = [400, 400, 400]  # MT10's
     wide = [2 * width for width in hidden]
     VARIANTS["wide-critic"] = VARIANTS["bronet"] + [f"sac.critic_hidden_sizes={wide}".replace(" ", "")]
-    if args.mode == "quality":
-        variants.quality(VARIANTS, args)
-        return
     header, rows = variants.speed(VARIANTS, "mlp", args.updates, args.repeats)
     print(f"MT10 default learner (3x400, multi-head, batch 10 x 128), 1 thread, {args.updates} updates, "
           f"median of {args.repeats} fresh processes")

@@ -1,7 +1,7 @@
 """Learner-rank synchronization: what each mode communicates and costs, and what it trains.
 
     python benchmarks/sync.py comm       # all-reduces, bytes and updates/s per 1k updates, 2 CPU ranks
-    python benchmarks/sync.py quality    # pointmass PM4 success per mode, >= 3 seeds, with CIs
+    python launch/study.py benchmarks/studies/sync-quality.yaml   # PM4 success per mode: a study
 
 comm: two torchrun ranks (gloo on loopback, one thread each) train the MT10 default learner
 (3x400 multi-head, 10 tasks, each rank its 5 tasks x 128 rows) with every mode: step, local
@@ -13,9 +13,8 @@ simulated slow link, where every all-reduce first sleeps --latency-ms plus its b
 --bandwidth-gbit (injected in this benchmark by wrapping torch.distributed.all_reduce; the
 sleep stands in for the wire time of a two-rank ring all-reduce, each rank sending its buffer).
 
-quality: `launch/train.py` under torchrun (2 ranks, backend single) on PM4 for each mode with
-the same budget, seeds and cosine learning-rate schedule; final success per seed, mean and IQM
-with 95% stratified bootstrap CIs (metrics/multitask.py).
+The same-budget success of each mode is a grid of runs, so it is a study
+(benchmarks/studies/sync-quality.yaml: every trial torchrun with 2 ranks).
 """
 
 from __future__ import annotations
@@ -122,59 +121,17 @@ def comm(args) -> None:
                  "vs step"], rows))
 
 
-def quality(args) -> None:
-    from metrics import multitask
-    from metrics.runs import read_run
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    variants = {"step": ["--sync", "step"], "local H=4": ["--sync", "local", "--sync-period", "4"],
-                "qsr": ["--sync", "qsr", "--sync-period-min", "2", "--qsr-alpha", str(args.qsr_alpha)]}
-    base = ["--suite", "pointmass", "--backend", "single", "--steps", str(args.steps), "--eval-every",
-            str(args.steps // 4), "--set", "sac.lr_schedule=cosine", "--set", "eval.goals=10",
-            "--set", f"sac.lr_warmup_updates={args.warmup_updates}"]
-    rows = []
-    for name, flags in variants.items():
-        dirs = []
-        for seed in args.seeds:
-            run = out / f"{name.replace(' ', '').replace('=', '')}-seed{seed}"
-            if not (run / "learners.json").exists():
-                subprocess.run(["rm", "-rf", str(run)])
-                with open(f"{run}.log", "w") as log:
-                    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                    "--nproc-per-node=2", str(ROOT / "launch" / "train.py"), *base, *flags,
-                                    "--seed", str(seed), "--run-dir", str(run)], stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=ROOT)
-            dirs.append(run)
-        runs = [read_run(d) for d in dirs if (d / "learners.json").exists()]
-        scores = multitask.score_matrix(runs, "success", last_k=1)
-        mean_ci = multitask.stratified_bootstrap_ci(scores, multitask.mean, reps=10_000)
-        iqm_ci = multitask.stratified_bootstrap_ci(scores, multitask.iqm, reps=10_000)
-        syncs = [json.loads((d / "learners.json").read_text())["ranks"][0]["sync"] for d in dirs]
-        rows.append([name, len(runs), f"{multitask.mean(scores):.2f} [{mean_ci[0]:.2f}, {mean_ci[1]:.2f}]",
-                     f"{multitask.iqm(scores):.2f} [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]",
-                     f"{median([s['allreduces'] for s in syncs]):,.0f}"])
-    print(f"pointmass PM4, 2 torchrun ranks, {args.steps:,} env steps, cosine learning rate after a "
-          f"{args.warmup_updates}-update linear warm-up; final success on 10 "
-          f"goals per task (mean action); 95% stratified bootstrap CIs over seeds {args.seeds}")
-    print(table(["mode", "seeds", "mean success [95% CI]", "IQM [95% CI]", "all-reduces per rank (median)"], rows))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["comm", "quality", "worker"])
+    p.add_argument("mode", choices=["comm", "worker"])
     p.add_argument("--updates", type=int, default=200, help="comm: timed updates per mode and round")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--latency-ms", type=float, default=1.0)
     p.add_argument("--bandwidth-gbit", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=12_000, help="quality: env steps per run")
-    p.add_argument("--qsr-alpha", type=float, default=2e-3, help="quality: pointmass's rate is 1e-3: H starts at 4")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--out", default="runs/bench-sync")
     p.add_argument("--warmup-updates", type=int, default=10,
                    help="linear learning-rate warm-up of every mode (QSR averages every H_min updates during it)")
     args = p.parse_args()
-    {"comm": comm, "quality": quality, "worker": worker}[args.mode](args)
+    {"comm": comm, "worker": worker}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What the variant benchmarks share (benchmarks/representation.py, benchmarks/balancers.py):
+"""What the variant speed benchmarks share (benchmarks/representation.py, benchmarks/balancers.py):
 a variant is a list of config overrides on top of the Meta-World defaults.
 
 speed: each variant in a fresh process (so that its peak resident memory is its own) builds the
@@ -7,9 +7,8 @@ the variant switched on, fills replay with random transitions, and times `update
 `warmup` warm-up updates; variants are interleaved over `repeats` rounds, and the medians of
 the rates and of each round's ratio to the base variant reported.
 
-quality: trains every variant on the same tasks, seeds and budget (train.py, one process per
-run, `workers` at a time) and tabulates the final success: mean and IQM over seeds x tasks with
-rliable-style stratified bootstrap 95% CIs (metrics/multitask.py).
+Their quality (every variant trained on the same tasks, seeds and budget) is a grid of runs,
+so it is a study: benchmarks/studies/representation-quality.yaml, balancers-quality.yaml.
 """
 
 from __future__ import annotations
@@ -17,17 +16,15 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import median, table  # noqa: E402
+from benchmarks.common import median  # noqa: E402
 
 
 def one_speed(overrides: list[str], updates: int, num_tasks: int, warmup: int) -> dict:
@@ -85,74 +82,6 @@ def speed(variants: dict[str, list[str]], base: str, updates: int, repeats: int,
         rows.append([name, f"{runs[0]['params']:,}", f"{median(rates):.2f}", f"{rate_ratio:.2f}x",
                      median(mems), f"{mem_ratio:.2f}x"])
     return ["variant", "trained params", "updates/s", f"vs {base}", "peak RSS MB", f"vs {base}"], rows
-
-
-def quality(variants: dict[str, list[str]], args) -> None:
-    """Train every (variant, seed) not yet finished under args.out, then print the table."""
-    from envs.registry import sequence_presets
-    from metrics import multitask
-    from metrics.runs import read_run
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = sequence_presets("metaworld").get(args.tasks, args.tasks.split(","))  # a preset (MT10) or names
-    steps = args.steps_per_task * len(tasks)
-    base = ["--suite", "metaworld", "--tasks", args.tasks, "--steps", str(steps),
-            "--backend", "single", "--eval-every", str(args.eval_every), "--set", "run.threads=1",
-            "--set", f"eval.goals={args.goals}", "--set", f"sac.hidden_sizes={args.hidden}"]
-    base += [x for s in args.set for x in ("--set", s)]
-    jobs = []
-    for seed in args.seeds:
-        for name in args.variants:
-            run_dir = out / f"{name}-seed{seed}"
-            if not (run_dir / "learners.json").exists():
-                flags = [x for s in variants[name] for x in ("--set", s)]
-                jobs.append(([*base, *flags, "--seed", str(seed), "--run-dir", str(run_dir)],
-                             out / f"{name}-seed{seed}.log"))
-
-    def train(job):
-        argv, log = job
-        if Path(argv[-1]).exists():
-            shutil.rmtree(argv[-1])  # an unfinished run from an interrupted benchmark: start it again
-        with open(log, "w") as f:
-            return subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), *argv], stdout=f,
-                                  stderr=subprocess.STDOUT).returncode
-    if jobs:
-        print(f"training {len(jobs)} runs, {args.workers} at a time", flush=True)
-        with ThreadPoolExecutor(args.workers) as pool:
-            for (_, log), code in zip(jobs, pool.map(train, jobs)):
-                if code:
-                    print(f"failed ({code}): see {log}", flush=True)
-    rows = []
-    for name in args.variants:
-        dirs = [out / f"{name}-seed{s}" for s in args.seeds]
-        runs = [read_run(d) for d in dirs if (d / "learners.json").exists()]
-        if not runs:
-            continue
-        scores = multitask.score_matrix(runs, "success", last_k=1)
-        mean_ci = multitask.stratified_bootstrap_ci(scores, multitask.mean, reps=args.reps)
-        iqm_ci = multitask.stratified_bootstrap_ci(scores, multitask.iqm, reps=args.reps)
-        per_task = " ".join(f"{v:.2f}" for v in multitask.task_means(scores))
-        rows.append([name, len(runs), f"{multitask.mean(scores):.2f} [{mean_ci[0]:.2f}, {mean_ci[1]:.2f}]",
-                     f"{multitask.iqm(scores):.2f} [{iqm_ci[0]:.2f}, {iqm_ci[1]:.2f}]", per_task])
-    print(f"Meta-World {args.tasks}, {args.steps_per_task:,} env steps per task, {args.hidden} networks, "
-          f"final success on {args.goals} fixed goals per task (mean action); 95% stratified bootstrap CIs"
-          + (f"; every run with {' '.join(args.set)}" if args.set else ""))
-    print(table(["variant", "seeds", "mean success [95% CI]", "IQM [95% CI]", "per task"], rows))
-
-
-def add_quality_flags(p, variants: dict, default_variants: list[str], out: str) -> None:
-    p.add_argument("--tasks", default="reach-v3,drawer-close-v3", help="task names, or a preset: MT10")
-    p.add_argument("--steps-per-task", type=int, default=15_000)
-    p.add_argument("--hidden", default="[256,256]")
-    p.add_argument("--eval-every", type=int, default=30_000)
-    p.add_argument("--goals", type=int, default=20)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=default_variants, choices=list(variants))
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--reps", type=int, default=10_000)
-    p.add_argument("--set", action="append", default=[], help="config override for every quality run")
-    p.add_argument("--out", default=out)
 
 
 if __name__ == "__main__":  # one speed measurement, in a fresh process (see speed)

@@ -5,8 +5,10 @@
     python launch/report.py runs/cw-* --reference runs/single-*    # + forward transfer, L2M vs STE
     python launch/report.py runs/pm-seed0 --export-l2logger l2logs # also write an l2logger log
 
-A RUN_DIR may also be a folder of run directories. Writes report.md, report.html (self-contained),
-PNG plots and metrics.json into --out (default: RUN_DIR/report for one run, else ./report).
+A RUN_DIR may also be a folder of run directories, or a study directory (launch/study.py): then
+one group per grid point, seeds aggregated, each with its trials' reference runs. Writes
+report.md, report.html (self-contained), PNG plots and metrics.json into --out (default:
+RUN_DIR/report for one run or a study, else ./report).
 User errors (missing, empty or malformed run directories, bad options) print one line and exit 2.
 """
 
@@ -90,21 +92,34 @@ def main(argv=None) -> int:
     tmp = None
     try:
         args = parse_args(argv)
+        from launch.studies import results as study
         from metrics.documents import write_report
         from metrics.grouping import group_runs
         from metrics.l2logger_io import export_run
         from metrics.runs import read_run
         from metrics.summary import ReportSettings, compute
-
-        runs = [read_run(d) for d in run_dirs(args.runs)]
-        references = [read_run(d) for d in run_dirs(args.reference)] if args.reference else []
+        study_dir = None
+        if len(args.runs) == 1 and study.is_study(Path(args.runs[0])):  # grouped by the grid's axes
+            study_dir = Path(args.runs[0])
+            groups = {label: [read_run(d) for d in dirs] for label, dirs in study.grid_runs(study_dir).items() if dirs}
+            runs = [r for members in groups.values() for r in members]
+            if not runs:
+                raise UserError(f"study {study_dir} has no finished trial yet")
+            if args.reference:
+                references = [read_run(d) for d in run_dirs(args.reference)]
+            else:  # each group with its own trials' references
+                references = {label: [read_run(d) for d in dirs]
+                              for label, dirs in study.reference_runs(study_dir).items()}
+        else:
+            runs = [read_run(d) for d in run_dirs(args.runs)]
+            references = [read_run(d) for d in run_dirs(args.reference)] if args.reference else []
+            groups = group_runs(runs)
         settings = ReportSettings(measure=args.measure, last_k=args.last_k, cw_reps=args.reps,
                                   cw_confidence=args.confidence,
                                   l2m=L2MSettings(smoothing=args.smoothing, window_length=args.window_length,
                                                   normalization=args.normalization,
                                                   clamp_outliers=args.clamp_outliers,
                                                   aggregation=args.aggregation, ste_averaging=args.ste_averaging))
-        groups = group_runs(runs)
         for label, members in groups.items():
             if len({r.tasks for r in members}) > 1:
                 raise UserError(f"runs of {label} evaluate different tasks: {', '.join(r.name for r in members)}")
@@ -112,7 +127,8 @@ def main(argv=None) -> int:
             metrics = compute(groups, references, settings)
         except ValueError as e:
             raise UserError(str(e)) from None
-        out = args.out or (Path(runs[0].name) / "report" if len(runs) == 1 else Path("report"))
+        one = study_dir if study_dir else (Path(runs[0].name) if len(runs) == 1 else None)
+        out = args.out or (one / "report" if one else Path("report"))
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         umask = os.umask(0)
@@ -122,7 +138,9 @@ def main(argv=None) -> int:
         replace_dir(tmp, out)
         tmp = None
         if args.export_l2logger:
-            for run in runs + references:
+            shared = references if isinstance(references, list) else list(
+                {r.name: r for refs in references.values() for r in refs}.values())
+            for run in runs + shared:
                 target = args.export_l2logger / Path(run.name).name
                 if target.exists():
                     raise UserError(f"{target} already exists; choose another --export-l2logger folder")

@@ -131,7 +131,9 @@ def run_summary(run: Run, s: ReportSettings = ReportSettings()) -> dict[str, flo
     return summary
 
 
-def compute(groups: dict[str, list[Run]], references: list[Run], s: ReportSettings) -> dict:
+def compute(groups: dict[str, list[Run]], references: list[Run] | dict[str, list[Run]], s: ReportSettings) -> dict:
+    """Every group's metrics; `references`: the single-task runs all groups compare with, or
+    {label: runs} per group (a study's: each group its own trials' references)."""
     def clean(x):  # JSON has no NaN
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items()}
@@ -143,7 +145,8 @@ def compute(groups: dict[str, list[Run]], references: list[Run], s: ReportSettin
             return int(x)
         return x
     return clean({"settings": {**asdict(s), "l2m": asdict(s.l2m)},
-                  "groups": {label: group_metrics(runs, references, s) for label, runs in groups.items()}})
+                  "groups": {label: group_metrics(runs, references.get(label, []) if isinstance(references, dict)
+                                                  else references, s) for label, runs in groups.items()}})
 
 
 def curves(runs: list[Run], measure: str) -> tuple[np.ndarray, np.ndarray]:
