@@ -107,9 +107,10 @@ def main(argv=None) -> int:
                 raise UserError(f"study {study_dir} has no finished trial yet")
             if args.reference:
                 references = [read_run(d) for d in run_dirs(args.reference)]
-            else:  # each group with its own trials' references
-                references = {label: [read_run(d) for d in dirs]
-                              for label, dirs in study.reference_runs(study_dir).items()}
+            else:  # each group with its own trials' references, each run read once
+                by_group = study.reference_runs(study_dir)
+                read = {d: read_run(d) for dirs in by_group.values() for d in dirs}
+                references = {label: [read[d] for d in dirs] for label, dirs in by_group.items()}
         else:
             runs = [read_run(d) for d in run_dirs(args.runs)]
             references = [read_run(d) for d in run_dirs(args.reference)] if args.reference else []

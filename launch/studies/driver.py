@@ -39,19 +39,6 @@ def log_rows(study_dir: Path, rows: list[dict]) -> None:
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row}) + "\n")
 
 
-def read_rows(study_dir: Path) -> list[dict]:
-    path = study_dir / "trials.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line cut by a killed driver
-            continue
-    return rows
-
-
 def _callback_base():
     from ray.tune import Callback
     return Callback

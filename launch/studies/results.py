@@ -8,15 +8,13 @@ from pathlib import Path
 
 import yaml
 
+from launch.studies.trial import finished
+
 SEED_AXES = ("seed", "run.seed")
 
 
 def is_study(path: Path) -> bool:
     return (Path(path) / "study.yaml").is_file() and (Path(path) / "trials.jsonl").is_file()
-
-
-def _finished(run_dir: Path) -> bool:
-    return (run_dir / "learners.json").is_file()
 
 
 def _grid_trials(study_dir: Path):
@@ -34,7 +32,7 @@ def grid_runs(study_dir: Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     for label, trial in _grid_trials(study_dir)[0]:
         members = groups.setdefault(label, [])
-        if _finished(study_dir / trial["run_dir"]):
+        if finished(study_dir / trial["run_dir"]):
             members.append(study_dir / trial["run_dir"])
     return groups
 
@@ -47,5 +45,5 @@ def reference_runs(study_dir: Path) -> dict[str, list[Path]]:
     for label, trial in trials:
         members = out.setdefault(label, [])
         members += [references[name] for name in trial["references"]
-                    if _finished(references[name]) and references[name] not in members]
+                    if finished(references[name]) and references[name] not in members]
     return out

@@ -86,10 +86,6 @@ class Study:
     def report_argv(self) -> list[str]:
         return report_argv(self.report)
 
-    @property
-    def axes(self) -> list[str]:
-        return list(self.grid)
-
     def resolved(self) -> dict:
         """study.yaml of a study directory: the file as read, with every default, and its trials."""
         return {"name": self.name, "base": self.base, "set": self.settings, "grid": self.grid,
