@@ -1,25 +1,24 @@
-"""Plasticity remedies on long task sequences, side by side on the same seeds and budgets.
+"""Plasticity remedies on long task sequences: the table of a plasticity study, and what each remedy costs.
 
-    python benchmarks/plasticity.py rotation [--sequence ROT20] [--steps-per-task 1000] [--seeds 0 1 2 3 4]
-                                    # pointmass reach-e under 20 action rotations: one shared network
-                                    # (one head, no task input), so only the controller's mapping changes
-    python benchmarks/plasticity.py metaworld [--sequence A,A] [--steps-per-task 10000] [--seeds 0 1 2]
-                                    [--methods finetune]
-                                    # a short repeated Meta-World sequence (CW20's pattern) at a CPU budget
+    python launch/study.py benchmarks/studies/plasticity-rotation.yaml    # pointmass ROT20, 5 seeds
+    python launch/study.py benchmarks/studies/plasticity-metaworld.yaml   # a repeated Meta-World task, 3 seeds
+    python benchmarks/plasticity.py table STUDY_DIR
+                                    # the table of either study (and its learning-speed plot)
     python benchmarks/plasticity.py cost [--repeats 3]
                                     # what the diagnostics and each remedy cost: fine-tuning on the first
                                     # four rotations, one run at a time, every variant once per repeat
 
-Rows: fine-tuning, EWC and PackNet (given boundaries), each alone and with each remedy (agents/plasticity/):
-ReDo (tau 0.1 every 1,000 updates), continual backprop (rate 1e-4), shrink and perturb (0.4 / 0.1 at each
-stage start), L2 Init (lambda 1e-2), Parseval (lambda 1e-3, s = 2) and a full reset at each stage start
-(Nikishin et al.'s, replay kept); plus fine-tuning with the diagnostics off (their cost).
-Columns: per-stage learning speed (AUC: the mean success of the stage's task over its evaluations in
-the stage) over the first and the last five stages and their difference, Continual World's average
-performance and forgetting, the actor's dormant fraction and the critic's srank at the end. Mean
-over seeds [90% bootstrap CI]. What each costs per update: the cost mode (two grid runs share the
-machine, so the grid's own timings are not comparable). A plot of the per-stage AUC goes to
-OUT/learning_speed.png. Runs stay under --out, so the table re-prints without training.
+The studies' rows: fine-tuning, EWC and PackNet (given boundaries), each alone and with each remedy
+(agents/plasticity/): ReDo (tau 0.1 every 1,000 updates), continual backprop (rate 1e-4), shrink and
+perturb (0.4 / 0.1 at each stage start), L2 Init (lambda 1e-2), Parseval (lambda 1e-3, s = 2) and a
+full reset at each stage start (Nikishin et al.'s, replay kept); plus fine-tuning with the
+diagnostics off (their cost).
+The table's columns: per-stage learning speed (AUC: the mean success of the stage's task over its
+evaluations in the stage) over the first and the last five stages and their difference, Continual
+World's average performance and forgetting, the actor's dormant fraction and the critic's srank at
+the end. Mean over seeds [90% bootstrap CI]. What each costs per update: the cost mode (a study's
+trials share the machine, so their timings are not comparable). A plot of the per-stage AUC goes to
+STUDY_DIR/learning_speed.png.
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.common import median, table, train_missing  # noqa: E402
 
-METHODS = {"finetune": [], "ewc": ["--method", "ewc"], "packnet": ["--method", "packnet"]}
-REMEDIES = {
-    "": [],
+METHODS = {"none": "finetune", "ewc": "ewc", "packnet": "packnet"}  # the studies' method axis: row names
+REMEDIES = {  # the cost mode's variants (the studies' remedy axis sets the same keys)
     "redo": ["--set", "plasticity.redo=true"],
     "cbp": ["--set", "plasticity.cbp=1e-4"],
     "shrink-perturb": ["--set", "plasticity.shrink_perturb=true"],
@@ -44,30 +42,15 @@ REMEDIES = {
     "parseval": ["--set", "plasticity.parseval=1e-3"],
     "reset": ["--set", "plasticity.reset=99"],
 }
-MW_SEQUENCE = "window-close-v3,window-close-v3"  # a task and its repeat (CW20's pattern, at a CPU budget)
 
 
-def label(method: str, remedy: str) -> str:
-    return f"{method} + {remedy}" if remedy else method
-
-
-def prefix(method: str, remedy: str) -> str:
-    return f"{method}-{remedy}" if remedy else method
-
-
-def grid(common: list[str], seeds: list[int], methods: list[str]) -> tuple[dict, dict]:
-    runs, rows = {}, {}
-    for method in methods:
-        for remedy, flags in REMEDIES.items():
-            rows[label(method, remedy)] = prefix(method, remedy)
-            for seed in seeds:
-                runs[f"{prefix(method, remedy)}-seed{seed}"] = [*common, *METHODS[method], *flags, "--seed", str(seed)]
-    if "finetune" not in methods:
-        return runs, rows
-    rows["finetune, diagnostics off"] = "finetune-nodiag"  # the same numbers: the probe draws from its own stream
-    for seed in seeds:
-        runs[f"finetune-nodiag-seed{seed}"] = [*common, "--set", "plasticity.diagnostics=false", "--seed", str(seed)]
-    return runs, rows
+def row_name(values: dict) -> str:
+    """A study trial's row: "ewc + cbp", "finetune", "finetune, diagnostics off"."""
+    method = METHODS[values["method"]]
+    if str(values.get("plasticity.diagnostics")) == "false":
+        return f"{method}, diagnostics off"
+    remedy = values.get("remedy", "none")
+    return method if remedy == "none" else f"{method} + {remedy}"
 
 
 def seconds_per_update(run_dir: Path) -> float:
@@ -88,16 +71,39 @@ def ci(values) -> dict:
     return {"mean": mean, "lower": lower, "upper": upper}
 
 
-def summarize(out: Path, rows: dict[str, str], seeds: list[int], title: str) -> None:
+def rows_of(study_dir: Path) -> dict[str, list[Path]]:
+    """{row name: the finished run directories of its seeds}, in the study's order."""
+    import yaml
+
+    from launch.studies.trial import finished
+    rows: dict[str, list[Path]] = {}
+    for trial in yaml.safe_load((study_dir / "study.yaml").read_text())["trials"]:
+        if not trial["reference"]:
+            runs = rows.setdefault(row_name(trial["values"]), [])
+            if finished(study_dir / trial["run_dir"]):
+                runs.append(study_dir / trial["run_dir"])
+    return rows
+
+
+def title_of(study_dir: Path) -> str:
+    import yaml
+    tree = yaml.safe_load((study_dir / "study.yaml").read_text())
+    base, settings = tree["base"], tree["set"] or {}
+    width = "x".join(map(str, settings.get("sac.hidden_sizes", []))) or "default width"
+    return (f"{base['suite']} {base['sequence']}, {width}, {base['steps_per_task']:,} env steps per stage "
+            f"(study {tree['name']}); mean over seeds [90% bootstrap CI]")
+
+
+def summarize(study_dir: Path) -> None:
     import numpy as np
 
     from metrics import continual
     from metrics.plasticity import final_diagnostics, speed_change, stage_aucs
     from metrics.runs import read_run
 
+    title = title_of(study_dir)
     lines, curves = [], {}
-    for name, pre in rows.items():
-        dirs = [d for s in seeds if ((d := out / f"{pre}-seed{s}") / "learners.json").exists()]
+    for name, dirs in rows_of(study_dir).items():
         if not dirs:
             continue
         runs = [read_run(d) for d in dirs]
@@ -113,7 +119,7 @@ def summarize(out: Path, rows: dict[str, str], seeds: list[int], title: str) -> 
     print(title)
     print(table(["method", "seeds", f"AUC first {k}", f"AUC last {k}", "last - first", "average performance",
                  "forgetting", "actor dormant (end)", "critic srank (end)"], lines))
-    plot(out / "learning_speed.png", curves, title)
+    plot(study_dir / "learning_speed.png", curves, title)
 
 
 def plot(path: Path, curves: dict, title: str) -> None:
@@ -121,7 +127,7 @@ def plot(path: Path, curves: dict, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
-    for ax, method in zip(axes, METHODS):
+    for ax, method in zip(axes, METHODS.values()):
         for name, curve in curves.items():
             if name.split(" ")[0].rstrip(",") == method and "diagnostics" not in name:
                 ax.plot(range(1, len(curve) + 1), curve, label=name, linewidth=2 if name == method else 1)
@@ -143,7 +149,7 @@ def cost(out: Path, repeats: int) -> None:
               "--backend", "single", "--set", "run.threads=1", "--set", "sac.head=single", "--set",
               "sac.task_input=false", "--set", "eval.every=1000", "--set", "eval.goals=2", "--seed", "0"]
     variants = {"finetune (diagnostics on)": [], "finetune, diagnostics off": ["--set", "plasticity.diagnostics=false"],
-                **{f"+ {name}": flags for name, flags in REMEDIES.items() if name}}
+                **{f"+ {name}": flags for name, flags in REMEDIES.items()}}
     runs = {f"{slugify(v)}-r{r}": [*common, *flags] for r in range(repeats) for v, flags in variants.items()}
     train_missing(out, runs, workers=1)
     base = median([seconds_per_update(out / f"{slugify('finetune (diagnostics on)')}-r{r}") for r in range(repeats)])
@@ -169,36 +175,16 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["rotation", "metaworld", "cost"])
+    p.add_argument("mode", choices=["table", "cost"])
+    p.add_argument("study_dir", nargs="?", type=Path, help="table: a plasticity study's directory")
     p.add_argument("--repeats", type=int, default=3, help="cost: runs of each variant")
-    p.add_argument("--sequence")
-    p.add_argument("--steps-per-task", type=int)
-    p.add_argument("--seeds", nargs="+", type=int)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out")
-    p.add_argument("--summarize-only", action="store_true", help="tabulate the finished runs under --out, train none")
+    p.add_argument("--out", help="cost: where its runs go (default runs/bench-plasticity-cost)")
     args = p.parse_args()
     if args.mode == "cost":
         return cost(Path(args.out or "runs/bench-plasticity-cost"), args.repeats)
-    if args.mode == "rotation":
-        sequence, steps, seeds = args.sequence or "ROT20", args.steps_per_task or 1000, args.seeds or [0, 1, 2, 3, 4]
-        suite = ["--suite", "pointmass", "--set", "sac.head=single", "--set", "sac.task_input=false",
-                 "--set", "eval.every=250", "--set", "eval.goals=5"]
-        title = (f"pointmass {sequence} (reach-e, the action rotated per stage), one head, no task input, "
-                 f"{steps:,} env steps per stage")
-    else:
-        sequence, steps, seeds = args.sequence or MW_SEQUENCE, args.steps_per_task or 10000, args.seeds or [0, 1, 2]
-        suite = ["--suite", "metaworld", "--set", "sac.hidden_sizes=[128,128]", "--set",
-                 "sac.warmup_steps_per_task=1000", "--set", "eval.goals=5", "--eval-every", str(steps // 4)]
-        title = f"Meta-World {sequence}, 2x128, {steps:,} env steps per stage"
-    out = Path(args.out or f"runs/bench-plasticity-{args.mode}")
-    common = [*suite, "--sequence", sequence, "--steps-per-task", str(steps), "--backend", "single",
-              "--set", "run.threads=1"]
-    runs, rows = grid(common, seeds, args.methods)
-    if not args.summarize_only:
-        train_missing(out, runs, args.workers)
-    summarize(out, rows, seeds, title + "; mean over seeds [90% bootstrap CI]")
+    if args.study_dir is None or not (args.study_dir / "study.yaml").is_file():
+        p.error("table needs a plasticity study's directory (launch/study.py benchmarks/studies/plasticity-*.yaml)")
+    summarize(args.study_dir)
 
 
 if __name__ == "__main__":

@@ -335,6 +335,35 @@ def test_each_group_of_a_study_report_gets_its_own_trials_references(tmp_path):
         "method=agem": ["method=agem,seed=0"]}
 
 
+def test_references_drop_continual_settings_and_names_tell_them_apart():
+    """A detector, blended switches or a task-free method change nothing on one task: those trials
+    share their references (launch/config single_task_configs), which keep the network hidden
+    boundaries imply; a smaller replay is a reference of its own, and two references whose trials
+    share the same values are named by their first trial's."""
+    small = {"replay.capacity_per_task": 1000}
+    variants = {"finetune": {}, "ewc+change": {"method": "ewc", "continual.detector": "change"},
+                "reservoir": {"method": "reservoir"}, "small": small,
+                "reservoir-small": {"method": "reservoir", **small}}
+    study = spec.build({"base": {"suite": "pointmass", "sequence": "PM2"}, "references": "single-task",
+                        "set": {"continual.boundaries": "hidden"},
+                        "grid": {"variant": variants, "continual.blend_steps": [0, 200], "seed": [0]}})
+    refs = [t for t in study.trials if t.reference]
+    assert [t.name for t in refs] == [
+        "reference=reach-e,variant=finetune,continual.blend_steps=0,seed=0",
+        "reference=reach-w,variant=finetune,continual.blend_steps=0,seed=0",
+        "reference=reach-e,variant=small,continual.blend_steps=0,seed=0",
+        "reference=reach-w,variant=small,continual.blend_steps=0,seed=0"]
+    for ref in refs:
+        c = ref.config["continual"]
+        assert (c["method"], c["boundaries"], c["detector"], c["blend_steps"]) == ("none", "given", "", 0)
+        assert (ref.config["sac"]["task_input"], ref.config["sac"]["head"]) == (False, "single")
+        assert ref.config["replay"]["save_in_checkpoint"] is False  # reservoir's implied true: not a result
+    assert [r["replay"]["capacity_per_task"] for r in (refs[0].config, refs[2].config)] == [50000, 1000]
+    by_trial = {t.name: t.references for t in study.trials if not t.reference}
+    assert by_trial["variant=ewc+change,continual.blend_steps=200,seed=0"] == [t.name for t in refs[:2]]
+    assert by_trial["variant=reservoir-small,continual.blend_steps=0,seed=0"] == [t.name for t in refs[2:]]
+
+
 def test_a_list_of_grids_is_their_trials_together():
     """A study that is not one rectangle: task-aware methods beside task-free ones, each sub-grid
     with its own axes, the report's labels from each trial's own values."""

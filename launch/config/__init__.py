@@ -65,6 +65,12 @@ class EvalConfig:
     goals: int = field(default=50, metadata=POSITIVE)  # episodes per task, one per fixed goal (Meta-World: 50)
     policy: str = field(default="mean", metadata={"choices": ("mean", "sample")})  # act with the policy's mean
                                   # (tanh(mu)) or a sampled action (CW's tables)
+    # -- evaluation videos (launch/evaluation/videos.py): filmed by the evaluator, from its own episodes --
+    video: int = field(default=0, metadata=AT_LEAST_0)  # episodes per task to record, the first N goals (0: none)
+    video_every: int = field(default=1, metadata=POSITIVE)  # record at every k-th evaluation (and always at a
+                                                            # continual stage's end and the run's)
+    video_size: str = "256x256"   # WIDTHxHEIGHT in pixels, even numbers (H.264)
+    video_frame_skip: int = field(default=1, metadata=POSITIVE)  # keep every k-th step's frame
 
 
 @dataclass
@@ -264,7 +270,8 @@ def plan_schedule(cfg: Config):
 def single_task_configs(cfg: Config, schedule) -> list[tuple[str, Config]]:
     """The single-task reference runs of a continual config (what forward transfer and relative
     performance compare with): per distinct task of the sequence, the same settings on that task
-    alone, for the longest stage budget the sequence gives it."""
+    alone, for the longest stage budget the sequence gives it, with the continual section at its
+    defaults (no method, boundaries given)."""
     from envs.base import base_task_name
     budget: dict[str, int] = {}
     for stage in schedule.stages:
@@ -274,7 +281,12 @@ def single_task_configs(cfg: Config, schedule) -> list[tuple[str, Config]]:
     out = []
     for task, steps in budget.items():
         single = copy.deepcopy(cfg)
-        single.continual.sequence, single.continual.method = "", "none"
+        # one task alone has no continual settings: no method, boundaries to hide, switches to blend or
+        # detect, stage starts to reset at (the network settings hidden boundaries imply, one head and
+        # no task input, stay); runs that differ only there share references
+        single.continual = ContinualConfig(steps_per_task=cfg.continual.steps_per_task)
+        if boundaries.task_free_method(cfg):  # its replay in checkpoints is the method's (launch/config/boundaries.py)
+            single.replay.save_in_checkpoint = ReplayConfig.save_in_checkpoint
         single.env.tasks, single.run.steps = task, steps
         out.append((task, single))
     return out

@@ -23,9 +23,14 @@ def implied(cfg) -> dict:
     """{key: value} the config's boundaries and method imply: a task-free method's memory is the method,
     so its checkpoints keep it (replay.save_in_checkpoint; given false, a resume refills it afresh)."""
     out = dict(HIDDEN_DEFAULTS) if cfg.continual.boundaries == "hidden" else {}
-    if getattr(_method(cfg), "task_free", False):
+    if task_free_method(cfg):
         out["replay.save_in_checkpoint"] = True
     return {**out, **METHOD_DEFAULTS.get(cfg.continual.method, {})}
+
+
+def task_free_method(cfg) -> bool:
+    """Is the config's method a task-free one (its memory is the method)?"""
+    return bool(getattr(_method(cfg), "task_free", False))
 
 
 class _Defaults:  # a registered method that is not a Strategy (tests register such): the base class's answers

@@ -355,6 +355,11 @@ def _references(study: Study) -> list[Trial]:
         values = {"reference": task, **shared}
         refs.append(Trial(_trial_name(values), values, ["--suite", tree["env"]["suite"]], tree["run"]["steps"],
                           reference=task, config=copy.deepcopy(tree)))
+    names = [t.name for t in refs]
+    for ref, (first, _, _, _) in zip(refs, found.values()):
+        if names.count(ref.name) > 1:  # its trials' shared values do not tell it apart: its first trial's do
+            ref.values = {"reference": ref.reference, **first.values}
+            ref.name = _trial_name(ref.values)
     if len({t.name for t in refs}) < len(refs):
         raise UserError("references: two distinct reference configs share a name; give the axes that "
                         "change them distinct values")
