@@ -14,10 +14,13 @@ Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs[N, d], task[N]) 
 # A policy with memory (agents/recurrent.py, agents/context.py) also has start(envs) (episodes begin in
 # these envs) and rewarded(envs, rewards) (what the envs it last acted for earned), and is called as
 # policy(obs, task, envs) with the envs' indices.
+# A recorder (launch/evaluation/videos.py Recorder) films the first `recorder.episodes` goals of each task:
+# its frame(task, goal, env) is called after every `recorder.frame_skip`-th step of those episodes
+# (an episode's last state included: its outcome). Filming only reads the envs: the same results.
 
 
 def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: int,
-             seed: int) -> list[dict]:
+             seed: int, recorder=None) -> list[dict]:
     """Envs are reseeded from `seed` (env of task i: seed + i), so an evaluation does not depend on
     earlier ones, nor on which other tasks it runs with. Returns, per env (one per task):
     {"task_index", "success", "return", "episodes"}."""
@@ -28,7 +31,7 @@ def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: in
     successes = [[] for _ in range(n)]
     active = np.ones(n, bool)
     obs = np.stack([env.reset(seed=seed + int(task_ids[i]), options={"goal": 0})[0] for i, env in enumerate(envs)])
-    ep_return, ep_success = np.zeros(n), np.zeros(n, bool)
+    ep_return, ep_success, ep_steps = np.zeros(n), np.zeros(n, bool), np.zeros(n, np.int64)
     memory = hasattr(policy, "start")
     if memory:
         policy.start(np.arange(n))
@@ -41,10 +44,13 @@ def evaluate(policy: Policy, envs: list[gym.Env], task_ids: list[int], goals: in
             rewards[j] = r
             ep_return[i] += r
             ep_success[i] |= bool(info["success"])
+            ep_steps[i] += 1
+            if recorder is not None and next_goal[i] < recorder.episodes and ep_steps[i] % recorder.frame_skip == 0:
+                recorder.frame(int(task_ids[i]), int(next_goal[i]), envs[i])
             if term or trunc:
                 returns[i].append(ep_return[i])
                 successes[i].append(ep_success[i])
-                ep_return[i], ep_success[i] = 0.0, False
+                ep_return[i], ep_success[i], ep_steps[i] = 0.0, False, 0
                 next_goal[i] += 1
                 if next_goal[i] < goals:
                     obs[i] = envs[i].reset(options={"goal": int(next_goal[i])})[0]

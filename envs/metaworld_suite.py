@@ -74,6 +74,7 @@ class MetaWorldTaskEnv(gym.Env):
     """One Meta-World v3 task with its fixed goal table; seeded; goal chosen at reset."""
 
     metadata = {"render_modes": []}
+    CAMERA = "corner2"  # the whole table and the arm; MuJoCo renders Meta-World's corner cameras upside down
 
     def __init__(self, task_name: str, goals: np.ndarray, seed: int | None = None, goal_observable: bool = True):
         import metaworld
@@ -92,6 +93,8 @@ class MetaWorldTaskEnv(gym.Env):
         self.observation_space = gym.spaces.Box(space.low.astype(np.float32),
                                                 space.high.astype(np.float32), dtype=np.float32)
         self.action_space = self._env.action_space
+        self.metadata = {**self.metadata, "render_fps": round(1 / self._env.dt)}  # its control rate: 80 Hz
+        self._renderers: dict = {}  # (width, height) -> mujoco.Renderer, made at the first frame
 
     def _seed(self, seed: int | None) -> None:
         if seed is not None:
@@ -117,7 +120,24 @@ class MetaWorldTaskEnv(gym.Env):
         obs, reward, terminated, truncated, info = self._env.step(action)
         return obs.astype(np.float32), float(reward), bool(terminated), bool(truncated), info
 
+    def render_frame(self, width: int, height: int) -> np.ndarray:
+        """The scene now from CAMERA, without shadows, through MuJoCo's offscreen renderer (MUJOCO_GL:
+        envs/rendering.py gl_backend chooses it before MuJoCo is imported). Reads the simulation,
+        changes nothing."""
+        import mujoco
+        renderer = self._renderers.get((width, height))
+        if renderer is None:
+            visual = self._env.model.vis.global_  # the offscreen buffer must hold the frame
+            visual.offwidth, visual.offheight = max(visual.offwidth, width), max(visual.offheight, height)
+            renderer = self._renderers[(width, height)] = mujoco.Renderer(self._env.model, height, width)
+        renderer.update_scene(self._env.data, camera=self.CAMERA)
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False  # 4-5x faster in software GL (BENCHMARKS.md)
+        return renderer.render()[::-1].copy()
+
     def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
         self._env.close()
 
 

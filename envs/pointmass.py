@@ -65,7 +65,7 @@ def goal_table(task_name: str, num_goals: int = NUM_GOALS) -> np.ndarray:
 
 
 class PointMassEnv(gym.Env):
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": [], "render_fps": 15}  # 30 steps: a 2 s clip
 
     def __init__(self, task_name: str, seed: int | None = None, target_visible: bool = False):
         task_name, degrees = split_rotation(task_name)
@@ -79,6 +79,7 @@ class PointMassEnv(gym.Env):
         self._pos = np.zeros(2, np.float32)
         self._target = np.zeros(2, np.float32)
         self._t = 0
+        self._trail = [self._pos]  # positions since the episode began (render_frame draws them)
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
@@ -89,6 +90,7 @@ class PointMassEnv(gym.Env):
         self._pos = self.goals[goal, :2].copy()
         self._target = self.goals[goal, 2:]
         self._t = 0
+        self._trail = [self._pos]
         return self._observation(), {"goal": goal}
 
     def _observation(self) -> np.ndarray:
@@ -100,9 +102,15 @@ class PointMassEnv(gym.Env):
             move = self.rotation @ move
         self._pos = np.clip(self._pos + 0.1 * move, -1.0, 1.0).astype(np.float32)
         self._t += 1
+        self._trail.append(self._pos)
         distance = float(np.linalg.norm(self._pos - self._target))
         info = {"success": float(distance < SUCCESS_RADIUS)}
         return self._observation(), -distance, False, self._t >= EPISODE_LENGTH, info
+
+    def render_frame(self, width: int, height: int) -> np.ndarray:
+        """The arena now, drawn in numpy (envs/rendering.py): no GL needed."""
+        from envs.rendering import pointmass_frame
+        return pointmass_frame(np.array(self._trail), self._target, SUCCESS_RADIUS, width, height)
 
 
 def build(tasks: str, seed: int, goal_observable: bool = True, target_visible: bool = False) -> Suite:

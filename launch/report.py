@@ -7,7 +7,7 @@
 
 A RUN_DIR may also be a folder of run directories, or a study directory (launch/study.py): then
 one group per grid point, seeds aggregated, each with its trials' reference runs. Writes
-report.md, report.html (self-contained), PNG plots and metrics.json into --out (default:
+report.md, report.html (plots embedded), PNG plots, metrics.json and videos/ (eval.video) into --out (default:
 RUN_DIR/report for one run or a study, else ./report).
 User errors (missing, empty or malformed run directories, bad options) print one line and exit 2.
 """

@@ -19,7 +19,7 @@ The config tree maps onto RLlib's (integrations/rllib/ holds the parts):
                (save_in_checkpoint -> store_buffer_in_checkpoints)
   rllib.*      PPO's batch/minibatch/epochs, env runner sizes; PPO uses sac.actor_lr and the
                network settings of sac.* (PPOModule)
-  eval.*, run.*  our evaluation protocol (envs/evaluation.py, launch/evaluator.py; PPO's policy:
+  eval.*, run.*  our evaluation protocol (envs/evaluation.py, launch/evaluation/evaluator.py; PPO's policy:
                integrations/rllib/policy.py) on the learner's current weights in the driver, every
                eval.every env steps; checkpoints every run.checkpoint_every: RLlib's save_to_path
                with the strategy and the driver's counters (integrations/rllib/checkpoint.py).
@@ -59,7 +59,7 @@ from integrations.rllib.replay_view import ReplayView
 from launch.actors.ray_pool import init_ray
 from launch.config.validate import check_engine
 from launch.errors import TrainingDiverged, UserError
-from launch.evaluator import Evaluation, labelled
+from launch.evaluation.evaluator import Evaluation, labelled
 from launch.telemetry import Progress, format_duration
 
 

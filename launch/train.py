@@ -212,6 +212,9 @@ def train_one(cfg: Config, schedule, run_dir: Path, resume: bool, dist, discard_
     stack = contextlib.ExitStack()
     try:
         try:
+            if cfg.eval.video:  # the GL backend MuJoCo renders with: chosen before MuJoCo is imported
+                from envs.rendering import prepare
+                prepare(cfg.env.suite)
             suite = make_suite(cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.env.goal_observable,
                                cfg.env.target_visible)
         except ValueError as e:

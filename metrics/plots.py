@@ -77,14 +77,17 @@ def plot_performance_matrix(groups: dict[str, list[Run]], s: ReportSettings, pat
 
 
 def plot_forgetting_transfer(metrics: dict, path: Path) -> None:
+    """A panel per Continual World metric the groups have (forward transfer only with reference runs:
+    the report says so in a line rather than draw an empty axis)."""
     plt = _pyplot()
     groups = metrics["groups"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    names = [("performance", "average performance"), ("forgetting", "forgetting"),
-             ("forward_transfer", "forward transfer")]
+    names = [(key, title) for key, title in (("performance", "average performance"), ("forgetting", "forgetting"),
+                                             ("forward_transfer", "forward transfer"))
+             if any(m["continual"].get(key) for m in groups.values())]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    axes = axes[0]
     width = 0.8 / max(len(groups), 1)
     for ax, (key, title) in zip(axes, names):
-        drawn = False
         for g, (label, m) in enumerate(groups.items()):
             entry = m["continual"].get(key)
             if not entry:
@@ -100,9 +103,8 @@ def plot_forgetting_transfer(metrics: dict, path: Path) -> None:
             ax.bar(x, vals + [mean], width, yerr=err, capsize=3, label=label)
             ax.set_xticks(np.arange(len(tasks) + 1) + width * (len(groups) - 1) / 2, tasks + ["mean"],
                           rotation=45, ha="right", fontsize=8)
-            drawn = True
         ax.axhline(0, color="black", lw=0.5)
-        ax.set_title(title if drawn else f"{title}: no --reference runs")
+        ax.set_title(title)
     axes[0].legend(fontsize=8)
     fig.suptitle("Continual World metrics per task (bars: mean over seeds; 'mean' bar: CI over seeds)")
     fig.tight_layout()
@@ -146,19 +148,6 @@ def plot_plasticity(groups: dict[str, list[Run]], metrics: dict, path: Path) -> 
             ax.axvline(stage.start, color="grey", lw=0.5, ls=":")
     axes[0, 1].legend(fontsize=7)
     fig.suptitle("Plasticity (solid: actor, dashed: critic; dotted lines: stage starts; mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_metric_table(header: list[str], rows: list[list[str]], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(min(3 + 2.2 * len(header), 30), 0.6 + 0.4 * (len(rows) + 1)))
-    ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    table.scale(1, 1.4)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

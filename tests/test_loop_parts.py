@@ -23,7 +23,7 @@ from launch.actors.stage import StageActors
 from launch.config import ContinualConfig
 from launch.distributed.ranks import Dist
 from launch.errors import UserError
-from launch.evaluator import labelled
+from launch.evaluation.evaluator import labelled
 from launch.loop.trainer import local_end
 
 # -- stage bookkeeping (continual/schedule.py) --------------------------------------------------

@@ -108,7 +108,7 @@ def test_actors_and_the_evaluator_see_the_goal_hidden_when_the_run_says_so():
     from launch.actors import actor_specs
     from launch.actors.actor import Actor
     from launch.config import build_config
-    from launch.evaluator import Evaluation
+    from launch.evaluation.evaluator import Evaluation
 
     cfg = build_config("metaworld", flags={"env.tasks": "reach-v3"},
                        overrides=["env.goal_observable=false", "sac.hidden_sizes=[8]", "runtime.backend=single"])

@@ -113,12 +113,12 @@ def test_an_update_trains_both_memories_and_keeps_the_targets_apart(cell):
 
 
 def test_an_evaluation_of_a_recurrent_policy_replays_step_by_step_through_the_network():
-    """launch/evaluator.py's Evaluation of a GRU policy on pointmass (2 goals: the memory is reset
+    """launch/evaluation/evaluator.py's Evaluation of a GRU policy on pointmass (2 goals: the memory is reset
     between them) takes exactly the actions the network gives when it reads each whole episode at
     once: (o_t, a_{t-1}, r_{t-1}) from zeros."""
     from agents import seeding
     from envs import make_suite
-    from launch.evaluator import Evaluation
+    from launch.evaluation.evaluator import Evaluation
 
     cfg = _cfg()
     evaluation = Evaluation("pointmass", "reach-e", 0, cfg, 2, "mean")
@@ -155,7 +155,7 @@ def test_a_sampled_evaluation_of_a_recurrent_policy_draws_each_tasks_noise_from_
     the mean and std read step by step from its episode, the noise drawn in order from task 1's own
     generator (seed_for(seed, "eval", 1, 1)), as a memoryless policy's sampled evaluation draws it."""
     from agents import seeding
-    from launch.evaluator import Evaluation
+    from launch.evaluation.evaluator import Evaluation
 
     cfg = _cfg()
     evaluation = Evaluation("pointmass", "reach-e,reach-w", 0, cfg, 1, "sample")

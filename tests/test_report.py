@@ -49,14 +49,14 @@ def test_report_writes_every_file(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "average performance" in proc.stdout and "forward transfer" in proc.stdout
     for name in ("report.md", "report.html", "metrics.json", "success_curves.png", "performance_matrix.png",
-                 "forgetting_transfer.png", "metric_table.png", "plasticity.png"):
+                 "forgetting_transfer.png", "plasticity.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     import matplotlib.image
     for png in out.glob("*.png"):
         assert png.read_bytes().startswith(PNG_SIGNATURE)
         assert matplotlib.image.imread(png).shape[0] > 100  # decodes to a real image
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and 'src="success_curves.png"' not in html
+    assert html.count("data:image/png;base64,") == 4 and 'src="success_curves.png"' not in html
     md = (out / "report.md").read_text()
     assert "![Success curves](success_curves.png)" in md and "| Method | Seeds |" in md
 

@@ -1,5 +1,5 @@
 """RLlib PPO's policy under our evaluation protocol (envs/evaluation.py), for the RLlib engine's
-evaluations (SAC's go through launch/evaluator.py on the actor's weights): the mean of PPO's
+evaluations (SAC's go through launch/evaluation/evaluator.py on the actor's weights): the mean of PPO's
 Gaussian (eval.policy=mean) or a sample of it (sample: noise from a generator reseeded at every
 evaluation), clipped to the action box as RLlib does; one eval env per task, seeded as our
 evaluator seeds its own."""

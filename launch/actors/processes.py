@@ -1,5 +1,5 @@
 """What every worker process of a run shares: started with the run's signals ignored (actor
-processes, launch/actors/local.py; the evaluator process, launch/evaluator.py)."""
+processes, launch/actors/local.py; the evaluator process, launch/evaluation/evaluator.py)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ refused, never replaced. `cfg` is a launch.config.Config (not imported: that pac
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from agents.auxiliary import NAMES as AUX_LOSSES
@@ -220,6 +222,27 @@ def hnet_needs_generated_weights(cfg):
 def goals_exist(cfg, world, suite):
     if cfg.eval.goals > suite.num_goals:
         return f"eval.goals must be at most {suite.num_goals} for {suite.name}, got {cfg.eval.goals}"
+
+
+@rule
+def video_size_is_width_by_height(cfg):
+    match = re.fullmatch(r"(\d+)x(\d+)", str(cfg.eval.video_size).strip())
+    if not match or any(int(n) % 2 or not 16 <= int(n) <= 4096 for n in match.groups()):
+        return f"eval.video_size must be WIDTHxHEIGHT with even numbers from 16 to 4096 (H.264), e.g. 256x256; " \
+               f"got {cfg.eval.video_size!r}"
+
+
+@rule
+def videos_come_from_our_evaluator(cfg):
+    if cfg.eval.video and cfg.run.engine == "rllib":
+        return "eval.video records in polytask's evaluator; --engine rllib evaluates in RLlib (use the polytask engine)"
+
+
+@world_rule
+def videos_record_evaluation_episodes(cfg, world, suite):
+    if cfg.eval.video > cfg.eval.goals:
+        return f"eval.video records the first N of each task's {cfg.eval.goals} evaluation episodes (eval.goals); " \
+               f"got {cfg.eval.video}"
 
 
 @world_rule

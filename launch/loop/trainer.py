@@ -60,7 +60,8 @@ from launch.config import Config
 from launch.distributed import make_synchronizer
 from launch.distributed.ranks import Dist
 from launch.errors import Preempted, TrainingDiverged
-from launch.evaluator import make_evaluator
+from launch.evaluation.evaluator import make_evaluator
+from launch.evaluation.videos import films
 from launch.loop.learning import Learning
 from launch.machine import free_cores, resolve_device
 from launch.telemetry import Progress, Telemetry
@@ -132,7 +133,7 @@ class Trainer:
         log_from = self.step if resume else (-1 if discard_logs else None)
         self.runlog = RunLog(run_dir, resume_step=log_from) if dist.is_main else None
         self.telemetry = Telemetry(dist, suite, self.runlog, log)
-        self.evaluator = make_evaluator(cfg, network_tasks) if dist.is_main else None
+        self.evaluator = make_evaluator(cfg, network_tasks, run_dir) if dist.is_main else None
         for request in state.get("pending_evaluations", []) if dist.is_main else []:
             self.evaluator.submit(*request)  # a preempted run's evaluations that had not come back
         self.stage_index = stage_at(self.schedule.stages, self.step)
@@ -213,13 +214,13 @@ class Trainer:
         for rows in evaluations:
             self.runlog.evaluation(rows)
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, video: bool = False) -> None:
         self._check_finite()
         self.learner.synchronizer.sync_point(self.learner)
         if self.dist.is_main:
             policy = torch.nn.utils.parameters_to_vector(self.learner.actor.parameters()).detach().cpu()
             weights = self.learning.eval_weights(policy, self.stage_index)
-            self.evaluator.submit(self.step, self.learner.num_updates, weights)
+            self.evaluator.submit(self.step, self.learner.num_updates, weights, video)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> float | None:
@@ -232,7 +233,7 @@ class Trainer:
         credit, since_publish = UpdateCredit(), 0
         start_step, start_time, paused = self.step, time.perf_counter(), 0.0
         if self.step == 0:
-            self._evaluate()
+            self._evaluate(films(cfg, 0, stage_end=False, last=False))
             paused = time.perf_counter() - start_time
         if learner.num_updates and self.step > stages[self.stage_index].start:
             actors.publish(learner.num_updates, wait=True)  # resumed mid-stage: act at once
@@ -277,7 +278,7 @@ class Trainer:
                 self._end_stage()
                 credit.reset()
             if crossed(before, self.step, cfg.eval.every) or last or stage_done:
-                self._evaluate()
+                self._evaluate(films(cfg, self.step, stage_done, last))  # filmed too? (eval.video)
             if crossed(before, self.step, cfg.run.checkpoint_every) or last or stop:
                 self._save_checkpoint(preempted=stop)
             if stop:

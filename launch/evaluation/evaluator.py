@@ -5,9 +5,11 @@
 `InlineEvaluator` evaluates on the spot (single-process backend). `EvaluatorWorker` runs in its
 own process beside the learner, so evaluation does not stall training; results come back
 tagged with the learner step and weight version they were asked for. Both have one interface:
-submit(step, version, flat_weights), results() (what is done, non-blocking), wait() (all),
+submit(step, version, flat_weights, video=False), results() (what is done, non-blocking), wait() (all),
 unfinished() (the requests not yet answered: a preempted run checkpoints them and submits them
-again when it resumes, instead of waiting out an evaluation in its grace period).
+again when it resumes, instead of waiting out an evaluation in its grace period). With video=True
+an evaluation also films its first eval.video episodes per task (launch/evaluation/videos.py), in the
+evaluator: in its own process, or inline with the single-process backend.
 """
 
 from __future__ import annotations
@@ -65,17 +67,21 @@ class Evaluation:
     evaluated as the network's task 0, agents/models.py network_task)."""
 
     def __init__(self, suite_name: str, tasks: str, seed: int, sac: SACConfig, goals: int, policy: str,
-                 goal_observable: bool = True, target_visible: bool = False, network_tasks: int = 0):
+                 goal_observable: bool = True, target_visible: bool = False, network_tasks: int = 0,
+                 videos=None):
+        """videos: a launch/evaluation/videos.py EvalVideos (where and how to film), or None: no evaluation films."""
         from envs import make_suite
 
         suite = make_suite(suite_name, tasks, seed, goal_observable, target_visible)
         self.names, self.env_names = suite.task_names, [t.env_name for t in suite.tasks]
+        self.episode_length = suite.episode_length
         self.envs = [suite.make_env(t, seeding.seed_for(seed, "eval-envs", t.index)) for t in suite.tasks]
         self.num_tasks = network_tasks or len(suite.tasks)
         self.policy = build_policy(sac, suite.obs_dim, suite.action_dim, self.num_tasks).requires_grad_(False)
         self.goals, self.mode, self.seed = goals, policy, seed
         self.obs_dim, self.action_dim = suite.obs_dim, suite.action_dim
         self.noise: dict[int, torch.Generator] = {}
+        self.videos = videos
 
     def act(self, obs: np.ndarray, task: np.ndarray) -> np.ndarray:
         obs_t, task_t = torch.from_numpy(obs), torch.from_numpy(network_task(task, self.num_tasks))
@@ -97,22 +103,28 @@ class Evaluation:
         return [([t], RememberingPolicy(env_memories(self.policy, 1, self.obs_dim, self.action_dim), self.num_tasks,
                                         self.noise[t])) for t in group]
 
-    def __call__(self, step: int, version: int, flat: torch.Tensor) -> list[dict]:
-        """flat: the policy weights [P], or per task [T, P] (task t evaluated with row t: PackNet)."""
+    def __call__(self, step: int, version: int, flat: torch.Tensor, video: bool = False) -> list[dict]:
+        """flat: the policy weights [P], or per task [T, P] (task t evaluated with row t: PackNet).
+        video: film this evaluation (videos/step-<step>/, TensorBoard); its rows are the same either way."""
         tasks = list(range(len(self.envs)))
         groups = [(flat, tasks)] if flat.dim() == 1 else [(flat[t], [t]) for t in tasks]
         self.noise = {t: torch.Generator().manual_seed(seeding.seed_for(self.seed, "eval", 1, t)) for t in tasks}
         results = []
+        recorder = self.videos.recorder(step, self.names, self.episode_length) if video and self.videos else None
         for weights, group in groups:
             torch.nn.utils.vector_to_parameters(weights, self.policy.parameters())
             for subset, act in self._policies(group):
                 results += evaluate(act, [self.envs[t] for t in subset], subset, self.goals,
-                                    seed=seeding.seed_for(self.seed, "eval"))
+                                    seed=seeding.seed_for(self.seed, "eval"), recorder=recorder)
+        if recorder is not None:
+            recorder.finish()
         return labelled(results, step, version, self.names, self.env_names, self.mode)
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+        if self.videos is not None:
+            self.videos.close()
 
 
 class InlineEvaluator:
@@ -121,8 +133,8 @@ class InlineEvaluator:
         self.evaluation = Evaluation(*args)
         self.done = []
 
-    def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
-        self.done.append(self.evaluation(step, version, flat))
+    def submit(self, step: int, version: int, flat: torch.Tensor, video: bool = False) -> None:
+        self.done.append(self.evaluation(step, version, flat, video))
 
     def results(self) -> list[list[dict]]:
         done, self.done = self.done, []
@@ -164,8 +176,8 @@ class EvaluatorWorker:
         child_replies.close()
         self.pending: deque = deque()
 
-    def submit(self, step: int, version: int, flat: torch.Tensor) -> None:
-        request = (step, version, flat.clone())
+    def submit(self, step: int, version: int, flat: torch.Tensor, video: bool = False) -> None:
+        request = (step, version, flat.clone(), video)
         self.requests.send(request)
         self.pending.append(request)
 
@@ -186,7 +198,7 @@ class EvaluatorWorker:
         return self._collect(block=True)
 
     def unfinished(self) -> list[tuple]:
-        """(step, version, weights) of every request not answered yet (answer or not, the
+        """(step, version, weights, video) of every request not answered yet (answer or not, the
         worker is closed next)."""
         return list(self.pending)
 
@@ -201,9 +213,12 @@ class EvaluatorWorker:
             self.process.join()
 
 
-def make_evaluator(cfg, network_tasks: int = 0):
+def make_evaluator(cfg, network_tasks: int = 0, run_dir=None):
     """Inline for `single` (no process of its own), else an evaluator process beside the learner.
-    network_tasks: the policy's tasks (0: the suite's)."""
+    network_tasks: the policy's tasks (0: the suite's). run_dir: where eval.video's films go."""
+    from launch.evaluation.videos import EvalVideos
+    videos = EvalVideos(run_dir, cfg.eval.video, cfg.eval.video_size, cfg.eval.video_frame_skip) \
+        if cfg.eval.video and run_dir is not None else None
     args = (cfg.env.suite, cfg.env.tasks, cfg.run.seed, cfg.sac, cfg.eval.goals, cfg.eval.policy,
-            cfg.env.goal_observable, cfg.env.target_visible, network_tasks)
+            cfg.env.goal_observable, cfg.env.target_visible, network_tasks, videos)
     return InlineEvaluator(*args) if cfg.runtime.backend == "single" else EvaluatorWorker(*args)
