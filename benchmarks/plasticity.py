@@ -89,7 +89,8 @@ def title_of(study_dir: Path) -> str:
     import yaml
     tree = yaml.safe_load((study_dir / "study.yaml").read_text())
     base, settings = tree["base"], tree["set"] or {}
-    width = "x".join(map(str, settings.get("sac.hidden_sizes", []))) or "default width"
+    sizes = settings.get("sac.hidden_sizes", [])
+    width = f"{len(sizes)}x{sizes[0]}" if len(set(sizes)) == 1 else "-".join(map(str, sizes)) or "default width"
     return (f"{base['suite']} {base['sequence']}, {width}, {base['steps_per_task']:,} env steps per stage "
             f"(study {tree['name']}); mean over seeds [90% bootstrap CI]")
 

@@ -6,7 +6,8 @@ evaluation unfilmed.
 One Meta-World task, one evaluation episode (eval.goals=1, 500 steps) filmed as one video, through
 MuJoCo's offscreen renderer with the GL backend envs/rendering.py chooses (OSMesa on a machine
 without a GPU), at 128x128 and 256x256 pixels, keeping every frame (frame skip 1) or every 4th;
-and pointmass (30 steps, drawn in numpy) at 256x256. The policy: the Meta-World preset's network at
+at 256x256 every 4th frame with MuJoCo's shadows on (our renderer turns them off), and pointmass (30
+steps, drawn in numpy) at 256x256. The policy: the Meta-World preset's network at
 its initial weights, the mean action, one torch thread. Each variant's evaluation is timed end to
 end (rendering, H.264 encoding, the TensorBoard GIF) in a fresh process after a warm-up one,
 variants interleaved within each repeat; medians over repeats. MUJOCO_GL=osmesa or egl measures that
@@ -32,7 +33,8 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import table  # noqa: E402
 
 VARIANTS = [("metaworld", None, 1), ("metaworld", 128, 1), ("metaworld", 128, 4), ("metaworld", 256, 1),
-            ("metaworld", 256, 4), ("pointmass", None, 1), ("pointmass", 256, 1)]  # (suite, pixels, frame skip)
+            ("metaworld", 256, 4), ("metaworld-shadows", 256, 4), ("pointmass", None, 1),
+            ("pointmass", 256, 1)]  # (suite, pixels, frame skip); metaworld-shadows: with MuJoCo's shadows on
 
 
 def one(suite: str, pixels: int | None, skip: int, repeats: int, task: str) -> list[float]:
@@ -43,6 +45,9 @@ def one(suite: str, pixels: int | None, skip: int, repeats: int, task: str) -> l
     from launch.evaluation.evaluator import Evaluation
     from launch.evaluation.videos import EvalVideos
     torch.set_num_threads(1)
+    if suite == "metaworld-shadows":
+        from envs.metaworld_suite import MetaWorldTaskEnv
+        MetaWorldTaskEnv.SHADOWS, suite = True, "metaworld"
     with tempfile.TemporaryDirectory() as tmp:
         videos = EvalVideos(Path(tmp), 1, f"{pixels}x{pixels}", skip) if pixels else None
         evaluation = Evaluation(suite, task, 0, build_config(suite).sac, 1, "mean", videos=videos)
@@ -65,7 +70,7 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         suite, pixels, skip = args.one[0], int(args.one[1]) or None, int(args.one[2])
-        print(json.dumps(one(suite, pixels, skip, 1, args.task if suite == "metaworld" else "reach-e")))
+        print(json.dumps(one(suite, pixels, skip, 1, "reach-e" if suite == "pointmass" else args.task)))
         return
 
     from envs.rendering import gl_backend
@@ -80,8 +85,9 @@ def main() -> None:
             seconds[(suite, pixels, skip)] += json.loads(proc.stdout.splitlines()[-1])
     rows = []
     for suite, pixels, skip in VARIANTS:
-        median, base = statistics.median(seconds[(suite, pixels, skip)]), statistics.median(seconds[(suite, None, 1)])
-        frames = -(-(500 if suite == "metaworld" else 30) // skip)
+        base = statistics.median(seconds[("pointmass" if suite == "pointmass" else "metaworld", None, 1)])
+        median = statistics.median(seconds[(suite, pixels, skip)])
+        frames = (30 if suite == "pointmass" else 500) // skip  # a frame after every skip-th step
         extra = median - base
         filmed = [f"{pixels}x{pixels}", skip, frames, f"{median:.2f}", f"{extra:.2f}", f"{extra / frames * 1e3:.1f}"] \
             if pixels else ["no video", "-", 0, f"{median:.2f}", "-", "-"]

@@ -75,6 +75,7 @@ class MetaWorldTaskEnv(gym.Env):
 
     metadata = {"render_modes": []}
     CAMERA = "corner2"  # the whole table and the arm; MuJoCo renders Meta-World's corner cameras upside down
+    SHADOWS = False     # off: 2.7x faster in software GL (BENCHMARKS.md, "Evaluation videos")
 
     def __init__(self, task_name: str, goals: np.ndarray, seed: int | None = None, goal_observable: bool = True):
         import metaworld
@@ -121,7 +122,7 @@ class MetaWorldTaskEnv(gym.Env):
         return obs.astype(np.float32), float(reward), bool(terminated), bool(truncated), info
 
     def render_frame(self, width: int, height: int) -> np.ndarray:
-        """The scene now from CAMERA, without shadows, through MuJoCo's offscreen renderer (MUJOCO_GL:
+        """The scene now from CAMERA (without shadows), through MuJoCo's offscreen renderer (MUJOCO_GL:
         envs/rendering.py gl_backend chooses it before MuJoCo is imported). Reads the simulation,
         changes nothing."""
         import mujoco
@@ -131,7 +132,7 @@ class MetaWorldTaskEnv(gym.Env):
             visual.offwidth, visual.offheight = max(visual.offwidth, width), max(visual.offheight, height)
             renderer = self._renderers[(width, height)] = mujoco.Renderer(self._env.model, height, width)
         renderer.update_scene(self._env.data, camera=self.CAMERA)
-        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False  # 4-5x faster in software GL (BENCHMARKS.md)
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self.SHADOWS
         return renderer.render()[::-1].copy()
 
     def close(self):
