@@ -165,9 +165,10 @@ def test_without_a_gl_backend_the_run_stops_with_one_line(tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("eval.video_size=255x256", "even numbers"), ("eval.video_size=big", "WIDTHxHEIGHT"),
-    ("eval.video=4", "first N of each task's 3 evaluation episodes")])
+    ("eval.video=4", "first N of each task's 3 evaluation episodes"),
+    ("eval.video_frame_skip=31", "at most pointmass's episode length, 30 steps")])
 def test_bad_video_settings_are_refused(tmp_path, setting, message):
-    proc = train_in_process("--suite", "pointmass", "--steps", 100, "--set", "eval.goals=3", "--set", setting,
-                            "--run-dir", tmp_path / "run")
+    proc = train_in_process("--suite", "pointmass", "--steps", 100, "--set", "eval.goals=3", "--set", "eval.video=1",
+                            "--set", setting, "--run-dir", tmp_path / "run")
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()

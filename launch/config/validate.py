@@ -243,6 +243,9 @@ def videos_record_evaluation_episodes(cfg, world, suite):
     if cfg.eval.video > cfg.eval.goals:
         return f"eval.video records the first N of each task's {cfg.eval.goals} evaluation episodes (eval.goals); " \
                f"got {cfg.eval.video}"
+    if cfg.eval.video and cfg.eval.video_frame_skip > suite.episode_length:
+        return f"eval.video_frame_skip must be at most {suite.name}'s episode length, {suite.episode_length} " \
+               f"steps (a film keeps every k-th step's frame); got {cfg.eval.video_frame_skip}"
 
 
 @world_rule
