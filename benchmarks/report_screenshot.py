@@ -41,9 +41,10 @@ def main() -> None:
             subprocess.run([sys.executable, str(ROOT / "launch" / "study.py"), study.name, "--out", str(args.out)],
                            check=True)
     args.png.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1280,1600", "--virtual-time-budget=15000", f"--screenshot={args.png.resolve()}",
-                    (args.out / "report" / "report.html").resolve().as_uri()], check=True, capture_output=True)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--hide-scrollbars", "--window-size=1280,1600", "--virtual-time-budget=15000",
+                    f"--screenshot={args.png.resolve()}", (args.out / "report" / "report.html").resolve().as_uri()],
+                   check=True, capture_output=True)
     print(f"report_screenshot.py: {args.png}")
 
 

@@ -45,9 +45,9 @@ def chromium() -> str | None:
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
-    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1280,1600", "--virtual-time-budget=15000", *args],
+    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; containers' /dev/shm is small
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--hide-scrollbars", "--window-size=1280,1600", "--virtual-time-budget=15000", *args],
                           capture_output=True, text=True, timeout=180)
 
 
