@@ -73,16 +73,8 @@ def ci(values) -> dict:
 
 def rows_of(study_dir: Path) -> dict[str, list[Path]]:
     """{row name: the finished run directories of its seeds}, in the study's order."""
-    import yaml
-
-    from launch.studies.trial import finished
-    rows: dict[str, list[Path]] = {}
-    for trial in yaml.safe_load((study_dir / "study.yaml").read_text())["trials"]:
-        if not trial["reference"]:
-            runs = rows.setdefault(row_name(trial["values"]), [])
-            if finished(study_dir / trial["run_dir"]):
-                runs.append(study_dir / trial["run_dir"])
-    return rows
+    from launch.studies.results import grid_runs, label_values
+    return {row_name(label_values(label)): dirs for label, dirs in grid_runs(study_dir).items()}
 
 
 def title_of(study_dir: Path) -> str:

@@ -32,7 +32,8 @@ from benchmarks.common import table  # noqa: E402
 def row_name(label: str) -> str:
     """A study group's label as the table's row: "continual.boundaries=hidden, variant=ewc+plateau,
     continual.blend_steps=2000" -> "ewc + plateau, blended"; the given rows -> "ewc (given)"."""
-    values = dict(part.split("=", 1) for part in label.split(", "))
+    from launch.studies.results import label_values
+    values = label_values(label)
     if values.get("continual.boundaries") == "given":
         return f"{values['method']} (given)"
     name = values.get("variant") or (f"{values['method']}" if "method" in values else "")

@@ -38,17 +38,18 @@ def run_films(run: Run) -> list[tuple[str, Path]]:
         return out
     continual = len(run.schedule) > 1
     for task in run.tasks:
-        if continual:
-            own = next((k for k, stage in enumerate(run.schedule) if task in stage.tasks), 0)
-            for k, stage in enumerate(run.schedule[own:], start=own):
-                at = [s for s in steps if stage.start < s <= stage.end and film(run.name, s, task)]
-                if at:  # a run still in its stage shows its latest film of it, not an "end"
-                    when = "end of stage" if at[-1] >= stage.end else "in stage"
-                    out.append((f"{task}, {when} {k + 1} (step {at[-1]:,})", film(run.name, at[-1], task)))
-        else:
-            at = [s for s in steps if film(run.name, s, task)]
-            if at:
-                out.append((f"{task}, step {at[-1]:,} (latest)", film(run.name, at[-1], task)))
+        filmed = {s: path for s in steps if (path := film(run.name, s, task))}  # ascending steps
+        if not continual:
+            if filmed:
+                last = max(filmed)
+                out.append((f"{task}, step {last:,} (latest)", filmed[last]))
+            continue
+        own = next((k for k, stage in enumerate(run.schedule) if task in stage.tasks), 0)
+        for k, stage in enumerate(run.schedule[own:], start=own):
+            at = [s for s in filmed if stage.start < s <= stage.end]
+            if at:  # a run still in its stage shows its latest film of it, not an "end"
+                when = "end of stage" if at[-1] >= stage.end else "in stage"
+                out.append((f"{task}, {when} {k + 1} (step {at[-1]:,})", filmed[at[-1]]))
     return out
 
 

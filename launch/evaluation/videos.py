@@ -107,15 +107,14 @@ class Recorder:
         print(f"evaluator: filming the evaluation at env step {self.step:,} failed ({self.failed}); "
               "its evaluation rows are kept", file=sys.stderr, flush=True)
 
-    def finish(self) -> list[Path]:
-        """Every clip closed and renamed into place, and added to TensorBoard; the mp4 paths."""
+    def finish(self) -> None:
+        """Every clip closed and renamed into place, and added to TensorBoard."""
         try:
             for (task, goal), clip in sorted(self.clips.items()):
                 clip.finish()
                 self.videos.tensorboard(f"video/{self.names[task]}/goal{goal}", clip, self.step)
         except Exception as e:
             self._fail(f"{type(e).__name__}: {e}")
-        return [] if self.failed else [clip.path for _, clip in sorted(self.clips.items())]
 
 
 class EvalVideos:

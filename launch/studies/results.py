@@ -26,6 +26,11 @@ def _grid_trials(study_dir: Path):
     return trials, {t["name"]: study_dir / t["run_dir"] for t in tree["trials"] if t["reference"]}
 
 
+def label_values(label: str) -> dict[str, str]:
+    """A group's label back into its axis values: "method=ewc, remedy=cbp" -> {"method": "ewc", "remedy": "cbp"}."""
+    return dict(part.split("=", 1) for part in label.split(", ") if "=" in part)
+
+
 def grid_runs(study_dir: Path) -> dict[str, list[Path]]:
     """{label: finished run directories}."""
     study_dir = Path(study_dir)
