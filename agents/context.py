@@ -73,6 +73,10 @@ class ContextReplay(SequenceReplay):
 
     def sample(self, per_task: int, rng: np.random.Generator, tasks=None) -> ContextBatch:
         tasks, rows = self.draw(per_task, rng, tasks)
+        return self.gather(tasks, rows, per_task)
+
+    def gather(self, tasks: np.ndarray, rows: np.ndarray, per_task: int) -> ContextBatch:
+        """The batch of the given rows (`per_task` of each task in `tasks`, task by task), each with its window."""
         n, width = len(rows), self.shapes["action"][0] + 1 + self.shapes["obs"][0]
         out = {f: np.empty((n, *shape), np.float32) for f, shape in self.shapes.items()}
         history = np.zeros((n, self.context + 1, width), np.float32)

@@ -1,6 +1,7 @@
 """The table of a study of continual learning without task boundaries (continual.boundaries=hidden).
 
     python launch/study.py benchmarks/studies/task-free-pointmass.yaml   # pointmass PM2, target visible
+    python launch/study.py benchmarks/studies/task-free-pm2r.yaml        # PM2R: target visible, tasks in conflict
     python launch/study.py benchmarks/studies/task-free-3rl.yaml         # the target hidden: 3RL, +- a detector
     python launch/study.py benchmarks/studies/task-free-metaworld.yaml   # a short Meta-World sequence
     python benchmarks/task_free.py table STUDY_DIR

@@ -39,6 +39,8 @@ from collections import deque
 
 
 class PlateauDetector:
+    reads_losses = True  # the trainer reads each update's critic loss for it (a host sync)
+
     def __init__(self, window: int = 5, mean_fraction: float = 0.2, variance_fraction: float = 0.1,
                  block: int = 100):
         self.window, self.mean_fraction, self.variance_fraction, self.block = window, mean_fraction, \
@@ -87,6 +89,8 @@ class PlateauDetector:
 
 
 class ChangeDetector:
+    reads_losses = False  # it reads episode returns
+
     def __init__(self, threshold: float = 10.0, tolerance: float = 0.5, min_episodes: int = 20):
         self.threshold, self.tolerance, self.min_episodes = threshold, tolerance, min_episodes
         self.reset()

@@ -15,6 +15,11 @@ degrees (counter-clockwise) before it moves the point. The goals are reach-e's, 
 controller's mapping changes from one rotation to the next: a learner that gets slower at each new
 rotation has lost plasticity, since there is nothing to forget that a new rotation could reuse.
 ROT20 and ROT50 are 20 and 50 distinct rotations of reach-e, drawn once (fixed for every seed).
+
+PM2R (reach-e, then reach-n@180) is the continual sequence for agents that see the target: with
+env.target_visible the observation tells its tasks apart, yet one policy cannot carry over (on PM2,
+"go to the target" solves both tasks, so nothing is forgotten). reach-n@180 reverses the controls:
+its policy steers away from the target it sees, and trained on it alone a network forgets reach-e.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ DIRECTIONS = ["e", "ne", "n", "nw", "w", "sw", "s", "se"]
 ALL_TASKS = [f"reach-{d}" for d in DIRECTIONS]
 PRESETS = {"PM4": ["reach-e", "reach-n", "reach-w", "reach-s"], "PM8": ALL_TASKS}
 # Continual sequences of conflicting tasks (each pulls the start region the opposite way).
-SEQUENCES = {"PM2": ["reach-e", "reach-w"], "PM3": ["reach-e", "reach-w", "reach-n"]}
+SEQUENCES = {"PM2": ["reach-e", "reach-w"], "PM3": ["reach-e", "reach-w", "reach-n"],
+             # target visible, still conflicting: reach-n with the controls reversed (the module docstring)
+             "PM2R": ["reach-e", "reach-n@180"]}
 ROTATED = re.compile(r"(reach-[a-z]+)@(-?\d+(?:\.\d+)?)")  # reach-e@30: reach-e, the action turned 30 degrees
 
 

@@ -116,6 +116,8 @@ def _assert_user_error(proc, *fragments):
       "--set", "sac.memory=gru"], ["--method clear keeps single transitions"]),
     (["--suite", "pointmass", "--sequence", "PM2", "--method", "3rl", "--set", "continual.boundaries=hidden",
       "--set", "sac.memory=none"], ["--method 3rl is SAC with a context window"]),
+    (["--suite", "pointmass", "--sequence", "PM2", "--method", "3rl", "--set", "continual.boundaries=hidden",
+      "--set", "continual.reset_replay=true"], ["--method 3rl replays everything", "reset_replay must be false"]),
     (["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.boundaries=hidden", "--set",
       "continual.reset_optimizer=true"], ["reset at task boundaries", "need a detector"]),
     (["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.boundaries=unknown"],

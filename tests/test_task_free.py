@@ -242,3 +242,72 @@ def test_hidden_batches_carry_no_task_label():
     assert isinstance(replay, ReservoirReplay) and replay.num_tasks == 1
     batch = strategy.sample(_filled(replay), 16, np.random.default_rng(0), [0])
     assert isinstance(batch, Batch) and bool((batch.task == 0).all())
+
+
+def test_3rl_splits_each_batch_at_the_detected_boundary_as_the_reference():
+    """3RL's batch after the k-th detected boundary: floor(batch / (k + 1)) rows stored since it, the rest
+    from before it (the reference's curr_task_bfrac); uniform before any detection; a resume keeps it."""
+    from agents.context import ContextReplay
+    from continual.strategies.base import TaskContext
+    learner, cfg = _learner_and_config("continual.method=3rl", "env.target_visible=false")
+    replay = ContextReplay(1, 2000, 2, 2, context=15)
+    three = make_strategy(cfg.continual, learner, [0], 0)
+
+    def add(first_serial, n):  # 30-step episodes; obs[0] holds each row's serial number
+        serial = np.arange(first_serial, first_serial + n)
+        obs = np.stack([serial / 10_000, np.zeros(n)], 1).astype(np.float32)
+        replay.add(np.zeros(n, np.int64), obs, np.zeros((n, 2), np.float32), np.zeros(n, np.float32), obs,
+                   np.zeros(n, np.float32), stream=np.zeros(n, np.int64), first=serial % 30 == 0)
+
+    def context(stage, resumed=False):
+        return TaskContext(stage, 3, (0,), (0,), 0, replay, np.random.default_rng(0), resumed)
+
+    three.start_task(context(0))  # the run's start
+    add(0, 900)
+    assert len(three.sample(replay, 300, np.random.default_rng(0), [0]).obs) == 300  # uniform: nothing to split
+    three.start_task(context(1))  # the first detection, at serial 900
+    add(900, 300)
+    drawn = three.sample(replay, 300, np.random.default_rng(1), [0])
+    got = np.rint(drawn.obs[:, 0].numpy() * 10_000).astype(int)
+    assert (got >= 900).sum() == 150 and (got < 900).sum() == 150  # uniform: about 75 of them
+    # each row's context is its own episode's previous rows (gather = sample's windows)
+    row = int(np.flatnonzero(got % 30 >= 15)[0])
+    assert np.allclose(drawn.history[row, :-1, -2].numpy() * 10_000, got[row] - np.arange(15, 0, -1), atol=0.5)
+
+    three.start_task(context(2))  # a second detection
+    assert (three.stage, three.stage_start) == (2, 1200)
+    add(1200, 300)
+    got = np.rint(three.sample(replay, 300, np.random.default_rng(2), [0]).obs[:, 0].numpy() * 10_000)
+    assert (got >= 1200).sum() == 100 and (got < 1200).sum() == 200
+
+    resumed = make_strategy(cfg.continual, learner, [0], 0)
+    resumed.load_state_dict(three.state_dict())
+    resumed.start_task(context(2, resumed=True))
+    assert (resumed.stage, resumed.stage_start) == (2, 1200)
+
+    add(1500, 1000)  # the ring (2,000 rows) wraps: serials 500 .. 2499 stored
+    three.stage, three.stage_start = 1, 2000
+    got = np.rint(three.sample(replay, 300, np.random.default_rng(3), [0]).obs[:, 0].numpy() * 10_000)
+    assert (got >= 2000).sum() == 150 and ((got >= 500) & (got < 2000)).sum() == 150
+    three.stage_start = 400  # the stage's start overwritten: nothing earlier is left, uniform over what is
+    got = np.rint(three.sample(replay, 300, np.random.default_rng(4), [0]).obs[:, 0].numpy() * 10_000)
+    assert got.min() >= 500 and 0 < (got >= 2000).sum() < 300
+    fresh = ContextReplay(1, 2000, 2, 2, context=15)  # resumed without its replay: uniform until a detection
+    resumed.start_task(TaskContext(2, 3, (0,), (0,), 0, fresh, np.random.default_rng(0), True))
+    assert resumed.stage_start == 0
+
+
+def test_3rl_takes_the_change_detector_unless_told_otherwise():
+    """Hidden boundaries: 3RL's reference uses each task start (burn-in, batch split), so it gets the change
+    detector; a given detector is honoured, `none` turns it off; `none` is no detector for any method."""
+    from launch.errors import UserError
+
+    def detector(*overrides, method="3rl"):
+        return build_config("pointmass", flags={"continual.sequence": "PM2", "continual.method": method},
+                            overrides=["continual.boundaries=hidden", *overrides]).continual.detector
+    assert detector() == "change"
+    assert detector("continual.detector=plateau") == "plateau"
+    assert detector("continual.detector=none") == ""
+    assert detector(method="reservoir") == ""
+    with pytest.raises(UserError, match="give it a detector"):
+        detector("continual.detector=none", method="ewc")

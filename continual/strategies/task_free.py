@@ -34,11 +34,17 @@ clear      CLEAR (Rolnick et al., NeurIPS 2019; no official code, read against A
 3rl        3RL (Caccia et al., CoLLAs 2023, `amazon-science/replay-based-recurrent-rl`): SAC with a
            context GRU over the last 15 transitions (sac.memory_context, agents/context.py; 30 units
            as its released runs) and replay of everything: one buffer of replay.capacity_per_task x the
-           sequence's stages (all of it when a stage fits in capacity_per_task). Deviations: no
-           per-task burn-in of random actions (the reference repeats its 10k-step burn-in every task, a
-           boundary; here only the run's first stage warms up), uniform sampling (the reference splits
-           its batch by task: 1/(k+1) from the current task, equal to uniform with equal stages), and
-           our context windows' padding at episode starts (agents/context.py).
+           sequence's stages (all of it when a stage fits in capacity_per_task). The reference uses
+           each task's start twice: a burn-in of random actions (10k steps in its CW runs) and a batch
+           split, a share 1/(k+1) from the current task's buffer at its k-th task (misc/buffer.py
+           sample, curr_task_bfrac; the rest from the earlier tasks'). Without boundaries both come at
+           *detected* starts: 3RL implies continual.detector=change (launch/config/boundaries.py), each
+           detection brings the warm-up (sac.warmup_steps_per_task) and moves the split to the rows
+           stored since it (detections past the stream's stage count are recorded, not acted on:
+           launch/loop/learning.py). Deviations: a detected start instead of the true one (about
+           130 env steps late on PM2 with local actors, 40 with one process); with
+           continual.detector=none, no burn-in after the first stage and uniform batches (the former
+           3RL here); our context windows' padding at episode starts (agents/context.py).
 """
 
 from __future__ import annotations
@@ -203,10 +209,40 @@ class CLEAR(RecentAndReplayed):
 
 
 class ThreeRL(TaskFree):
-    """SAC + a context window + replay of everything: the settings are the method (build_config sets
-    3RL's context window unless given: launch/config/boundaries.py); no hook does anything."""
+    """SAC + a context window + replay of everything (build_config sets 3RL's context window unless
+    given: launch/config/boundaries.py). Each batch is split as the reference's (misc/buffer.py sample,
+    curr_task_bfrac = 1/(k+1) at its k-th task): after the k-th detected boundary, a share 1/(k+1) of
+    the batch comes from the rows stored since it, the rest from the rows before it; before any
+    detection (or without a detector) the whole batch is uniform over everything."""
 
     keeps_everything = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stage, self.stage_start = 0, 0  # detected stage k, and the serial number of its first row
+
+    def start_task(self, ctx) -> None:
+        if not ctx.resumed:
+            self.stage, self.stage_start = ctx.stage, int(ctx.replay.written[0])
+        elif self.stage_start > int(ctx.replay.written[0]):  # resumed without its replay (save_in_checkpoint
+            self.stage_start = 0  # given false): the refilled rows are all this stage's, so uniform batches
+
+    def sample(self, replay, per_task: int, rng: np.random.Generator, tasks):
+        written, size = int(replay.written[0]), int(replay.size[0])
+        current, earlier = written - self.stage_start, self.stage_start - (written - size)
+        if self.stage == 0 or current <= 0 or earlier <= 0:
+            return replay.sample(per_task, rng, tasks)
+        n = per_task // (self.stage + 1)  # the reference: floor(curr_task_bfrac * batch_size)
+        serials = np.concatenate([self.stage_start + rng.integers(current, size=n),
+                                  written - size + rng.integers(earlier, size=per_task - n)])
+        return replay.gather(np.zeros(1, np.int64), serials % replay.capacity, per_task)
+
+    def state_dict(self) -> dict:
+        return {"stage": self.stage, "stage_start": self.stage_start}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:  # a checkpoint from before the split holds none: its stage 0 (uniform batches)
+            self.stage, self.stage_start = int(state["stage"]), int(state["stage_start"])
 
 
 def replay_config(replay_cfg, strategy, stages: int):

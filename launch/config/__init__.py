@@ -125,8 +125,10 @@ class ContinualConfig:
                                   # for the stream (the schedule drives the envs, the evaluator, the metrics)
     blend_steps: int = field(default=0, metadata=AT_LEAST_0)  # > 0: each switch blends over this many env
                                   # steps (centred on it): the next task's share of episodes rises 0 -> 1
-    detector: str = field(default="", metadata={"choices": ("plateau", "change"), "empty": "none"})  # hidden:
-                                  # detected boundaries run the method's end-of-task step (continual/detectors.py)
+    detector: str = field(default="", metadata={"choices": ("plateau", "change", "none"),
+                                                "empty": "the method's default: change for 3rl, else none"})
+                                  # hidden: detected boundaries run the method's end-of-task step
+                                  # (continual/detectors.py); none: no detector, even for 3rl
     detector_window: int = field(default=5, metadata=POSITIVE)  # plateau: losses in its window (TF-MAS: 5)
     detector_block: int = field(default=100, metadata=POSITIVE)  # plateau / tfmas: learner updates whose mean
                                   # critic loss is one window value
@@ -246,6 +248,8 @@ def build_config(suite: str | None = None, config_file: str | None = None,
     for key, value in boundaries.implied(cfg).items():  # hidden boundaries' and task-free methods' settings
         if not given(key):
             set_key(cfg, key, value)
+    if cfg.continual.detector == "none":  # said explicitly (3RL's implied detector off): recorded as no detector
+        cfg.continual.detector = ""
     validate(cfg)
     return cfg
 
@@ -300,5 +304,7 @@ def load_run_config(path: Path) -> Config:
         tree.pop(informational, None)
     cfg = Config()
     merge(cfg, tree)
+    if cfg.continual.detector == "none":
+        cfg.continual.detector = ""
     validate(cfg)
     return cfg

@@ -8,6 +8,9 @@ or refused by the rules below if it contradicts the setting):
              to reset at; with a detector, a given true resets at each detection)
   --method   each task-free method's own (METHOD_DEFAULTS: 3RL's context window), and
              replay.save_in_checkpoint=true: the memory is the method (a resume keeps it)
+  3rl        hidden: continual.detector=change. The reference uses each task's start twice (a burn-in
+             of random actions, and a batch split 1/(k+1) current task, continual/strategies/task_free.py);
+             without boundaries both come at detected ones. continual.detector=none turns it off.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def implied(cfg) -> dict:
     out = dict(HIDDEN_DEFAULTS) if cfg.continual.boundaries == "hidden" else {}
     if task_free_method(cfg):
         out["replay.save_in_checkpoint"] = True
+    if cfg.continual.boundaries == "hidden" and cfg.continual.method == "3rl":
+        out["continual.detector"] = "change"
     return {**out, **METHOD_DEFAULTS.get(cfg.continual.method, {})}
 
 
@@ -106,6 +111,8 @@ def stream_replay_holds_transitions(cfg):
         return "--method mir retrieves what an update on new experience would hurt: continual.replay_fraction < 1"
     if cfg.continual.method == "3rl" and (cfg.sac.memory != "gru" or not cfg.sac.memory_context):
         return "--method 3rl is SAC with a context window: sac.memory=gru with sac.memory_context > 0"
+    if cfg.continual.method == "3rl" and cfg.continual.reset_replay:
+        return "--method 3rl replays everything it has seen: continual.reset_replay must be false"
 
 
 def target_visible_is_pointmass(cfg):

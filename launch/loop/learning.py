@@ -92,7 +92,7 @@ class Learning:
         for _ in range(updates):
             batch = self.strategy.sample(self.replay, self.cfg.sac.batch_size_per_task, self.rng, self.tasks)
             self.losses = self.learner.update(batch, self.hooks)
-            if self.detector is not None or self.strategy.reads_losses:
+            if (self.detector is not None and self.detector.reads_losses) or self.strategy.reads_losses:
                 loss = float(self.losses["loss/qf1"] + self.losses["loss/qf2"]) / 2  # a host sync: only if read
                 self.strategy.after_update(self.learner.critic_rows, loss)
                 self.pending |= self.detector is not None and self.detector.observe_loss(loss)
