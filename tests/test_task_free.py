@@ -252,6 +252,7 @@ def test_3rl_splits_each_batch_at_the_detected_boundary_as_the_reference():
     learner, cfg = _learner_and_config("continual.method=3rl", "env.target_visible=false")
     replay = ContextReplay(1, 2000, 2, 2, context=15)
     three = make_strategy(cfg.continual, learner, [0], 0)
+    three.use_replay(replay)
 
     def add(first_serial, n):  # 30-step episodes; obs[0] holds each row's serial number
         serial = np.arange(first_serial, first_serial + n)
@@ -281,6 +282,7 @@ def test_3rl_splits_each_batch_at_the_detected_boundary_as_the_reference():
     assert (got >= 1200).sum() == 100 and (got < 1200).sum() == 200
 
     resumed = make_strategy(cfg.continual, learner, [0], 0)
+    resumed.use_replay(replay)
     resumed.load_state_dict(three.state_dict())
     resumed.start_task(context(2, resumed=True))
     assert (resumed.stage, resumed.stage_start) == (2, 1200)
@@ -292,8 +294,8 @@ def test_3rl_splits_each_batch_at_the_detected_boundary_as_the_reference():
     three.stage_start = 400  # the stage's start overwritten: nothing earlier is left, uniform over what is
     got = np.rint(three.sample(replay, 300, np.random.default_rng(4), [0]).obs[:, 0].numpy() * 10_000)
     assert got.min() >= 500 and 0 < (got >= 2000).sum() < 300
-    fresh = ContextReplay(1, 2000, 2, 2, context=15)  # resumed without its replay: uniform until a detection
-    resumed.start_task(TaskContext(2, 3, (0,), (0,), 0, fresh, np.random.default_rng(0), True))
+    resumed.use_replay(ContextReplay(1, 2000, 2, 2, context=15))  # resumed without its replay: uniform
+    resumed.start_task(context(2, resumed=True))
     assert resumed.stage_start == 0
 
 

@@ -220,12 +220,17 @@ class ThreeRL(TaskFree):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.stage, self.stage_start = 0, 0  # detected stage k, and the serial number of its first row
+        self.replay = None
+
+    def use_replay(self, replay) -> None:
+        self.replay = replay
 
     def start_task(self, ctx) -> None:
+        written = int(self.replay.written[0]) if self.replay is not None else 0  # rows stored so far
         if not ctx.resumed:
-            self.stage, self.stage_start = ctx.stage, int(ctx.replay.written[0])
-        elif self.stage_start > int(ctx.replay.written[0]):  # resumed without its replay (save_in_checkpoint
-            self.stage_start = 0  # given false): the refilled rows are all this stage's, so uniform batches
+            self.stage, self.stage_start = ctx.stage, written
+        elif self.stage_start > written:  # resumed without its replay (save_in_checkpoint given false): the
+            self.stage_start = 0          # refilled rows are all this stage's, so uniform batches
 
     def sample(self, replay, per_task: int, rng: np.random.Generator, tasks):
         written, size = int(replay.written[0]), int(replay.size[0])
