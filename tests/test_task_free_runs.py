@@ -127,7 +127,7 @@ def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(t
     boundaries and TF-MAS do not meet it (BENCHMARKS.md, PM2R): TF-MAS runs here, learns reach-n@180
     and forgets reach-e as fine-tuning does."""
     common = ["--suite", "pointmass", "--sequence", "PM2R", "--steps-per-task", 3000, "--backend", "single",
-              "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=1000",
+              "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=3000",
               "--set", "run.threads=1"]
     memory = ["--set", "replay.capacity_per_task=1000"]
     methods = {"3rl": ["--method", "3rl"],  # the longest run first: the two workers finish together
