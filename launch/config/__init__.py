@@ -248,10 +248,15 @@ def build_config(suite: str | None = None, config_file: str | None = None,
     for key, value in boundaries.implied(cfg).items():  # hidden boundaries' and task-free methods' settings
         if not given(key):
             set_key(cfg, key, value)
-    if cfg.continual.detector == "none":  # said explicitly (3RL's implied detector off): recorded as no detector
-        cfg.continual.detector = ""
+    _no_detector_is_empty(cfg)
     validate(cfg)
     return cfg
+
+
+def _no_detector_is_empty(cfg) -> None:
+    """continual.detector=none, said explicitly (3RL's implied detector off), is recorded as no detector."""
+    if cfg.continual.detector == "none":
+        cfg.continual.detector = ""
 
 
 def plan_schedule(cfg: Config):
@@ -304,7 +309,6 @@ def load_run_config(path: Path) -> Config:
         tree.pop(informational, None)
     cfg = Config()
     merge(cfg, tree)
-    if cfg.continual.detector == "none":
-        cfg.continual.detector = ""
+    _no_detector_is_empty(cfg)
     validate(cfg)
     return cfg
