@@ -5,6 +5,7 @@
     python launch/study.py benchmarks/studies/task-free-3rl.yaml         # the target hidden: 3RL, +- a detector
     python launch/study.py benchmarks/studies/task-free-metaworld.yaml   # a short Meta-World sequence
     python benchmarks/task_free.py table STUDY_DIR
+    python benchmarks/task_free.py table RUNS_DIR    # a folder of plain runs (one per seed): one row
 
 Rows: the task-aware references (EWC and PackNet told every boundary, with their per-task heads and
 task one-hot, the continual defaults), then with hidden boundaries: fine-tuning (a FIFO replay of
@@ -50,36 +51,60 @@ def cell(entry, digits: int = 2) -> str:
     return f"{entry['mean']:.{digits}f} [{entry['lower']:.{digits}f}, {entry['upper']:.{digits}f}]"
 
 
+COLUMNS = ["method", "seeds", "average performance", "forgetting", "forward transfer", "anytime performance",
+           "detection delay (steps); per run"]
+
+
+def row(name: str, runs: list, refs: list) -> list:
+    """One table row: the runs' metrics, forward transfer against refs (none: n/a)."""
+    from metrics import continual
+    from metrics.summary import ReportSettings, task_free_metrics
+    cw = continual.summarize(runs, refs or None, last_k=1)
+    free = task_free_metrics(runs, ReportSettings(last_k=1))
+    detection = free.get("detection")
+    return [name, len(runs), cell(cw["performance"]), cell(cw["forgetting"]), cell(cw.get("forward_transfer")),
+            cell(free["anytime_performance"]),
+            "n/a" if detection is None else
+            f"{cell(detection['delay'], 0)}; {detection['false_alarms']['mean']:.1f} false, "
+            f"{detection['missed']['mean']:.1f} missed"]
+
+
+def summarize_runs(folder: Path) -> None:
+    """A folder of plain runs (e.g. the issue's command for seeds 0-2): a row for each setting that more than
+    one run shares (metrics/grouping.py: the report's groups), and each run's final success per task."""
+    from metrics.grouping import group_runs
+    from metrics.runs import read_run
+    dirs = sorted(d for d in folder.iterdir() if (d / "config.yaml").is_file())
+    runs = [read_run(d) for d in dirs]
+    pooled = {label: group for label, group in group_runs(runs).items() if len(group) > 1}
+    print(f"{folder.name}: success = the last evaluation of a window; mean over seeds [90% bootstrap CI]")
+    if pooled:
+        print(table(COLUMNS, [row(folder.name if len(pooled) == 1 else label, group, [])
+                              for label, group in pooled.items()]))
+    for d, run in zip(dirs, runs):
+        final = " / ".join(f"{s:.2f}" for s in run.success[-1])
+        print(f"{d.name}: final success per task ({', '.join(run.tasks)}) {final}")
+
+
 def summarize(study_dir: Path) -> None:
     import yaml
 
     from launch.studies.results import grid_runs, reference_runs
-    from metrics import continual
     from metrics.runs import read_run
-    from metrics.summary import ReportSettings, task_free_metrics
 
-    settings, references = ReportSettings(last_k=1), reference_runs(study_dir)
+    references = reference_runs(study_dir)
     rows = []
     for label, dirs in grid_runs(study_dir).items():
         if not dirs:
             continue
-        runs = [read_run(d) for d in dirs]
-        refs = [read_run(d) for d in references.get(label, [])]
-        cw = continual.summarize(runs, refs or None, last_k=1)
-        free = task_free_metrics(runs, settings)
-        detection = free.get("detection")
-        rows.append([row_name(label), len(runs), cell(cw["performance"]), cell(cw["forgetting"]),
-                     cell(cw.get("forward_transfer")), cell(free["anytime_performance"]),
-                     "n/a" if detection is None else
-                     f"{cell(detection['delay'], 0)}; {detection['false_alarms']['mean']:.1f} false, "
-                     f"{detection['missed']['mean']:.1f} missed"])
+        rows.append(row(row_name(label), [read_run(d) for d in dirs],
+                        [read_run(d) for d in references.get(label, [])]))
     tree = yaml.safe_load((study_dir / "study.yaml").read_text())
     base = tree["base"]
     print(f"{base['suite']} {base['sequence']}, {base['steps_per_task']:,} env steps per task (study {tree['name']}); "
           "success = the last evaluation of a window; mean over seeds [90% bootstrap CI]; forward transfer "
           "against each row's own single-task references (n/a: none finished)")
-    print(table(["method", "seeds", "average performance", "forgetting", "forward transfer", "anytime performance",
-                 "detection delay (steps); per run"], rows))
+    print(table(COLUMNS, rows))
 
 
 def main() -> None:
@@ -87,11 +112,15 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=["table"])
-    p.add_argument("study_dir", type=Path, help="a task-free study's directory")
+    p.add_argument("study_dir", type=Path, help="a task-free study's directory, or a folder of runs")
     args = p.parse_args()
-    if not (args.study_dir / "study.yaml").is_file():
-        p.error(f"{args.study_dir} is not a study directory (launch/study.py benchmarks/studies/task-free-*.yaml)")
-    summarize(args.study_dir)
+    if (args.study_dir / "study.yaml").is_file():
+        summarize(args.study_dir)
+    elif args.study_dir.is_dir() and any((d / "config.yaml").is_file() for d in args.study_dir.iterdir()):
+        summarize_runs(args.study_dir)
+    else:
+        p.error(f"{args.study_dir} is neither a study directory (launch/study.py benchmarks/studies/task-free-*.yaml) "
+                "nor a folder of run directories")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,8 @@ def _assert_user_error(proc, *fragments):
     (["--suite", "pointmass", "--set", "plasticity.networks=policy"], ["unknown plasticity.networks 'policy'"]),
     (["--suite", "pointmass", "--set", "plasticity.redo_every=500"],
      ["plasticity.redo_every is a setting of plasticity.redo, which is off"]),
+    (["--suite", "pointmass", "--sequence", "PM2", "--set", "plasticity.reset_temperature=true"],
+     ["plasticity.reset_temperature is a setting of plasticity.reset, which is off"]),
     (["--suite", "pointmass", "--set", "plasticity.reset=1"], ["plasticity.reset acts at stage starts",
                                                                "a multi-task run has none"]),
     (["--suite", "pointmass", "--sequence", "PM2", "--set", "continual.boundaries=hidden",

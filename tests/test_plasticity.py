@@ -223,6 +223,23 @@ def test_reset_reinitialises_exactly_the_last_k_layers_and_their_targets(k, name
                 assert torch.equal(after[f"critic_target.{name}"], expected)
 
 
+@pytest.mark.parametrize("temperature", [False, True])
+def test_a_reset_keeps_the_temperature_unless_told_to_reset_it_too(temperature):
+    """reset_temperature (Nikishin et al.'s whole-agent reset): the temperature back to sac.init_alpha and
+    its Adam state cleared; without it, the learned temperature and its moments stay as they were."""
+    from agents.plasticity import PlasticityConfig, make_remedies
+    learner, build = _learner(init_alpha=0.5)
+    _train(learner, _replay(), updates=5)
+    learned = learner.log_alpha.detach().clone()
+    assert not torch.allclose(learned, torch.tensor([math.log(0.5)]))  # training moved it
+    [reset] = make_remedies(PlasticityConfig(reset=99, reset_temperature=temperature), learner, NO_STRATEGY, build,
+                            0, sample_probe=None)  # as a run builds it from its config
+    reset.stage_started()
+    expected = torch.tensor([math.log(0.5)]) if temperature else learned
+    assert torch.allclose(learner.log_alpha.detach(), expected)
+    assert (learner.log_alpha in learner.alpha_optimizer.state) != temperature
+
+
 def test_a_layernorm_belongs_to_the_first_layer_for_resets_and_l2_init_leaves_it_alone():
     learner, build = _learner(layer_norm=True)
     _train(learner, _replay())

@@ -313,3 +313,21 @@ def test_3rl_takes_the_change_detector_unless_told_otherwise():
     assert detector(method="reservoir") == ""
     with pytest.raises(UserError, match="give it a detector"):
         detector("continual.detector=none", method="ewc")
+
+
+def test_the_runs_table_pools_a_folder_of_seeds_and_leaves_probes_apart(capsys):
+    """benchmarks/task_free.py table on committed records (BENCHMARKS.md's 3RL rows): a folder of seeds of one
+    setting is one row with its pooled figures and each run's final success; in a folder of probes only the
+    setting with several seeds (the multi-task control) is pooled."""
+    import runpy
+    from pathlib import Path
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    summarize_runs = runpy.run_path(str(results.parent / "task_free.py"))["summarize_runs"]
+    summarize_runs(results / "task-free-3rl-issue")
+    out = capsys.readouterr().out
+    assert "| 3     | 0.55 [0.33, 0.77]" in out and "128 [128, 128]; 0.0 false, 0.0 missed" in out
+    assert "seed1: final success per task (reach-e, reach-w) 0.50 / 0.00" in out
+    summarize_runs(results / "task-free-3rl-probes")
+    out = capsys.readouterr().out
+    assert "task-free-3rl-probes | 3     | 1.00 [1.00, 1.00]" in out and out.count("| 1     |") == 0
+    assert "reset-mlp-seed0: final success per task (reach-e, reach-w) 1.00 / 0.00" in out

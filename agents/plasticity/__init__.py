@@ -27,7 +27,7 @@ def make_remedies(cfg: PlasticityConfig, learner, strategy, build_networks, seed
     if cfg.shrink_perturb:
         remedies.append(ShrinkPerturb(*common, shrink=cfg.shrink, perturb=cfg.perturb, every=cfg.shrink_perturb_every))
     if cfg.reset:
-        remedies.append(Reset(*common, layers=cfg.reset))
+        remedies.append(Reset(*common, layers=cfg.reset, temperature=cfg.reset_temperature))
     if cfg.redo:
         remedies.append(ReDo(*common, tau=cfg.redo_tau, every=cfg.redo_every, sample=sample_probe, seed=seed))
     if cfg.cbp:

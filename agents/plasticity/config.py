@@ -32,3 +32,4 @@ class PlasticityConfig:
     parseval_scale: float = field(default=2.0, metadata={"above": 0})  # s (theirs: 2, their init gain^2)
     reset: int = field(default=0, metadata={"min": 0})  # re-initialise the last k layers at each stage
                                   # start (0: off; k >= the network's depth: all of it)
+    reset_temperature: bool = False  # with reset: every temperature back to sac.init_alpha too (theirs)

@@ -27,14 +27,17 @@ proportion to its importance (a dormant unit's weights have importance ~0: their
                     LayerNorm belongs to the layer it normalises), the target critic's copies set to
                     the critic's (after any frozen weights are put back), their Adam state cleared,
                     replay kept (Nikishin et al. 2022, evgenii-nikishin/rl_with_resets, resets the
-                    whole agent: every layer, the target, Adam and the temperature; here the
-                    temperature is kept and k is the user's)
+                    whole agent: every layer, the target, Adam and the temperature; here k is the
+                    user's, and the temperature is kept unless `reset_temperature`: then every
+                    temperature goes back to sac.init_alpha with a fresh Adam, as theirs)
 
 "Stage start": a new stage of a continual run (given boundaries), a detected boundary (hidden, with
 a detector). A multi-task run has none: there only the per-update remedies act.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -192,9 +195,9 @@ def layers_of(network) -> list[list[tuple[str, torch.nn.Parameter]]]:
 
 
 class Reset(Remedy):
-    def __init__(self, *args, layers: int):
+    def __init__(self, *args, layers: int, temperature: bool = False):
         super().__init__(*args)
-        self.layers = layers
+        self.layers, self.temperature = layers, temperature
 
     def reset_names(self, network: str) -> set[str]:
         """The parameter names the reset re-initialises: the last k layers' shared parameters."""
@@ -212,6 +215,9 @@ class Reset(Remedy):
                 p.copy_(fresh[net][name])
             self.forget_moments(net, [p for _, p in params])
         self.strategy.restore_frozen()
+        if self.temperature:  # a policy re-learned at a spent temperature barely explores (BENCHMARKS.md, 3RL)
+            self.learner.log_alpha.fill_(math.log(self.learner.cfg.init_alpha))
+            self.learner.alpha_optimizer.state.clear()
         if "critic" in self.networks:  # the target takes the critic's new layers, frozen entries put back
             online = dict(self.learner.critic.named_parameters())
             for name, q in self.learner.critic_target.named_parameters():

@@ -9,7 +9,8 @@ from agents.plasticity import PlasticityConfig
 
 # a remedy's own settings: given without the remedy they would do nothing
 SETTINGS_OF = {"redo": ("redo_tau", "redo_every"), "cbp": ("cbp_maturity", "cbp_decay"),
-               "shrink_perturb": ("shrink", "perturb", "shrink_perturb_every"), "parseval": ("parseval_scale",)}
+               "shrink_perturb": ("shrink", "perturb", "shrink_perturb_every"), "parseval": ("parseval_scale",),
+               "reset": ("reset_temperature",)}
 DEFAULTS = {f.name: f.default for f in fields(PlasticityConfig)}
 REMEDIES = ("redo", "cbp", "shrink_perturb", "l2_init", "parseval", "reset")
 
