@@ -2,6 +2,7 @@
 
     python launch/study.py benchmarks/studies/task-free-pointmass.yaml   # pointmass PM2, target visible
     python launch/study.py benchmarks/studies/task-free-pm2r.yaml        # PM2R: target visible, tasks in conflict
+    python launch/study.py benchmarks/studies/task-free-pm2r-8k.yaml     # PM2R at 8,000 env steps per task
     python launch/study.py benchmarks/studies/task-free-3rl.yaml         # the target hidden: 3RL, +- a detector
     python launch/study.py benchmarks/studies/task-free-metaworld.yaml   # a short Meta-World sequence
     python benchmarks/task_free.py table STUDY_DIR
@@ -16,7 +17,8 @@ Columns: Continual World's average performance, forgetting and forward transfer 
 single-task reference runs of the row's own network: the study's references), anytime average
 performance, and the detection delay (env steps after a switch; false alarms and missed switches per
 run) for runs with a detector; mean over seeds [90% bootstrap CI] (metrics/continual.py,
-metrics/task_free.py); success is a window's last evaluation.
+metrics/task_free.py); success is a window's last evaluation. Under the table, each row's final success
+per task, run by run.
 """
 
 from __future__ import annotations
@@ -93,18 +95,32 @@ def summarize(study_dir: Path) -> None:
     from metrics.runs import read_run
 
     references = reference_runs(study_dir)
-    rows = []
+    rows, finals = [], []
     for label, dirs in grid_runs(study_dir).items():
         if not dirs:
             continue
-        rows.append(row(row_name(label), [read_run(d) for d in dirs],
-                        [read_run(d) for d in references.get(label, [])]))
+        runs = [read_run(d) for d in dirs]
+        rows.append(row(row_name(label), runs, [read_run(d) for d in references.get(label, [])]))
+        finals.append(final_success(row_name(label), runs))
     tree = yaml.safe_load((study_dir / "study.yaml").read_text())
     base = tree["base"]
+    transfer = ("against each row's own single-task references (n/a: none finished)" if tree.get("references")
+                else "n/a: the study has no single-task references")
     print(f"{base['suite']} {base['sequence']}, {base['steps_per_task']:,} env steps per task (study {tree['name']}); "
-          "success = the last evaluation of a window; mean over seeds [90% bootstrap CI]; forward transfer "
-          "against each row's own single-task references (n/a: none finished)")
+          f"success = the last evaluation of a window; mean over seeds [90% bootstrap CI]; forward transfer {transfer}")
     print(table(COLUMNS, rows))
+    print("\nfinal success per task, run by run (seed order), and the mean:")
+    print("\n".join(finals))
+
+
+def final_success(name: str, runs: list) -> str:
+    """A row's last evaluation per task: each run's ("1.0/0.0", BENCHMARKS.md's per-seed tables) and the
+    mean over its runs ("1.00 / 0.20")."""
+    import numpy as np
+    last = np.array([run.success[-1] for run in runs])  # [runs, tasks]
+    each = ", ".join("/".join(f"{s:.1f}" for s in final) for final in last)
+    mean = " / ".join(f"{s:.2f}" for s in last.mean(axis=0))
+    return f"{name}: {each}; mean {mean} ({', '.join(runs[0].tasks)})"
 
 
 def main() -> None:

@@ -331,3 +331,18 @@ def test_the_runs_table_pools_a_folder_of_seeds_and_leaves_probes_apart(capsys):
     out = capsys.readouterr().out
     assert "task-free-3rl-probes | 3     | 1.00 [1.00, 1.00]" in out and out.count("| 1     |") == 0
     assert "reset-mlp-seed0: final success per task (reach-e, reach-w) 1.00 / 0.00" in out
+
+
+def test_the_study_table_lists_each_runs_final_success(capsys):
+    """benchmarks/task_free.py table on a committed study (BENCHMARKS.md, PM2R at 8,000 steps per task): each
+    row's runs' final success per task in seed order, and their mean; a study without references says so."""
+    import runpy
+    from pathlib import Path
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    summarize = runpy.run_path(str(results.parent / "task_free.py"))["summarize"]
+    summarize(results / "task-free-pm2r-8k")
+    out = capsys.readouterr().out
+    assert "forward transfer n/a: the study has no single-task references" in out
+    assert "finetune: 0.0/1.0, 0.0/1.0, 0.0/1.0, 0.0/1.0, 0.0/1.0; mean 0.00 / 1.00 (reach-e, reach-n@180)" in out
+    assert "clear: 1.0/0.6, 1.0/0.0, 1.0/1.0, 1.0/1.0, 1.0/1.0; mean 1.00 / 0.72 (reach-e, reach-n@180)" in out
+    assert "ewc + change: 0.1/1.0, 0.0/1.0, 0.5/0.9, 1.0/1.0, 0.5/0.7; mean 0.42 / 0.92" in out
