@@ -99,9 +99,9 @@ def summarize(study_dir: Path) -> None:
     for label, dirs in grid_runs(study_dir).items():
         if not dirs:
             continue
-        runs = [read_run(d) for d in dirs]
-        rows.append(row(row_name(label), runs, [read_run(d) for d in references.get(label, [])]))
-        finals.append(final_success(row_name(label), runs))
+        name, runs = row_name(label), [read_run(d) for d in dirs]
+        rows.append(row(name, runs, [read_run(d) for d in references.get(label, [])]))
+        finals.append(final_success(name, runs))
     tree = yaml.safe_load((study_dir / "study.yaml").read_text())
     base = tree["base"]
     transfer = ("against each row's own single-task references (n/a: none finished)" if tree.get("references")
