@@ -162,6 +162,16 @@ def test_target_critics_follow_by_polyak_averaging():
         torch.testing.assert_close(target, 0.5 * before + 0.5 * online)
 
 
+def test_the_configured_activation_reaches_every_network():
+    """sac.activation=leaky_relu builds the actor, both critics and their targets with leaky units (slope
+    0.2): a negative pre-activation passes, scaled, where ReLU would zero it (TF-MAS relies on it)."""
+    x = torch.tensor([-1.0, 2.0])
+    for activation, expected in (("leaky_relu", [-0.2, 2.0]), ("relu", [0.0, 2.0])):
+        learner = _learner(activation=activation)
+        for network in (learner.actor.net, learner.critic.net, learner.critic_target.net):
+            torch.testing.assert_close(network.trunk.activation(x), torch.tensor(expected))
+
+
 def test_learner_state_dict_round_trip_is_exact():
     learner, copy = _learner(), _learner(init_alpha=0.3)
     copy.load_state_dict(learner.state_dict())

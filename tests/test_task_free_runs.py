@@ -124,8 +124,8 @@ def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(t
     loses reach-e and the network with it; reservoir, MIR, CLEAR and 3RL keep it, reservoir and MIR learn
     reach-n@180, CLEAR and 3RL make headway on it. 3RL's implied change detector fires on the drop at the
     switch. Over 5 seeds at this budget they keep reach-e in every seed but learn reach-n@180 in 1-2, and
-    EWC at detected boundaries and TF-MAS do not meet it (BENCHMARKS.md, PM2R): TF-MAS runs here, learns
-    reach-n@180 and forgets reach-e as fine-tuning does. Seed 0's reach-n@180 differs between machines
+    EWC at detected boundaries does not meet it (BENCHMARKS.md, PM2R); TF-MAS is the next test's, with
+    its network and budget. Seed 0's reach-n@180 differs between machines
     (the same code: 3RL 0.2 and CLEAR 0.5 on one of our VMs, >= 0.5 each on another), so CLEAR and 3RL
     are held to headway (above the switch's success), reservoir and MIR (1.0 on both VMs) to 0.5."""
     common = ["--suite", "pointmass", "--sequence", "PM2R", "--steps-per-task", 3000, "--backend", "single",
@@ -134,7 +134,7 @@ def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(t
     memory = ["--set", "replay.capacity_per_task=1000"]
     methods = {"3rl": ["--method", "3rl"],  # the longest run first: the two workers finish together
                "finetune": memory, "reservoir": ["--method", "reservoir", *memory], "mir": ["--method", "mir", *memory],
-               "clear": ["--method", "clear", *memory], "tfmas": ["--method", "tfmas", *memory]}
+               "clear": ["--method", "clear", *memory]}
     results = train_many({m: [*common, *extra, "--run-dir", tmp_path / m] for m, extra in methods.items()})
     from metrics import continual
     runs = {}
@@ -148,9 +148,37 @@ def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(t
             assert run.success[-1][1] > run.success[1][1], (method, run.success.tolist())
         else:  # the new task learned
             assert run.success[-1][1] >= 0.5, (method, run.success.tolist())
-        if method not in ("finetune", "tfmas"):
+        if method != "finetune":
             assert forgetting[method] < forgetting["finetune"] - 0.25, (method, forgetting, run.success.tolist())
     assert [d for d in runs["3rl"].detected if 3000 <= d < 4500], runs["3rl"].detected  # implied, at the switch
+
+
+def test_task_free_mas_with_leaky_units_forgets_less_than_fine_tuning_and_learns_the_new_task(tmp_path):
+    """TF-MAS on PM2R (hidden boundaries, the target visible) with leaky ReLU networks and weight 0.3,
+    2 x 8,000 env steps, against fine-tuning with the same network, seed 2: it keeps reach-e where
+    fine-tuning loses it, and learns reach-n@180. With ReLU, units silent on reach-e carry weights of zero
+    MAS importance, and it loses reach-e at every weight tried on seed 0 (0.02 to 1e4, 3,000 steps per
+    task); at its reference weight (0.02) it forgets with leaky units too. Over seeds 0-4 this setting
+    keeps reach-e at 0.5 or more in 4 and learns reach-n@180 in 5 (BENCHMARKS.md, "PM2R ... leaky ReLU");
+    seed 2 is the one with a margin (reach-e at 0.8 or more at every evaluation from step 1,000 on), so
+    that the test holds on machines whose floats differ."""
+    common = ["--suite", "pointmass", "--sequence", "PM2R", "--steps-per-task", 8000, "--backend", "single",
+              "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=8000",
+              "--set", "run.threads=1", "--set", "replay.capacity_per_task=1000",
+              "--set", "sac.activation=leaky_relu", "--seed", 2]
+    results = train_many({"tfmas": [*common, "--method", "tfmas", "--set", "continual.coef=0.3",
+                                    "--run-dir", tmp_path / "tfmas"],
+                          "finetune": [*common, "--run-dir", tmp_path / "finetune"]})
+    from metrics import continual
+    runs = {}
+    for method, result in results.items():
+        assert result.returncode == 0, (method, result.stderr[-2000:])
+        runs[method] = read_run(tmp_path / method)
+    forgetting = {m: continual.forgetting(run, last_k=1).mean for m, run in runs.items()}
+    assert runs["finetune"].success[-1][0] <= 0.2 < runs["finetune"].success[1][0], runs["finetune"].success.tolist()
+    tfmas = runs["tfmas"].success.tolist()
+    assert tfmas[-1][0] >= 0.5 and tfmas[-1][1] >= 0.5, tfmas  # reach-e kept, reach-n@180 learned
+    assert forgetting["tfmas"] < forgetting["finetune"] - 0.25, (forgetting, tfmas)
 
 
 def test_3rl_keeps_the_whole_stream_in_replay_and_in_its_checkpoint(tmp_path):

@@ -22,6 +22,11 @@ its output are the actor's shared parameters and its (mean, log std) (Continual 
 reference has one classifier); the batch is the replay batch (the reference's recent buffer: the
 30 newest samples, each seen once) with the hard buffer's rows appended, one mean loss over both
 (the reference: summed squared errors); 5 gradient steps per batch become one update per batch.
+
+On SAC with ReLU networks the reference's weight keeps nothing (PM2R, BENCHMARKS.md): a unit silent
+on the hard buffer has zero importance on all its weights, and the next task rewires it. Leaky ReLU
+networks with coef 0.3 keep the first task and learn the second in 4 of 5 seeds at 8,000 env steps per
+task (3 of them the seeds the weight was chosen on); the defaults stay the reference's.
 """
 
 from __future__ import annotations
