@@ -25,8 +25,8 @@ reference has one classifier); the batch is the replay batch (the reference's re
 
 On SAC with ReLU networks the reference's weight keeps nothing (PM2R, BENCHMARKS.md): a unit silent
 on the hard buffer has zero importance on all its weights, and the next task rewires it. Leaky ReLU
-networks with coef 0.3 keep the first task and learn the second in 4 of 5 seeds at 8,000 env steps per
-task (3 of them the seeds the weight was chosen on); the defaults stay the reference's.
+networks with coef 0.3 keep the first task and learn the second in 6 of 10 seeds at 8,000 env steps
+per task (3 of the 7 seeds not used to choose the weight); the defaults stay the reference's.
 """
 
 from __future__ import annotations
