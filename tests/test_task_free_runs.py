@@ -159,10 +159,9 @@ def test_task_free_mas_with_leaky_units_forgets_less_than_fine_tuning_and_learns
     fine-tuning loses it, and learns reach-n@180. With ReLU, units silent on reach-e carry weights of zero
     MAS importance, and it loses reach-e at every weight tried on seed 0 (0.02 to 1e4, 3,000 steps per
     task); at its reference weight (0.02) it forgets with leaky units too. Over seeds 0-4 this setting
-    keeps reach-e at 0.5 or more in 4 and learns reach-n@180 in 5, over seeds 5-9 in 3 and 3 (BENCHMARKS.md,
-    "PM2R ... leaky ReLU");
-    seed 2 is the one with a margin (reach-e at 0.8 or more at every evaluation from step 1,000 on), so
-    that the test holds on machines whose floats differ."""
+    keeps reach-e at 0.5 or more in 4 and learns reach-n@180 in 5, over seeds 5-9 in 3 and 3
+    (BENCHMARKS.md, "PM2R ... leaky ReLU"); seed 2 is the one with a margin (reach-e at 0.8 or more at
+    every evaluation from step 1,000 on), so that the test holds on machines whose floats differ."""
     common = ["--suite", "pointmass", "--sequence", "PM2R", "--steps-per-task", 8000, "--backend", "single",
               "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=8000",
               "--set", "run.threads=1", "--set", "replay.capacity_per_task=1000",
