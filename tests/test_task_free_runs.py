@@ -117,6 +117,13 @@ def test_a_resumed_run_keeps_its_detections_and_its_detector(tmp_path):
     assert detected[:len(saved["detected"])] == saved["detected"]
 
 
+def _finished_runs(results: dict, tmp_path: Path) -> dict:
+    """train_many's results, each checked to have finished, read from tmp_path / its name."""
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+    return {name: read_run(tmp_path / name) for name in results}
+
+
 def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(tmp_path):
     """PM2R with the target visible (reach-e, then reach-n with the controls reversed: the observation
     tells the tasks apart, one policy cannot serve both), hidden boundaries, 2 x 3,000 env steps, seed 0,
@@ -137,10 +144,7 @@ def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(t
                "clear": ["--method", "clear", *memory]}
     results = train_many({m: [*common, *extra, "--run-dir", tmp_path / m] for m, extra in methods.items()})
     from metrics import continual
-    runs = {}
-    for method, result in results.items():
-        assert result.returncode == 0, (method, result.stderr[-2000:])
-        runs[method] = read_run(tmp_path / method)
+    runs = _finished_runs(results, tmp_path)
     forgetting = {m: continual.forgetting(run, last_k=1).mean for m, run in runs.items()}  # over both tasks
     assert forgetting["finetune"] >= 0.4, runs["finetune"].success.tolist()  # the testbed forgets (reach-e: >= 0.8)
     for method, run in runs.items():
@@ -170,10 +174,7 @@ def test_task_free_mas_with_leaky_units_forgets_less_than_fine_tuning_and_learns
                                     "--run-dir", tmp_path / "tfmas"],
                           "finetune": [*common, "--run-dir", tmp_path / "finetune"]})
     from metrics import continual
-    runs = {}
-    for method, result in results.items():
-        assert result.returncode == 0, (method, result.stderr[-2000:])
-        runs[method] = read_run(tmp_path / method)
+    runs = _finished_runs(results, tmp_path)
     forgetting = {m: continual.forgetting(run, last_k=1).mean for m, run in runs.items()}
     assert runs["finetune"].success[-1][0] <= 0.2 < runs["finetune"].success[1][0], runs["finetune"].success.tolist()
     tfmas = runs["tfmas"].success.tolist()
