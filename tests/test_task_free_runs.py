@@ -159,33 +159,37 @@ def test_task_free_methods_forget_less_than_fine_tuning_and_learn_the_new_task(t
 
 def _keeps_the_old_task_and_learns_the_new_at_8000_steps(tmp_path: Path, method: list, *network: str,
                                                         seed: int) -> dict:
-    """PM2R (hidden boundaries, the target visible), 2 x 8,000 env steps, a FIFO of 1,000 rows: the
-    method (train.py flags) against fine-tuning with the same network and seed. Fine-tuning loses
-    reach-e; the method keeps it, learns reach-n@180 and forgets at least 0.25 less (both tasks'
-    mean). Returns both runs."""
+    """PM2R (hidden boundaries, the target visible), 2 x 8,000 env steps, a FIFO of 1,000 rows, an
+    evaluation every 1,000: the method (train.py flags) against fine-tuning with the same network and
+    seed. Success is the mean of a stage's last 5 evaluations (its last 4,000 steps, Continual
+    World's window: one evaluation swings by up to 0.7 here). Fine-tuning loses reach-e; the method
+    keeps it (0.5 or more), learns reach-n@180 (0.5 or more) and forgets more than 0.25 less (both
+    tasks' mean). Returns both runs."""
     common = ["--suite", "pointmass", "--sequence", "PM2R", "--steps-per-task", 8000, "--backend", "single",
-              "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=8000",
+              "--set", "continual.boundaries=hidden", "--set", "env.target_visible=true", "--set", "eval.every=1000",
               "--set", "run.threads=1", "--set", "replay.capacity_per_task=1000", *network, "--seed", seed]
     runs = _finished_runs(train_many({"method": [*common, *method, "--run-dir", tmp_path / "method"],
                                       "finetune": [*common, "--run-dir", tmp_path / "finetune"]}), tmp_path)
     from metrics import continual
-    forgetting = {m: continual.forgetting(run, last_k=1).mean for m, run in runs.items()}
-    finetune, kept = runs["finetune"].success.tolist(), runs["method"].success.tolist()
-    assert finetune[-1][0] <= 0.2 < finetune[1][0], finetune
-    assert kept[-1][0] >= 0.5 and kept[-1][1] >= 0.5, kept  # reach-e kept, reach-n@180 learned
-    assert forgetting["method"] < forgetting["finetune"] - 0.25, (forgetting, kept)
+    window = 5
+    forgetting = {m: continual.forgetting(run, last_k=window).mean for m, run in runs.items()}
+    finetune, kept = (runs[m].success[-window:].mean(axis=0).tolist() for m in ("finetune", "method"))
+    assert list(runs["method"].steps) == list(range(0, 16001, 1000)), runs["method"].steps
+    assert finetune[0] <= 0.2, runs["finetune"].success.tolist()
+    assert kept[0] >= 0.5 and kept[1] >= 0.5, runs["method"].success.tolist()  # reach-e kept, reach-n@180 learned
+    assert forgetting["method"] < forgetting["finetune"] - 0.25, (forgetting, runs["method"].success.tolist())
     return runs
 
 
 def test_task_free_mas_with_leaky_units_forgets_less_than_fine_tuning_and_learns_the_new_task(tmp_path):
     """TF-MAS with leaky ReLU networks and weight 0.3, seed 2 (the helper's setting, against
     fine-tuning with the same network): it keeps reach-e where fine-tuning loses it, and learns
-    reach-n@180. With ReLU, units silent on reach-e carry weights of zero
-    MAS importance, and it loses reach-e at every weight tried on seed 0 (0.02 to 1e4, 3,000 steps per
-    task); at its reference weight (0.02) it forgets with leaky units too. Over seeds 0-4 this setting
-    keeps reach-e at 0.5 or more in 4 and learns reach-n@180 in 5, over seeds 5-9 in 3 and 3
-    (BENCHMARKS.md, "PM2R ... leaky ReLU"); seed 2 is the one with a margin (reach-e at 0.8 or more at
-    every evaluation from step 1,000 on), so that the test holds on machines whose floats differ."""
+    reach-n@180. With ReLU, units silent on reach-e carry weights of zero MAS importance, and it loses
+    reach-e at every weight tried on seed 0 (0.02 to 1e4, 3,000 steps per task); at its reference
+    weight (0.02) it forgets with leaky units too. By the helper's criterion (last 5 evaluations) seeds
+    0, 1, 2, 4, 8 and 9 of 0-9 pass (BENCHMARKS.md, "PM2R ... leaky ReLU", counts final successes);
+    seed 2 is the one with a margin on both tasks (0.96 / 0.94; reach-e at 0.8 or more at every
+    evaluation from step 1,000 on), so that the test holds on machines whose floats differ."""
     _keeps_the_old_task_and_learns_the_new_at_8000_steps(
         tmp_path, ["--method", "tfmas", "--set", "continual.coef=0.3"], "--set", "sac.activation=leaky_relu", seed=2)
 
@@ -193,11 +197,12 @@ def test_task_free_mas_with_leaky_units_forgets_less_than_fine_tuning_and_learns
 def test_ewc_at_detected_switches_forgets_less_than_fine_tuning_and_learns_the_new_task(tmp_path):
     """EWC with the change detector, ReLU networks (one head: hidden boundaries), seed 3 (the helper's
     setting, against fine-tuning): the detector fires at the switch, EWC takes its Fisher and anchor
-    there, keeps reach-e where fine-tuning loses it, and learns reach-n@180. Without the end-of-task
-    step at the detection EWC is fine-tuning. Over seeds 0-4 this setting learns reach-n@180 in 5
-    and keeps reach-e at 0.5 or more in 3, over seeds 5-9 meets both in 1 (BENCHMARKS.md, "PM2R at
-    8,000 steps per task"); seed 3 is the one with a margin (reach-e at 0.9 or more at every
-    evaluation from step 1,000 on), so that the test holds on machines whose floats differ."""
+    there, keeps reach-e where fine-tuning loses it, and learns reach-n@180. Without that end-of-task
+    step EWC is fine-tuning (with a warm-up at the detection). By the helper's criterion seeds 3, 4 and
+    8 of 0-9 pass (BENCHMARKS.md, "PM2R at 8,000 steps per task", counts final successes: 4 of 10);
+    seed 3 is the one with a margin: 1.00 / 0.74 over the last 5 evaluations, reach-e at 0.9 or more
+    at every evaluation from step 1,000 on; its reach-n@180 swings (0.2 at step 14,000, 1.0 at the
+    end), which is why the helper averages."""
     runs = _keeps_the_old_task_and_learns_the_new_at_8000_steps(
         tmp_path, ["--method", "ewc", "--set", "continual.detector=change"], seed=3)
     assert [d for d in runs["method"].detected if 8000 <= d < 9000], runs["method"].detected  # at the switch
