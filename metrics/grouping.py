@@ -12,6 +12,10 @@ from metrics.runs import Run
 NOT_METHOD_KEYS = ("run.seed", "run.device", "run.threads", "run.checkpoint_every", "run.keep_checkpoints",
                    "run.log_every", "runtime", "versions", "replay.device", "sac.compile", "launch")
 
+# Config keys added after runs were recorded, with the value that does what the code did before the
+# key existed: a config without the key is read with it, so that records from before and after pool.
+ADDED_KEYS = {"plasticity.reset_temperature": False}  # the reset kept the temperature (agents/plasticity)
+
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
@@ -26,6 +30,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def _method_key(run: Run) -> dict:
     flat = _flatten(run.config)
+    for key, value in ADDED_KEYS.items():
+        if key.split(".")[0] in run.config:  # the section was recorded, the key not yet
+            flat.setdefault(key, json.dumps(value))
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_METHOD_KEYS)}
 
 

@@ -26,3 +26,14 @@ def test_a_learning_setting_splits_the_groups():
     groups = group_runs([_run(0), _run(1), _run(0, sac={"actor_lr": 3e-4})])
     assert sorted(len(g) for g in groups.values()) == [1, 2]
     assert any("sac.actor_lr=0.0003" in label for label in groups)
+
+
+def test_a_key_added_later_reads_as_the_behaviour_it_replaced():
+    """plasticity.reset_temperature came after runs that reset without it: they kept the temperature,
+    which is its false; true is another method."""
+    old = _run(0, plasticity={"reset": 99})
+    new = _run(1, plasticity={"reset": 99, "reset_temperature": False})
+    other = _run(2, plasticity={"reset": 99, "reset_temperature": True})
+    groups = group_runs([old, new, other])
+    assert sorted([r.seed for r in g] for g in groups.values()) == [[0, 1], [2]]
+    assert any("plasticity.reset_temperature=True" in label for label in groups)
