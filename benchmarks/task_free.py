@@ -72,7 +72,7 @@ def row(name: str, runs: list, refs: list) -> list:
 
 
 def summarize_runs(folder: Path) -> None:
-    """A folder of plain runs (e.g. the issue's command for seeds 0-2): a row for each setting that more than
+    """A folder of plain runs (e.g. the issue's command for seeds 0-4): a row for each setting that more than
     one run shares (metrics/grouping.py: the report's groups), and each run's final success per task."""
     from metrics.grouping import group_runs
     from metrics.runs import read_run
