@@ -7,6 +7,8 @@
     python launch/study.py benchmarks/studies/task-free-metaworld.yaml   # a short Meta-World sequence
     python benchmarks/task_free.py table STUDY_DIR
     python benchmarks/task_free.py table RUNS_DIR    # a folder of plain runs (one per seed): one row
+    python benchmarks/task_free.py returns DIR       # what the change detector sees at each switch, run by run
+    python benchmarks/task_free.py detectors DIR...  # its first alarms, std against mad scale, over every run
 
 Rows: the task-aware references (EWC and PackNet told every boundary, with their per-task heads and
 task one-hot, the continual defaults), then with hidden boundaries: fine-tuning (a FIFO replay of
@@ -123,14 +125,144 @@ def final_success(name: str, runs: list) -> str:
     return f"{name}: {each}; mean {mean} ({', '.join(runs[0].tasks)})"
 
 
+# the change detector's settings where a run's config predates them (launch/config: ContinualConfig)
+DETECTOR_DEFAULTS = {"change_threshold": 10.0, "change_tolerance": 0.5, "change_min_episodes": 20,
+                     "change_scale": "std"}
+
+
+def fed_returns(run):
+    """The run's training returns and their tasks, by each episode's start step: the order the trainer fed
+    them to its detector (their arrival) wherever episodes arrive in the order they start, as in every
+    committed record (the replay below gives every committed run's recorded detections in this order; with
+    several actors the two orders may differ). episodes.jsonl itself groups a log block's episodes by task,
+    which reorders blended switches."""
+    import numpy as np
+
+    from metrics import evallog
+    rows = evallog.read(Path(run.name) / "episodes.jsonl")
+    order = sorted(range(len(rows)), key=lambda i: rows[i].get("start_step", 0))  # stable: ties keep file order
+    return (np.array([float(rows[i]["return"]) for i in order]),
+            np.array([run.tasks.index(rows[i]["task"]) for i in order], np.int64))
+
+
+def replay(returns, settings: dict, scale: str | None = None) -> list[int]:
+    """The indices of the returns at which the change detector (at `settings`, with `scale` if given) alarms."""
+    from continual.detectors import ChangeDetector
+    detector = ChangeDetector(float(settings["change_threshold"]), float(settings["change_tolerance"]),
+                              int(settings["change_min_episodes"]), scale or settings["change_scale"])
+    return [i for i, x in enumerate(returns) if detector.observe_return(float(x))]
+
+
+def detector_settings(run) -> dict:
+    recorded = run.config.get("continual") or {}
+    return {**DETECTOR_DEFAULTS, **{k: v for k, v in recorded.items() if k in DETECTOR_DEFAULTS}}
+
+
+def change_detector_view(run) -> str:
+    """What the change detector (continual/detectors.py) sees in a run's training returns (fed_returns): for each
+    switch, the last stage's returns (mean, standard deviation, count), the next task's first 10 and the drop d
+    between them in those standard deviations, with the episodes Page-Hinkley needs for a drop of d (threshold
+    / (d - tolerance) or more: its running mean takes in the lower returns as they come; none while d <=
+    tolerance) and how many of the next task's episodes the stage holds; then the detector replayed over the
+    returns at the run's own settings (its alarms, each as the number of the next task's episodes finished by
+    then; with several switches, episodes of any later task). The replay sees what the run's detector saw; for
+    a run without one, what it would have seen up to its first alarm."""
+    import numpy as np
+    settings = detector_settings(run)
+    threshold, tolerance = float(settings["change_threshold"]), float(settings["change_tolerance"])
+    returns, tasks = fed_returns(run)
+    parts = []
+    for k in range(1, len(run.schedule)):
+        before, after = returns[tasks == k - 1], returns[tasks == k]
+        if len(before) < 2 or not len(after):
+            continue
+        mean, std, first = before.mean(), before.std(), after[:10].mean()
+        d = (mean - first) / std if std > 0 else float("nan")
+        needs = f"{threshold / (d - tolerance):.0f} or more" if d > tolerance else "no number of"
+        parts.append(f"switch {k}: {run.tasks[k - 1]} {mean:.0f} +- {std:.0f} ({len(before)} episodes), "
+                     f"{run.tasks[k]}'s first 10 {first:.0f}: a drop of {d:.2f} sd, Page-Hinkley needs {needs} "
+                     f"episodes, the stage has {len(after)}")
+    alarms = [int(np.sum(tasks[:i + 1] >= 1)) for i in replay(returns, settings)]
+    recorded = "" if run.detected is None else f"; recorded detections at env steps {list(run.detected)}"
+    return "; ".join(parts + [f"replayed alarms after the next task's episode {alarms or 'none'}{recorded}"])
+
+
+def scale_outcomes(run) -> list[tuple[str, tuple, object]]:
+    """(scale, the returns up to the outcome, outcome) for each scale, std and mad: the first alarm replayed
+    over the run's returns is a hit (at or after the second task's first episode; the outcome is the number of
+    its episodes finished by then), "false" (before it) or "miss". A run with the change detector is read up to
+    its own first detection (after it the detection changed the run): a scale whose first alarm comes later,
+    or never, has no outcome for that run (so the two scales may count different numbers of streams)."""
+    import numpy as np
+    returns, tasks = fed_returns(run)
+    settings = detector_settings(run)
+    own = (replay(returns, settings) or [None])[0] if run.config["continual"].get("detector") == "change" else None
+    switch = int(np.argmax(tasks >= 1))
+    out = []
+    for scale in ("std", "mad"):
+        alarm = (replay(returns, settings, scale) or [None])[0]
+        if own is not None and (alarm is None or alarm > own):
+            continue
+        end = len(returns) if alarm is None else alarm + 1
+        outcome = "miss" if alarm is None else "false" if alarm < switch else int(np.sum(tasks[:alarm + 1] >= 1))
+        out.append((scale, tuple(returns[:end]), outcome))
+    return out
+
+
+def compare_scales(folders: list[Path]) -> None:
+    """The change detector's first alarm with each scale (std: mean and standard deviation; mad: median and
+    MAD), replayed over every hidden-boundary run in the folders with a second task (scale_outcomes); runs
+    with the plateau detector are left out (its detections changed their returns). Runs that share the
+    returns up to the outcome count once."""
+    import numpy as np
+
+    from metrics.runs import read_run
+    outcomes: dict[tuple, dict] = {}
+    for config in sorted(path for folder in folders for path in folder.rglob("config.yaml")):
+        run = read_run(config.parent)
+        continual = run.config.get("continual") or {}
+        if continual.get("boundaries") != "hidden" or continual.get("detector") == "plateau" \
+                or not (run.episodes.task >= 1).any():
+            continue
+        group = ("metaworld" if run.config.get("env", {}).get("suite") == "metaworld" else "pointmass",
+                 "blended" if int(continual.get("blend_steps") or 0) else "abrupt")
+        for scale, returns, outcome in scale_outcomes(run):
+            outcomes.setdefault((*group, scale), {})[returns] = outcome
+    rows = []
+    for (suite, blend, scale), found in sorted(outcomes.items(), key=lambda item: (item[0][:2], item[0][2] != "std")):
+        values = list(found.values())
+        delays = [v for v in values if isinstance(v, int)]
+        rows.append([f"{suite}, {blend}", scale, len(values), len(delays), values.count("false"), values.count("miss"),
+                     f"{np.median(delays):.0f} [{max(delays)}]" if delays else "n/a"])
+    print(table(["runs", "scale", "streams", "switch found", "false alarm first", "missed",
+                 "delay, episodes of the new task: median [max]"], rows))
+
+
+def returns_view(folder: Path) -> None:
+    """change_detector_view for every run in a study directory or a folder of runs."""
+    from metrics.runs import read_run
+    dirs = sorted(d for d in folder.rglob("config.yaml") if (d.parent / "episodes.jsonl").is_file())
+    for config in dirs:
+        print(f"{config.parent.relative_to(folder)}: {change_detector_view(read_run(config.parent))}")
+
+
 def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["table"])
+    p.add_argument("mode", choices=["table", "returns", "detectors"],
+                   help="table: the study's table; returns: what the change detector sees at each switch; "
+                        "detectors: its first alarms with each scale, replayed over every run in the folders")
     p.add_argument("study_dir", type=Path, help="a task-free study's directory, or a folder of runs")
+    p.add_argument("more", type=Path, nargs="*", help="detectors: more folders")
     args = p.parse_args()
-    if (args.study_dir / "study.yaml").is_file():
+    if args.more and args.mode != "detectors":
+        p.error(f"{args.mode} reads one folder; more than one is for detectors")
+    if args.mode == "detectors":
+        compare_scales([args.study_dir, *args.more])
+    elif args.mode == "returns" and args.study_dir.is_dir():
+        returns_view(args.study_dir)
+    elif (args.study_dir / "study.yaml").is_file():
         summarize(args.study_dir)
     elif args.study_dir.is_dir() and any((d / "config.yaml").is_file() for d in args.study_dir.iterdir()):
         summarize_runs(args.study_dir)

@@ -14,7 +14,8 @@ NOT_METHOD_KEYS = ("run.seed", "run.device", "run.threads", "run.checkpoint_ever
 
 # Config keys added after runs were recorded, with the value that does what the code did before the
 # key existed: a config without the key is read with it, so that records from before and after pool.
-ADDED_KEYS = {"plasticity.reset_temperature": False}  # the reset kept the temperature (agents/plasticity)
+ADDED_KEYS = {"plasticity.reset_temperature": False,  # the reset kept the temperature (agents/plasticity)
+              "continual.change_scale": "std"}  # the change detector measured returns in standard deviations
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

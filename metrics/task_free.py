@@ -31,7 +31,7 @@ from metrics.runs import Run
 
 
 def setting(run: Run) -> str:
-    """'given', 'hidden', 'hidden, blend 2,000, change detector' ..."""
+    """'given', 'hidden', 'hidden, blend 2,000, change detector', 'hidden, change detector (MAD)' ..."""
     c = run.config.get("continual") or {}
     boundaries = c.get("boundaries", "given")
     if boundaries != "hidden":
@@ -40,7 +40,8 @@ def setting(run: Run) -> str:
     if c.get("blend_steps"):
         parts.append(f"blend {int(c['blend_steps']):,}")
     if c.get("detector"):
-        parts.append(f"{c['detector']} detector")
+        robust = c["detector"] == "change" and c.get("change_scale") == "mad"
+        parts.append(f"{c['detector']} detector" + (" (MAD)" if robust else ""))
     return ", ".join(parts)
 
 

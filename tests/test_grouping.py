@@ -30,10 +30,15 @@ def test_a_learning_setting_splits_the_groups():
 
 def test_a_key_added_later_reads_as_the_behaviour_it_replaced():
     """plasticity.reset_temperature came after runs that reset without it: they kept the temperature,
-    which is its false; true is another method."""
+    which is its false; true is another method. Likewise continual.change_scale: std before it came."""
     old = _run(0, plasticity={"reset": 99})
     new = _run(1, plasticity={"reset": 99, "reset_temperature": False})
     other = _run(2, plasticity={"reset": 99, "reset_temperature": True})
     groups = group_runs([old, new, other])
     assert sorted([r.seed for r in g] for g in groups.values()) == [[0, 1], [2]]
     assert any("plasticity.reset_temperature=True" in label for label in groups)
+    before = _run(3, continual={"detector": "change"})  # continual.change_scale came later: std
+    after = _run(4, continual={"detector": "change", "change_scale": "std"})
+    robust = _run(5, continual={"detector": "change", "change_scale": "mad"})
+    groups = group_runs([before, after, robust])
+    assert sorted([r.seed for r in g] for g in groups.values()) == [[3, 4], [5]]

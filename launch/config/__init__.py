@@ -142,6 +142,8 @@ class ContinualConfig:
                                   # deviations (Page-Hinkley's delta)
     change_min_episodes: int = field(default=20, metadata=POSITIVE)  # change: episodes since the last alarm
                                   # before the next can fire
+    change_scale: str = field(default="std", metadata={"choices": ("std", "mad")})  # change: returns measured
+                                  # against their mean and standard deviation, or median and MAD (robust)
     tfmas_hard_buffer: int = field(default=30, metadata=POSITIVE)  # tfmas: highest-loss samples kept (TF-MAS: 30)
     replay_fraction: float = field(default=0.5, metadata={"above": 0, "max": 1})  # clear / mir: the batch's
                                   # replayed share (the rest: the newest experience; CLEAR: 0.5)
