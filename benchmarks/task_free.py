@@ -125,9 +125,7 @@ def final_success(name: str, runs: list) -> str:
     return f"{name}: {each}; mean {mean} ({', '.join(runs[0].tasks)})"
 
 
-# the change detector's settings where a run's config predates them (launch/config: ContinualConfig)
-DETECTOR_DEFAULTS = {"change_threshold": 10.0, "change_tolerance": 0.5, "change_min_episodes": 20,
-                     "change_scale": "std"}
+DETECTOR_KEYS = ("change_threshold", "change_tolerance", "change_min_episodes", "change_scale")
 
 
 def fed_returns(run):
@@ -137,12 +135,8 @@ def fed_returns(run):
     several actors the two orders may differ). episodes.jsonl itself groups a log block's episodes by task,
     which reorders blended switches."""
     import numpy as np
-
-    from metrics import evallog
-    rows = evallog.read(Path(run.name) / "episodes.jsonl")
-    order = sorted(range(len(rows)), key=lambda i: rows[i].get("start_step", 0))  # stable: ties keep file order
-    return (np.array([float(rows[i]["return"]) for i in order]),
-            np.array([run.tasks.index(rows[i]["task"]) for i in order], np.int64))
+    order = np.argsort(run.episodes.start, kind="stable")  # ties keep the log's order
+    return run.episodes.returns[order], run.episodes.task[order]
 
 
 def replay(returns, settings: dict, scale: str | None = None) -> list[int]:
@@ -154,8 +148,10 @@ def replay(returns, settings: dict, scale: str | None = None) -> list[int]:
 
 
 def detector_settings(run) -> dict:
-    recorded = run.config.get("continual") or {}
-    return {**DETECTOR_DEFAULTS, **{k: v for k, v in recorded.items() if k in DETECTOR_DEFAULTS}}
+    """The run's change-detector settings; today's defaults (ContinualConfig) where its config predates one."""
+    from launch.config import ContinualConfig
+    recorded, defaults = run.config.get("continual") or {}, ContinualConfig()
+    return {key: recorded.get(key, getattr(defaults, key)) for key in DETECTOR_KEYS}
 
 
 def change_detector_view(run) -> str:
@@ -196,11 +192,11 @@ def scale_outcomes(run) -> list[tuple[str, tuple, object]]:
     import numpy as np
     returns, tasks = fed_returns(run)
     settings = detector_settings(run)
-    own = (replay(returns, settings) or [None])[0] if run.config["continual"].get("detector") == "change" else None
+    first = {scale: (replay(returns, settings, scale) or [None])[0] for scale in ("std", "mad")}
+    own = first[settings["change_scale"]] if run.config["continual"].get("detector") == "change" else None
     switch = int(np.argmax(tasks >= 1))
     out = []
-    for scale in ("std", "mad"):
-        alarm = (replay(returns, settings, scale) or [None])[0]
+    for scale, alarm in first.items():
         if own is not None and (alarm is None or alarm > own):
             continue
         end = len(returns) if alarm is None else alarm + 1

@@ -38,10 +38,12 @@ class Episodes:
     success: np.ndarray    # [N] 0/1
     returns: np.ndarray    # [N]
     time: np.ndarray       # [N] wall-clock seconds (NaN if unknown)
+    start: np.ndarray      # [N] the env step the episode started at (-1 if unknown)
 
     @staticmethod
     def empty() -> Episodes:
-        return Episodes(*(np.empty(0, np.int64) for _ in range(2)), *(np.empty(0) for _ in range(3)))
+        return Episodes(*(np.empty(0, np.int64) for _ in range(2)), *(np.empty(0) for _ in range(3)),
+                        np.empty(0, np.int64))
 
 
 @dataclass
@@ -149,7 +151,8 @@ def read_run(run_dir: Path | str) -> Run:
                             np.array([tasks.index(r["task"]) for r in ep_rows], np.int64),
                             np.array([float(r["success"]) for r in ep_rows]),
                             np.array([float(r["return"]) for r in ep_rows]),
-                            np.array([float(r.get("time", np.nan)) for r in ep_rows]))
+                            np.array([float(r.get("time", np.nan)) for r in ep_rows]),
+                            np.array([int(r.get("start_step", -1)) for r in ep_rows], np.int64))
     except (KeyError, TypeError, ValueError) as e:
         raise RunReadError(f"{episodes_path} is malformed ({_one_line(e)})") from None
     try:
