@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 # Run in the page once it has loaded and its videos have their metadata (or failed): what a person would see.
@@ -45,10 +46,12 @@ def chromium() -> str | None:
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; containers' /dev/shm is small
-    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--hide-scrollbars", "--window-size=1280,1600", "--virtual-time-budget=15000", *args],
-                          capture_output=True, text=True, timeout=180)
+    # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; containers' /dev/shm is small.
+    # A profile of its own, removed after: Chromium otherwise leaves one under ~/.cache per start.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
+        return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1280,1600",
+                               "--virtual-time-budget=15000", *args], capture_output=True, text=True, timeout=180)
 
 
 def look_at(report_html: Path) -> dict:

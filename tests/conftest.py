@@ -24,6 +24,35 @@ def goal_cache_dir(tmp_path_factory):
         os.environ["POLYTASK_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_and_config_dirs(tmp_path_factory):
+    """XDG_CACHE_HOME and XDG_CONFIG_HOME inside the session's temp dir, for this process and every
+    process it starts: Chromium's profiles, Mesa's shader cache (OSMesa renders the videos) and
+    matplotlib's font cache are written there, not under HOME."""
+    saved = {key: os.environ.get(key) for key in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    for key in saved:
+        os.environ[key] = str(tmp_path_factory.mktemp(key.lower()))
+    yield
+    for key, old in saved.items():
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def env_with_tmpdir(tmp: Path) -> dict:
+    """This process's environment with TMPDIR set to `tmp`: torchrun's agent writes its log
+    directories (torchelastic_*) under TMPDIR, which must be the test's own."""
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
+def env_with_home(home: Path, tmp: Path, **extra: str) -> dict:
+    """This process's environment with HOME and TMPDIR of their own (for tests that check nothing is
+    written to HOME) and without the session's XDG directories, so that HOME's defaults apply."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    return {**env, "HOME": str(home), "TMPDIR": str(tmp), **extra}
+
+
 def run_train(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """Run launch/train.py as a user would, in a subprocess."""
     return subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True,

@@ -18,7 +18,7 @@ import torch
 
 from launch import checkpoint
 from metrics import evallog
-from tests.conftest import REPO, TRAIN, Lines, train_in_process
+from tests.conftest import REPO, TRAIN, Lines, env_with_tmpdir, train_in_process
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.integration]
 
@@ -34,9 +34,10 @@ def _torchrun_command(*args, launcher=("--standalone", "--nproc-per-node=2"), sc
     return [sys.executable, "-m", "torch.distributed.run", *launcher, str(script), *map(str, args)]
 
 
-def _torchrun(*args, timeout=400, **kwargs):
+def _torchrun(*args, tmp: Path, timeout=400, **kwargs):
+    """torchrun to its end; its log directories go under `tmp`."""
     return subprocess.run(_torchrun_command(*args, **kwargs), capture_output=True, text=True, timeout=timeout,
-                          env=os.environ.copy(), cwd=REPO)
+                          env=env_with_tmpdir(tmp), cwd=REPO)
 
 
 def _latest(run) -> dict:
@@ -68,9 +69,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     """`torchrun --standalone --nproc-per-node=2` on PM4: (run dir, its final checkpoint)."""
-    run = tmp_path_factory.mktemp("standalone") / "run"
-    proc = _torchrun(*FLAGS, "--run-dir", run)
+    tmp = tmp_path_factory.mktemp("standalone")
+    run = tmp / "run"
+    proc = _torchrun(*FLAGS, "--run-dir", run, tmp=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp.glob("torchelastic_*"))  # torchrun's log directory, in the test's own
     return run, _latest(run)
 
 
@@ -103,7 +106,7 @@ def test_torchrun_two_ranks_in_bf16_keep_fp32_weights_and_agree(standalone, tmp_
     one all-reduce per network per update (of fp32 gradients: the master weights are fp32), everything
     learned stays fp32, and the ranks still agree bit for bit."""
     run = tmp_path / "run"
-    proc = _torchrun(*FLAGS, "--run-dir", run, "--set", "sac.precision=bf16")
+    proc = _torchrun(*FLAGS, "--run-dir", run, "--set", "sac.precision=bf16", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert " in bf16, " in proc.stdout
     summary = json.loads((run / "learners.json").read_text())
@@ -122,7 +125,7 @@ def test_torchrun_two_ranks_train_a_recurrent_agent_and_agree(tmp_path):
     flags = FLAGS[:14] + ["--set", "sac.memory=gru", "--set", "sac.memory_hidden=16",
                                        "--set", "sac.batch_size_per_task=8", "--set", "sac.task_input=false",
                                        "--set", "sac.head=single"]
-    proc = _torchrun(*flags, "--run-dir", run)
+    proc = _torchrun(*flags, "--run-dir", run, tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "learners.json").read_text())
     assert summary["world_size"] == 2 and _ranks_agree(summary)
@@ -138,7 +141,7 @@ def _two_agents(run, port, extra=((), ())):
                     f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=pm4-{port}")
         procs.append(subprocess.Popen(_torchrun_command(*FLAGS, "--run-dir", run, *extra[node], launcher=launcher),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=os.environ.copy(), cwd=REPO))
+                                      env=env_with_tmpdir(run.parent), cwd=REPO))
     return [(p.wait(timeout=400), *p.communicate()) for p in procs]
 
 
@@ -163,6 +166,7 @@ def test_two_nodes_on_loopback_train_as_one_node(standalone, tmp_path):
     run = tmp_path / "run"
     results = _two_agents(run, _free_port())
     assert all(code == 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+    assert len(list(tmp_path.glob("torchelastic_*"))) == 2  # each agent's log directory, in the test's own
     assert _same_networks(_latest(run)["learner"], standalone[1]["learner"])
     summary = json.loads((run / "learners.json").read_text())
     assert summary["world_size"] == 2 and _ranks_agree(summary)
@@ -205,7 +209,8 @@ def test_elastic_restarts_after_killed_ranks(tmp_path):
     flags = [*FLAGS, "--steps", 4000, "--sync", "local", "--sync-period", 4, "--run-dir", run]
     proc = subprocess.Popen(_torchrun_command(*flags, launcher=("--standalone", "--nproc-per-node=2",
                                                                 "--max-restarts=2")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tmpdir(tmp_path),
+                            cwd=REPO)
     lines = Lines(proc.stdout)
     first = _worker_pid(run, 1, restart=0)
     lines.wait_for(lambda s: s.startswith("polytask: training"))  # config.yaml is written
@@ -237,7 +242,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_finishes_like_an_uninte
     run = tmp_path / "run"
     proc = subprocess.Popen(_torchrun_command(*FLAGS, "--run-dir", run, "--set", "run.log_every=100",
                                               "--balancer", "uncertainty"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tmpdir(tmp_path),
                             cwd=REPO)
     lines = Lines(proc.stdout)
     lines.wait_for(lambda s: s.startswith("step ") and " 0.0 updates/s" not in s and "updates/s" in s)
@@ -254,7 +259,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_finishes_like_an_uninte
     learned = [ranks["critic"]["learned"] for ranks in state["rank_balancers"]]
     assert all(learned[r][r] != 0 and learned[r][r + 2] != 0 and learned[r][1 - r] == 0 for r in (0, 1)), learned
 
-    resumed = _torchrun("--resume", run)
+    resumed = _torchrun("--resume", run, tmp=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary, uninterrupted = (json.loads((r / "learners.json").read_text()) for r in (run, standalone[0]))
     assert summary["step"] == uninterrupted["step"]

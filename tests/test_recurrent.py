@@ -195,14 +195,13 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
     strategy that touches weights (L2, SI, PackNet, EWC, online EWC, A-GEM; MAS with context
     windows) and the hypernetwork regulariser on generated memories (mlp, chunked, rnn with growth);
     a checkpoint resumes (episodes in progress restart)."""
-    import os
     import subprocess
     import sys
     import tempfile
     from pathlib import Path
 
     from metrics import evallog
-    from tests.conftest import TRAIN, run_train, train_many
+    from tests.conftest import TRAIN, env_with_home, run_train, train_many
 
     hidden = ["--set", "sac.task_input=false", "--set", "sac.head=single", "--set", "sac.batch_size_per_task=8",
               "--set", "sac.memory_hidden=32", "--set", "sac.hidden_sizes=[32,32]", "--set", "eval.goals=2",
@@ -239,7 +238,7 @@ def test_recurrent_runs_on_local_and_ray_actors_with_continual_strategies_and_re
         args = [*pm4, "--backend", "ray", "--actors", 1, "--set", "sac.memory=gru", *hidden,
                 "--run-dir", tmp_path / "ray"]
         ray = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
+                             env=env_with_home(home, tmp))
         assert ray.returncode == 0, ray.stderr[-2000:]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from metrics import evallog
-from tests.conftest import TRAIN, Lines, run_train, scalars
+from tests.conftest import TRAIN, Lines, env_with_home, run_train, scalars
 
 pytestmark = [pytest.mark.multiproc]
 
@@ -84,7 +84,7 @@ def test_ray_actors_learn_survive_a_lost_actor_and_write_nothing_outside_temp_di
         run = tmp_path / "run"
         proc, lines = _start(["--suite", "pointmass", "--backend", "ray", "--actors", 2, "--steps", 12000,
                               "--eval-every", 4000, "--seed", 1, "--run-dir", run, "--set", "eval.goals=20",
-                              "--set", "run.log_every=500"], env={**os.environ, "HOME": str(home), "TMPDIR": str(tmp)})
+                              "--set", "run.log_every=500"], env=env_with_home(home, tmp))
         pid = _actor_pid(lines, 1)
         lines.wait_for(lambda s: s.startswith("step ") and " 0.0 updates/s" not in s)
         os.kill(pid, signal.SIGKILL)  # the Ray actor's worker process is lost

@@ -21,7 +21,7 @@ import yaml
 from launch.studies import spec
 from launch.study import main as study_main
 from metrics import evallog
-from tests.conftest import REPO
+from tests.conftest import REPO, env_with_home
 
 STUDY = REPO / "launch" / "study.py"
 # The minimal study, at a test's budget (600 env steps per task, not 1,500; 4 goals an evaluation)
@@ -42,7 +42,7 @@ def scratch():
         home, tmp = Path(root) / "home", Path(root) / "t"
         home.mkdir(), tmp.mkdir()
         # matplotlib's font cache (the report's plots) is matplotlib's, not the study's: kept in TMPDIR
-        yield {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "MPLCONFIGDIR": str(tmp / "mpl")}, home
+        yield env_with_home(home, tmp, MPLCONFIGDIR=str(tmp / "mpl")), home
 
 
 def _start(tmp_path: Path, text: str, env) -> tuple[Path, subprocess.Popen]:

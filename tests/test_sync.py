@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from agents.replay import Batch
 from agents.sac import SACConfig, SACLearner
 from agents.sac.lr_schedule import lr_factor
 from launch.distributed.local_sgd import LocalSGDSync
-from tests.conftest import REPO
+from tests.conftest import REPO, env_with_tmpdir
 
 
 def test_learning_rate_schedules_by_hand():
@@ -97,7 +96,7 @@ def test_local_sgd_and_qsr_on_two_ranks(tmp_path):
     averages every H_min updates from the start; per-task heads move as far as on one learner."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(REPO / "tests" / "scripts" / "torchrun_local_sgd.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=os.environ.copy(), cwd=REPO)
+                          capture_output=True, text=True, timeout=300, env=env_with_tmpdir(tmp_path), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     expected_qsr = _expected_qsr_averages(40, 10, 1e-3, 2e-3, 2)
@@ -128,8 +127,9 @@ def test_every_step_gradient_is_the_task_balanced_mean_with_an_uneven_shard(tmp_
     identical and equal the single-process PCGrad updates (tests/scripts/torchrun_gradient.py)."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(REPO / "tests" / "scripts" / "torchrun_gradient.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=os.environ.copy(), cwd=REPO)
+                          capture_output=True, text=True, timeout=300, env=env_with_tmpdir(tmp_path), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.glob("torchelastic_*"))  # torchrun's log directory, in the test's own
     results = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["tasks"] for r in results) == [[0, 2], [1]]
     for r in results:
