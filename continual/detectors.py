@@ -58,6 +58,7 @@ the run (a resumed run detects as if never stopped).
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 
 
@@ -134,9 +135,8 @@ class ChangeDetector:
         window, x appended."""
         if self.scale == "mad":
             self.returns.append(x)
-            window = sorted(self.returns)
-            median = _median(window)
-            return median, self.MAD_TO_STD * _median(sorted(abs(r - median) for r in window))
+            median = statistics.median(self.returns)
+            return median, self.MAD_TO_STD * statistics.median(abs(r - median) for r in self.returns)
         delta = x - self.mean
         self.mean += delta / self.count
         self.squares += delta * (x - self.mean)
@@ -167,11 +167,6 @@ class ChangeDetector:
             if key != "returns":
                 setattr(self, key, value)
         self.returns = deque(state.get("returns", ()), maxlen=self.MAD_WINDOW)  # absent: saved before scale=mad
-
-
-def _median(ordered: list[float]) -> float:
-    n = len(ordered)
-    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
 def make_detector(cfg):
